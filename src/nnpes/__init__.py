@@ -1,0 +1,12 @@
+"""nnpes: neural-network potential energy surfaces in JAX."""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("nnpes")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+local"
+
+from nnpes import keys  # noqa: E402,F401
+from nnpes.graph import atoms_to_graph  # noqa: E402,F401
+from nnpes.neighbors import neighbor_list  # noqa: E402,F401

@@ -1,0 +1,57 @@
+"""Padding graphs to a few fixed shapes so jit compiles a handful of times, not per batch.
+
+Padding convention (the same as ``jraph.pad_with_graphs``, so ``jraph.get_*_padding_mask`` work):
+a padded batch ends with at least one padding graph; the first padding graph owns every padding
+node and edge, the others are empty. Padding nodes have atomic number 0 and sit at the origin;
+padding edges join the first padding node to itself with a zero shift, so their vector is zero
+and models must mask them (``jraph.get_edge_padding_mask``). Padding graphs have an identity cell,
+zero labels and zero weight, so they contribute exactly zero to every sum.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jraph
+import numpy as np
+
+from nnpes import keys
+
+
+def batch(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
+    """Concatenate unpadded graphs into one (numpy)."""
+    return jraph.batch_np(list(graphs))
+
+
+def pad_graph(graph: jraph.GraphsTuple, n_node: int, n_edge: int, n_graph: int) -> jraph.GraphsTuple:
+    """Pad a (batched) numpy graph to exactly n_node nodes, n_edge edges and n_graph graphs.
+
+    Needs n_node > real nodes and n_graph > real graphs (room for the padding graph)."""
+    real_nodes = int(np.sum(graph.n_node))
+    real_edges = int(np.sum(graph.n_edge))
+    real_graphs = len(graph.n_node)
+    if n_node <= real_nodes or n_edge < real_edges or n_graph <= real_graphs:
+        raise ValueError(
+            f"cannot pad {real_graphs} graphs / {real_nodes} nodes / {real_edges} edges to "
+            f"{n_graph} / {n_node} / {n_edge}: padding needs one more graph and node than the data"
+        )
+    pn, pe, pg = n_node - real_nodes, n_edge - real_edges, n_graph - real_graphs
+
+    def pad_rows(x: np.ndarray, count: int, fill=0) -> np.ndarray:
+        block = np.full((count,) + x.shape[1:], fill, dtype=x.dtype)
+        return np.concatenate([x, block], axis=0)
+
+    nodes = {k: pad_rows(np.asarray(v), pn) for k, v in graph.nodes.items()}
+    edges = {k: pad_rows(np.asarray(v), pe) for k, v in graph.edges.items()}
+    globals_ = {k: pad_rows(np.asarray(v), pg) for k, v in graph.globals.items()}
+    if keys.CELL in globals_:
+        globals_[keys.CELL][real_graphs:] = np.eye(3)
+    first_pad_node = real_nodes
+    senders = pad_rows(np.asarray(graph.senders), pe, first_pad_node)
+    receivers = pad_rows(np.asarray(graph.receivers), pe, first_pad_node)
+    n_node_arr = np.concatenate([graph.n_node, [pn], np.zeros(pg - 1, np.int32)]).astype(np.int32)
+    n_edge_arr = np.concatenate([graph.n_edge, [pe], np.zeros(pg - 1, np.int32)]).astype(np.int32)
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges, globals=globals_, senders=senders.astype(np.int32),
+        receivers=receivers.astype(np.int32), n_node=n_node_arr, n_edge=n_edge_arr,
+    )

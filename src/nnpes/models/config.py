@@ -1,0 +1,80 @@
+"""The ``model:`` section of a config: common keys plus the chosen model's hyperparameters inline."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ase.data import atomic_numbers
+
+from nnpes.schema import ConfigError, from_dict
+
+
+@dataclass
+class ModelConfig:
+    name: str = "nequip"
+    elements: list[str] = field(default_factory=list)  # chemical symbols, e.g. [H, C, O]
+    cutoff: float = 5.0  # Å
+    dtype: Literal["float32", "float64"] = "float32"
+    # None: taken from the training set's statistics (nnpes.stats), else these defaults:
+    avg_num_neighbors: float | None = None  # default 1.0 without data
+    e0: dict[str, float] | None = None  # eV per element; default 0
+    scale: float | None = None  # eV, σ_Z initial value for every element; default 1.0
+    hparams: Any = None  # the registered model's hyperparameter dataclass
+
+    def validate(self, path: str = "model"):
+        if not self.elements:
+            raise ConfigError(f"{path}.elements: list the chemical symbols the model knows, e.g. [H, C, O]")
+        for s in self.elements:
+            if s not in atomic_numbers or s == "X":
+                close = difflib.get_close_matches(s, list(atomic_numbers), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{path}.elements: unknown element {s!r}{hint}")
+        if len(set(self.elements)) != len(self.elements):
+            raise ConfigError(f"{path}.elements: repeated element in {self.elements}")
+        if not self.cutoff > 0:
+            raise ConfigError(f"{path}.cutoff must be > 0 Å, got {self.cutoff}")
+        if self.e0 is not None:
+            unknown = set(self.e0) - set(self.elements)
+            if unknown:
+                raise ConfigError(f"{path}.e0: elements {sorted(unknown)} are not in model.elements")
+
+    @property
+    def numbers(self) -> list[int]:
+        return [atomic_numbers[s] for s in self.elements]
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hparams"}
+        d.update(dataclasses.asdict(self.hparams))
+        return d
+
+
+def parse_model_config(data: dict | ModelConfig, path: str = "model") -> ModelConfig:
+    """Common keys are ModelConfig's; every other key must be a hyperparameter of model ``name``."""
+    if isinstance(data, ModelConfig):
+        return data
+    from nnpes.models import get_model
+
+    data = dict(data or {})
+    if "hparams" in data:
+        raise ConfigError(f"{path}.hparams: write the hyperparameters inline in the model section")
+    common_names = {f.name for f in dataclasses.fields(ModelConfig)} - {"hparams"}
+    common = {k: v for k, v in data.items() if k in common_names}
+    rest = {k: v for k, v in data.items() if k not in common_names}
+    name = common.get("name", ModelConfig.name)
+    try:
+        spec = get_model(name)
+    except KeyError as e:
+        raise ConfigError(f"{path}.name: {e.args[0]}") from None
+    hp_names = {f.name for f in dataclasses.fields(spec.hparams)}
+    for key in rest:
+        if key not in hp_names:
+            close = difflib.get_close_matches(key, sorted(hp_names | common_names), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {path}.{key!r} for model {name!r}{hint}")
+    hparams = from_dict(spec.hparams, rest, path)
+    cfg = from_dict(ModelConfig, common, path)
+    cfg.hparams = hparams
+    return cfg

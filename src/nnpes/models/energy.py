@@ -1,0 +1,33 @@
+"""E = Σ_i (σ_Z E_i + E0_Z) + b around any registered per-atom model."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class EnergyModel(nn.Module):
+    """Wraps an inner model; returns (N,) per-atom energies in eV that sum to the structure energy.
+
+    Parameters: ``scale`` (n_elements,) σ_Z, ``e0`` (n_elements,) E0_Z in eV, ``offset`` b in eV.
+    The offset is shared out as b / N_atoms over the atoms of each structure, so per-atom energies
+    still sum to E; it lives here once and the loss has no second copy.
+    """
+
+    inner: nn.Module
+    e0_init: Sequence[float]
+    scale_init: float = 1.0
+
+    @nn.compact
+    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask, node_graph, n_node):
+        n_el = len(self.e0_init)
+        e0 = self.param("e0", lambda _: jnp.asarray(self.e0_init, vectors.dtype))
+        scale = self.param("scale", lambda _: jnp.full((n_el,), self.scale_init, vectors.dtype))
+        offset = self.param("offset", lambda _: jnp.zeros((), vectors.dtype))
+        e_i = self.inner(vectors, species, senders, receivers, edge_mask, node_mask)
+        atoms_in_graph = jnp.maximum(n_node[node_graph], 1).astype(vectors.dtype)
+        e = scale[species] * e_i + e0[species] + offset / atoms_in_graph
+        return jnp.where(node_mask, e, 0.0)

@@ -1,0 +1,76 @@
+"""Host-side neighbour lists (vesin's C++ cell list), full lists with integer cell shifts.
+
+Convention used everywhere in nnpes: an edge (receiver i, sender j, shift S) means atom j,
+displaced by the lattice translation S @ cell, lies within the cutoff of atom i, and
+
+    vector_ij = positions[j] - positions[i] + S @ cell      (Å)
+
+The list is full (both i→j and j→i), sorted by receiver so that message aggregation can use
+``segment_sum(..., indices_are_sorted=True)``. Cells of any shape, cells smaller than the
+cutoff (many images of an atom), mixed periodicity and molecules without a cell are handled.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import vesin
+
+
+class NeighborList(NamedTuple):
+    receivers: np.ndarray  # (E,) int32, centre atom i
+    senders: np.ndarray  # (E,) int32, neighbour atom j
+    shifts: np.ndarray  # (E, 3) int32, cell images of j
+
+
+def _box_for_vesin(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """vesin needs a non-singular box; directions that are not periodic may have a zero (or any)
+    cell vector in ase, so give them a long orthogonal one (no image is ever made there)."""
+    cell = np.array(cell, dtype=np.float64).reshape(3, 3)
+    if not pbc.any():
+        return np.zeros((3, 3))
+    if np.all(pbc) or abs(np.linalg.det(cell)) > 1e-8 * max(1.0, np.abs(cell).max() ** 3):
+        return cell
+    span = np.ptp(positions, axis=0).max() if len(positions) else 0.0
+    length = 2.0 * (span + np.abs(cell).sum()) + 1.0
+    box = cell.copy()
+    for d in np.flatnonzero(~pbc):
+        others = [box[k] for k in range(3) if k != d]
+        n = np.cross(others[0], others[1])
+        if np.linalg.norm(n) < 1e-12:  # two non-periodic directions: any orthonormal completion
+            n = np.eye(3)[d]
+        box[d] = length * n / np.linalg.norm(n)
+    return box
+
+
+def neighbor_list(
+    positions: np.ndarray,
+    cell: np.ndarray | None,
+    pbc,
+    cutoff: float,
+) -> NeighborList:
+    """Full neighbour list within ``cutoff`` (Å), sorted by receiver.
+
+    positions: (N, 3) Å; cell: (3, 3) Å rows = lattice vectors (ignored where pbc is False);
+    pbc: bool or (3,) bools.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    if cell is None:
+        cell = np.zeros((3, 3))
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    for d in np.flatnonzero(pbc):
+        if np.linalg.norm(cell[d]) < 1e-8:
+            raise ValueError(f"direction {d} is periodic but its cell vector is zero")
+    n = len(positions)
+    if n == 0:
+        empty = np.zeros(0, np.int32)
+        return NeighborList(empty, empty, np.zeros((0, 3), np.int32))
+    box = _box_for_vesin(cell, pbc, positions)
+    calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, s = calc.compute(points=positions, box=box, periodic=pbc if pbc.any() else False, quantities="ijS")
+    order = np.lexsort((j, i))  # receiver-major, deterministic
+    return NeighborList(
+        i[order].astype(np.int32), j[order].astype(np.int32), s[order].astype(np.int32)
+    )
