@@ -27,13 +27,19 @@ class ModelSpec:
     name: str
     hparams: type  # dataclass of the model's hyperparameters (validated by nnpes.schema)
     build: Callable  # build(hparams, model_config) -> flax.linen.Module
+    # Optional: calibrate(module, variables, padded_graphs) -> variables, run by build_potential when a
+    # training set is given (e.g. descriptor normalisation). Non-trainable values live in a flax
+    # collection other than "params" ("constants"); training differentiates variables["params"] only.
+    calibrate: Callable | None = None
 
 
-def register(name: str, hparams: type):
-    """Decorator: ``@register("nequip", NequIPHParams) def build(hp, cfg): ...``."""
+def register(name: str, hparams: type, calibrate: Callable | None = None):
+    """Decorator: ``@register("nequip", NequIPHParams) def build(hp, cfg): ...``.
+
+    Names starting with "_" are private (tests); the physics battery skips them."""
 
     def wrap(build):
-        MODELS[name] = ModelSpec(name, hparams, build)
+        MODELS[name] = ModelSpec(name, hparams, build, calibrate)
         return build
 
     return wrap
