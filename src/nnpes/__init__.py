@@ -17,6 +17,7 @@ _LAZY = {
     "load_potential": "nnpes.potential",
     "Potential": "nnpes.potential",
     "Ensemble": "nnpes.active.ensemble",
+    "read_structures": "nnpes.data",
 }
 
 
