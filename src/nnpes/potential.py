@@ -6,19 +6,29 @@ cell and the positions (ase sign convention, eV/Å³).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
+import yaml
+from ase import Atoms
 
 from nnpes import keys
-from nnpes.graph import edge_vectors, node_graph_index
+from nnpes.batching import batch, pad_graph
+from nnpes.graph import atoms_to_graph, edge_vectors, node_graph_index
 from nnpes.models import get_model
 from nnpes.models.config import ModelConfig, parse_model_config
 from nnpes.models.energy import EnergyModel
+from nnpes.schema import ConfigError
 
 
 def species_table(config: ModelConfig) -> np.ndarray:
@@ -82,9 +92,27 @@ def energy_forces_stress(module, table, params, graph: jraph.GraphsTuple, comput
     return out
 
 
+class _Compiled:
+    """The jitted energy/forces/stress of one module, shared by every copy of a Potential
+    (``replace`` keeps it), with a trace counter so tests can see recompilation."""
+
+    def __init__(self, module, table):
+        self.n_traces = 0
+
+        def efs(variables, graph, compute_stress):
+            self.n_traces += 1  # runs at trace time only: counts compilations
+            return energy_forces_stress(module, table, variables, graph, compute_stress)
+
+        self.fn = jax.jit(efs, static_argnums=2)
+
+
 @dataclass
 class Potential:
-    """Config + module + parameters. Build with ``nnpes.build_potential``."""
+    """Config + module + parameters. Build with ``nnpes.build_potential`` or ``nnpes.load_potential``.
+
+    ``params`` is the full flax variables dict ({"params": ..., optionally "constants": ...}); only
+    ``params["params"]`` is trained.
+    """
 
     config: ModelConfig
     params: Any
@@ -94,6 +122,7 @@ class Potential:
         if self.module is None:
             self.module = make_module(self.config)
         self.table = species_table(self.config)
+        self._compiled = _Compiled(self.module, self.table)
 
     @property
     def cutoff(self) -> float:
@@ -103,9 +132,273 @@ class Potential:
     def elements(self) -> list[str]:
         return list(self.config.elements)
 
+    @property
+    def dtype(self):
+        return jnp.float64 if self.config.dtype == "float64" else jnp.float32
+
+    @property
+    def n_compiles(self) -> int:
+        """How many times ``predict``'s jitted function has been traced (one per padded shape)."""
+        return self._compiled.n_traces
+
     def energy_forces_stress(self, params, graph, compute_stress: bool = True) -> dict:
-        """Pure function of (params, padded graph); jit it yourself or use ``predict``."""
+        """Pure function of (variables, padded device graph); jit it yourself or use ``predict``."""
         return energy_forces_stress(self.module, self.table, params, graph, compute_stress)
+
+    def replace(self, params) -> "Potential":
+        """A copy with new variables; shares the module and the compiled functions."""
+        new = copy.copy(self)
+        new.params = params
+        return new
+
+    # ---- prediction --------------------------------------------------------------------------
+
+    def check_elements(self, atoms: Atoms, index: int | None = None) -> None:
+        """ValueError naming an element the model does not know."""
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.config.elements))
+        if unknown:
+            where = f"structure {index}: " if index is not None else ""
+            raise ValueError(
+                f"{where}element(s) {unknown} not in the model's elements {list(self.config.elements)}"
+            )
+        if len(atoms) == 0:
+            raise ValueError(f"{'structure %d: ' % index if index is not None else ''}structure has no atoms")
+
+    def predict(self, atoms: Atoms | Sequence[Atoms], compute_stress: bool | None = None):
+        """Energy (eV), forces (N,3) eV/Å, per-atom ``energies`` (N,) eV and, for fully periodic
+        structures, ``stress`` (3,3) eV/Å³ (ase sign). One Atoms → dict; a list → list of dicts.
+
+        Structures are batched and padded to a few bucket shapes, so predicting many structures
+        of similar size compiles once. ``compute_stress=None``: only if some structure is periodic.
+        """
+        single = isinstance(atoms, Atoms)
+        atoms_list = [atoms] if single else list(atoms)
+        for k, a in enumerate(atoms_list):
+            self.check_elements(a, None if single else k)
+        periodic = [bool(np.all(a.pbc)) for a in atoms_list]
+        if compute_stress is None:
+            compute_stress = any(periodic)
+        graphs = [atoms_to_graph(a, self.cutoff) for a in atoms_list]
+        results = []
+        for chunk in _chunks(graphs):
+            padded = _pad_for_predict(batch(chunk))
+            out = self._compiled.fn(self.params, _to_device(padded, self.dtype), bool(compute_stress))
+            out = jax.tree_util.tree_map(np.asarray, out)
+            node0 = 0
+            for g, graph in enumerate(chunk):
+                n = int(graph.n_node[0])
+                res = {
+                    "energy": float(out["energy"][g]),
+                    "forces": out["forces"][node0 : node0 + n].astype(np.float64),
+                    "energies": out["energies"][node0 : node0 + n].astype(np.float64),
+                }
+                if compute_stress and periodic[len(results)]:
+                    res["stress"] = out["stress"][g].astype(np.float64)
+                results.append(res)
+                node0 += n
+        return results[0] if single else results
+
+    def calculator(self, **kwargs):
+        """An ase Calculator (energy, free_energy, forces, stress, energies)."""
+        from nnpes.calculator import NNPESCalculator
+
+        return NNPESCalculator(self, **kwargs)
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def to_config(self) -> dict:
+        """Full config: ``{"nnpes_version": ..., "model": {...}}`` (a valid build_potential input)."""
+        from nnpes import __version__
+
+        return {"nnpes_version": __version__, "model": _plain(self.config.to_dict())}
+
+    def save(self, path) -> Path:
+        """Write a directory with ``config.yaml`` and ``params.msgpack``; each file atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path / PARAMS_FILE, flax.serialization.to_bytes(self.params))
+        _atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
+        return path
+
+
+PARAMS_FILE = "params.msgpack"
+CONFIG_FILE = "config.yaml"
+
+# Predict-time padding: at most this many nodes / graphs per jitted call.
+_MAX_NODES_PER_CALL = 4096
+_MAX_GRAPHS_PER_CALL = 64
+
+
+def _chunks(graphs):
+    chunk, nodes = [], 0
+    for g in graphs:
+        n = int(g.n_node[0])
+        if chunk and (nodes + n > _MAX_NODES_PER_CALL or len(chunk) >= _MAX_GRAPHS_PER_CALL):
+            yield chunk
+            chunk, nodes = [], 0
+        chunk.append(g)
+        nodes += n
+    if chunk:
+        yield chunk
+
+
+def _ladder(x: int, minimum: int) -> int:
+    """Smallest value ≥ x on the ladder minimum·{1, 1.5}·2^k: a few shapes, < 50 % padding."""
+    v = minimum
+    while v < x:
+        v = v * 3 // 2 if (v & (v - 1)) == 0 else v * 4 // 3
+    return v
+
+
+def _pad_for_predict(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    try:
+        from nnpes.batching import pad_to_bucket
+    except ImportError:
+        pad_to_bucket = None
+    if pad_to_bucket is not None:
+        return pad_to_bucket(graph)
+    n_node = int(np.sum(graph.n_node)) + 1
+    n_edge = int(np.sum(graph.n_edge))
+    n_graph = len(graph.n_node) + 1
+    return pad_graph(graph, _ladder(n_node, 16), _ladder(n_edge, 64), _ladder(n_graph, 2))
+
+
+def _to_device(graph: jraph.GraphsTuple, dtype) -> jraph.GraphsTuple:
+    try:
+        from nnpes.batching import to_device
+    except ImportError:
+        to_device = None
+    if to_device is not None:
+        return to_device(graph, dtype)
+
+    def cast(x):
+        x = np.asarray(x)
+        return jnp.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x)
+
+    return jax.tree_util.tree_map(cast, graph)
+
+
+def _plain(x):
+    """YAML-safe copy: tuples → lists, numpy scalars → Python."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _model_section(config) -> ModelConfig:
+    """dict / YAML path / ModelConfig, either a bare model section or a full config with ``model:``."""
+    if isinstance(config, ModelConfig):
+        return dataclasses.replace(config)
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} not found")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    elif isinstance(config, dict):
+        data = config
+    else:
+        raise TypeError(f"config must be a dict, a YAML path or a ModelConfig, got {type(config).__name__}")
+    if isinstance(data.get("model"), (dict, ModelConfig)):
+        return _model_section(data["model"]) if isinstance(data["model"], ModelConfig) else parse_model_config(data["model"], "model")
+    return parse_model_config(data, "model")
+
+
+def _enable_x64_if_needed(cfg: ModelConfig) -> None:
+    if cfg.dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+
+
+def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = None) -> Potential:
+    """A Potential with fresh parameters.
+
+    config: dict or YAML path: a bare ``model:`` section or a full config (other sections ignored).
+    dataset: labelled ase.Atoms; where the config leaves them None it supplies E0 per element (eV,
+    least squares), the scale σ (eV per unit model output, set to the force RMS as NequIP does) and
+    the average number of neighbours, and the model's ``calibrate`` hook runs on its padded graphs.
+    Defaults without data: E0 = 0, σ = 1, avg_num_neighbors = 1; they are written into the config.
+    """
+    cfg = _model_section(config)
+    _enable_x64_if_needed(cfg)
+    if dataset is not None:
+        dataset = list(dataset)
+        if not dataset:
+            raise ValueError("build_potential: dataset is empty")
+        from nnpes.stats import compute_stats
+
+        stats = compute_stats(dataset, cfg.elements, cfg.cutoff)
+        if cfg.e0 is None:
+            cfg.e0 = dict(stats.e0)
+        if cfg.scale is None:
+            cfg.scale = float(stats.force_rms)
+        if cfg.avg_num_neighbors is None:
+            cfg.avg_num_neighbors = float(stats.avg_num_neighbors)
+    # Record the defaults so a saved potential rebuilds exactly.
+    if cfg.e0 is None:
+        cfg.e0 = {s: 0.0 for s in cfg.elements}
+    cfg.scale = 1.0 if cfg.scale is None else float(cfg.scale)
+    cfg.avg_num_neighbors = 1.0 if cfg.avg_num_neighbors is None else float(cfg.avg_num_neighbors)
+    module = make_module(cfg)
+    variables = init_params(cfg, module, seed)
+    spec = get_model(cfg.name)
+    if dataset is not None and spec.calibrate is not None:
+        pot = Potential(cfg, variables, module)
+        for k, a in enumerate(dataset):
+            pot.check_elements(a, k)
+        graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
+        padded = [_pad_for_predict(batch(c)) for c in _chunks(graphs)]  # host numpy, float64
+        variables = spec.calibrate(module, variables, padded)
+    return Potential(cfg, variables, module)
+
+
+def load_potential(path) -> Potential:
+    """Read a directory written by ``Potential.save``; predictions are bit-identical."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved potential at {str(path)!r}")
+    for name in (CONFIG_FILE, PARAMS_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a saved potential: {name} is missing")
+    with open(path / CONFIG_FILE) as f:
+        data = yaml.safe_load(f)
+    cfg = _model_section(data)
+    _enable_x64_if_needed(cfg)
+    module = make_module(cfg)
+    with open(path / PARAMS_FILE, "rb") as f:
+        raw = f.read()
+    try:
+        state = flax.serialization.msgpack_restore(raw)
+    except Exception as e:  # noqa: BLE001 - any decoding failure means a corrupt file
+        raise ValueError(f"{str(path / PARAMS_FILE)!r}: cannot decode parameters ({e})") from None
+    # The structure must match what this version of the model builds.
+    template = jax.eval_shape(lambda: init_params(cfg, module, 0))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(template)}
+    have = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:5]
+        raise ValueError(f"{str(path / PARAMS_FILE)!r}: parameters do not match model {cfg.name!r}: {diff}")
+    variables = jax.tree_util.tree_map(jnp.asarray, state)
+    return Potential(cfg, variables, module)
 
 
 def init_params(config: ModelConfig, module: EnergyModel, seed: int = 0):
