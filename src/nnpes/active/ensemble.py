@@ -1,0 +1,347 @@
+"""A committee of K potentials of one architecture with stacked parameters (leading axis K).
+
+Evaluation is one jitted ``vmap`` of ``nnpes.potential.energy_forces_stress`` over the members,
+followed by the disagreement measures of ``nnpes.active.uncertainty`` inside the same jit.
+Training updates all K members in one jitted, vmapped optax step (one compile); members differ by
+their initial seed and, optionally, by a bootstrap resampling of the training set expressed as
+per-member structure weights (so every member sees the same padded batch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import optax
+import yaml
+from ase import Atoms
+
+from nnpes import keys
+from nnpes.active.uncertainty import calibrate_scale, committee_measures
+from nnpes.batching import batch, pad_graph
+from nnpes.graph import atoms_to_graph, node_graph_index
+from nnpes.potential import Potential, build_potential, energy_forces_stress
+
+ENSEMBLE_FILE = "ensemble.msgpack"
+META_FILE = "ensemble.json"
+CONFIG_FILE = "config.yaml"
+STD_KEYS = ("force_std", "rel_force_std", "max_force_std", "max_rel_force_std", "energy_std_per_atom")
+
+
+def stack_variables(variables: Sequence) -> dict:
+    """K variable dicts of identical structure → one dict whose leaves have a leading K axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *variables)
+
+
+def unstack_variables(stacked, k: int) -> dict:
+    return jax.tree_util.tree_map(lambda x: x[k], stacked)
+
+
+def _pad(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """A few padded shapes for prediction: the batching module's buckets when present."""
+    try:
+        from nnpes.batching import pad_to_bucket
+    except ImportError:  # pragma: no cover - until batching.pad_to_bucket lands
+        from nnpes.potential import _pad_for_predict as pad_to_bucket
+    return pad_to_bucket(graph)
+
+
+def _to_device(graph, dtype):
+    try:
+        from nnpes.batching import to_device
+    except ImportError:  # pragma: no cover - until batching.to_device lands
+        from nnpes.potential import _to_device as to_device
+    return to_device(graph, dtype)
+
+
+@dataclass
+class FitConfig:
+    """Committee training hyperparameters (the ``committee:`` config section, minus ``size``)."""
+
+    epochs: int = 50
+    batch_size: int = 4
+    learning_rate: float = 3e-3
+    final_learning_rate_ratio: float = 0.1  # cosine decay to lr·ratio over the fit
+    energy_weight: float = 1.0
+    forces_weight: float = 100.0
+    bootstrap: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Ensemble:
+    """K members: ``template`` gives config/module/table, ``variables`` are stacked (leading K).
+
+    ``nu`` (eV/Å) regularises the relative force disagreement; ``std_scale`` (1) multiplies every
+    standard deviation reported (1 until ``calibrate`` fits it against validation errors)."""
+
+    template: Potential
+    variables: dict
+    nu: float = 1.0
+    std_scale: float = 1.0
+    _jit: dict = field(default_factory=dict, repr=False)
+
+    # ---- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config, size: int, *, seed: int = 0, dataset: Sequence[Atoms] | None = None,
+              nu: float = 1.0) -> "Ensemble":
+        """K = ``size`` members from ``build_potential(config, seed + k, dataset)``."""
+        if size < 2:
+            raise ValueError(f"a committee needs at least 2 members, got size={size}")
+        members = [build_potential(config, seed=seed + k, dataset=dataset) for k in range(size)]
+        return cls.from_potentials(members, nu=nu)
+
+    @classmethod
+    def from_potentials(cls, potentials: Sequence[Potential], nu: float = 1.0) -> "Ensemble":
+        first = potentials[0]
+        for k, p in enumerate(potentials[1:], 1):
+            if p.config.to_dict() != first.config.to_dict():
+                raise ValueError(f"committee member {k} has a different model config from member 0")
+        return cls(first, stack_variables([p.params for p in potentials]), nu=nu)
+
+    @property
+    def size(self) -> int:
+        return int(jax.tree_util.tree_leaves(self.variables)[0].shape[0])
+
+    @property
+    def config(self):
+        return self.template.config
+
+    @property
+    def cutoff(self) -> float:
+        return self.template.cutoff
+
+    @property
+    def dtype(self):
+        return self.template.dtype
+
+    def member(self, k: int) -> Potential:
+        return self.template.replace(unstack_variables(self.variables, k))
+
+    def replace(self, variables) -> "Ensemble":
+        """A copy with new stacked variables sharing the compiled functions."""
+        return Ensemble(self.template, variables, self.nu, self.std_scale, self._jit)
+
+    # ---- evaluation --------------------------------------------------------------------------
+
+    def committee_fn(self, compute_stress: bool = False):
+        """Pure ``(stacked_variables, padded_graph, std_scale) -> dict``: member outputs
+        ``member_energy`` (K, G), ``member_forces`` (K, N, 3) and the measures of
+        ``committee_measures`` (std ones multiplied by ``std_scale``)."""
+        module, table, nu = self.template.module, self.template.table, self.nu
+
+        def fn(variables, graph, std_scale):
+            out = jax.vmap(lambda v: energy_forces_stress(module, table, v, graph, compute_stress))(variables)
+            res = committee_measures(
+                out["energy"], out["forces"], jraph.get_node_padding_mask(graph),
+                node_graph_index(graph), graph.n_node, nu,
+            )
+            res = {k: (v * std_scale if k in STD_KEYS else v) for k, v in res.items()}
+            res["member_energy"] = out["energy"]
+            res["member_forces"] = out["forces"]
+            res["energies"] = jnp.mean(out["energies"], axis=0)
+            if compute_stress:
+                res["stress"] = jnp.mean(out["stress"], axis=0)
+            return res
+
+        return fn
+
+    def _compiled(self, compute_stress: bool):
+        if compute_stress not in self._jit:
+            self._jit[compute_stress] = jax.jit(self.committee_fn(compute_stress))
+        return self._jit[compute_stress]
+
+    def predict(self, atoms: Atoms | Sequence[Atoms]):
+        """Committee mean ``energy`` (eV), ``forces`` (N,3) eV/Å, ``energies`` (N,), ``stress``
+        (3,3) eV/Å³ (periodic only); members' ``member_energy`` (K,), ``member_forces`` (K,N,3);
+        per-atom ``force_std``, ``rel_force_std`` (N,) and per-structure ``max_force_std`` (eV/Å),
+        ``max_rel_force_std`` (1), ``energy_std_per_atom`` (eV/atom). dict, or list for a list."""
+        single = isinstance(atoms, Atoms)
+        atoms_list = [atoms] if single else list(atoms)
+        for k, a in enumerate(atoms_list):
+            self.template.check_elements(a, None if single else k)
+        periodic = [bool(np.all(a.pbc)) for a in atoms_list]
+        stress = any(periodic)
+        results = []
+        for chunk in _chunks([atoms_to_graph(a, self.cutoff) for a in atoms_list]):
+            graph = _to_device(_pad(batch(chunk)), self.dtype)
+            out = jax.tree_util.tree_map(np.asarray, self._compiled(stress)(self.variables, graph, self.std_scale))
+            node0 = 0
+            for g, gr in enumerate(chunk):
+                n = int(gr.n_node[0])
+                nodes = slice(node0, node0 + n)
+                res = {
+                    "energy": float(out["energy"][g]),
+                    "forces": out["forces"][nodes].astype(np.float64),
+                    "energies": out["energies"][nodes].astype(np.float64),
+                    "member_energy": out["member_energy"][:, g].astype(np.float64),
+                    "member_forces": out["member_forces"][:, nodes].astype(np.float64),
+                    "force_std": out["force_std"][nodes].astype(np.float64),
+                    "rel_force_std": out["rel_force_std"][nodes].astype(np.float64),
+                }
+                for key in ("max_force_std", "max_rel_force_std", "energy_std_per_atom"):
+                    res[key] = float(out[key][g])
+                if periodic[len(results)]:
+                    res["stress"] = out["stress"][g].astype(np.float64)
+                results.append(res)
+                node0 += n
+        return results[0] if single else results
+
+    def errors(self, atoms_list: Sequence[Atoms]) -> dict:
+        """Committee-mean errors against the labels: energy MAE/RMSE (eV/atom), force component
+        MAE/RMSE (eV/Å), and the mean ``max_force_std`` (eV/Å) for comparison."""
+        from nnpes.graph import _labels
+
+        atoms_list = list(atoms_list)
+        if not atoms_list:
+            return {}
+        preds = self.predict(atoms_list)
+        de, df, eps = [], [], []
+        for a, p in zip(atoms_list, preds):
+            energy, forces, _ = _labels(a)
+            if energy is not None:
+                de.append((p["energy"] - energy) / len(a))
+            if forces is not None:
+                df.append((p["forces"] - forces).ravel())
+            eps.append(p["max_force_std"])
+        de = np.asarray(de)
+        df = np.concatenate(df) if df else np.zeros(0)
+        out = {"n": len(atoms_list), "mean_max_force_std": float(np.mean(eps))}
+        if de.size:
+            out.update(energy_mae_per_atom=float(np.mean(np.abs(de))), energy_rmse_per_atom=float(np.sqrt(np.mean(de**2))))
+        if df.size:
+            out.update(forces_mae=float(np.mean(np.abs(df))), forces_rmse=float(np.sqrt(np.mean(df**2))))
+        return out
+
+    def calibrate(self, atoms_list: Sequence[Atoms]) -> float:
+        """Fit ``std_scale`` so the per-atom force standard deviation matches the per-atom force
+        error |F̄ − F_ref| on labelled (validation) structures; returns the scale."""
+        from nnpes.graph import _labels
+
+        saved, self.std_scale = self.std_scale, 1.0
+        try:
+            preds = self.predict(list(atoms_list))
+        finally:
+            self.std_scale = saved
+        std, err = [], []
+        for a, p in zip(atoms_list, preds):
+            _, forces, _ = _labels(a)
+            if forces is None:
+                continue
+            std.append(p["force_std"])
+            err.append(np.linalg.norm(p["forces"] - forces, axis=-1))
+        if not std:
+            raise ValueError("Ensemble.calibrate: no structure carries force labels")
+        self.std_scale = calibrate_scale(np.concatenate(std), np.concatenate(err))
+        return self.std_scale
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def fit(self, train: Sequence[Atoms], fit: FitConfig | None = None, *, log=None) -> "Ensemble":
+        """Train all members together from their current parameters (a warm start when this
+        ensemble comes from a previous iteration). Returns a new Ensemble; only ``params`` train."""
+        from nnpes.training.loss import total_loss
+
+        fit = fit or FitConfig()
+        train = list(train)
+        if not train:
+            raise ValueError("Ensemble.fit: the training set is empty")
+        graphs = [atoms_to_graph(a, self.cutoff) for a in train]
+        n, K, bs = len(graphs), self.size, max(1, min(fit.batch_size, len(graphs)))
+        nn = np.sort([int(g.n_node[0]) for g in graphs])[::-1]
+        ne = np.sort([int(g.n_edge[0]) for g in graphs])[::-1]
+        shape = (int(nn[:bs].sum()) + 1, int(ne[:bs].sum()), bs + 1)  # one padded shape: one compile
+        rng = np.random.default_rng(fit.seed)
+        if fit.bootstrap:
+            boot = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(K)]).astype(float)
+        else:
+            boot = np.ones((K, n))
+        steps_per_epoch = -(-n // bs)
+        schedule = optax.cosine_decay_schedule(fit.learning_rate, fit.epochs * steps_per_epoch, fit.final_learning_rate_ratio)
+        opt = optax.adam(schedule)
+        module, table = self.template.module, self.template.table
+        loss_weights = {"energy": fit.energy_weight, "forces": fit.forces_weight, "stress": 0.0}
+
+        def member_loss(params, rest, graph, weight):
+            g = graph._replace(globals={**graph.globals, keys.WEIGHT: graph.globals[keys.WEIGHT] * weight})
+            pred = energy_forces_stress(module, table, {**rest, "params": params}, g, False)
+            return total_loss(pred, g, loss_weights)
+
+        def member_step(params, rest, opt_state, graph, weight):
+            loss, grads = jax.value_and_grad(member_loss)(params, rest, graph, weight)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        step = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0)))
+        params = self.variables["params"]
+        rest = {k: v for k, v in self.variables.items() if k != "params"}
+        opt_state = jax.vmap(opt.init)(params)
+        dtype = self.dtype
+        for epoch in range(fit.epochs):
+            order = np.random.default_rng([fit.seed, epoch]).permutation(n)
+            losses = []
+            for start in range(0, n, bs):
+                idx = order[start : start + bs]
+                graph = _to_device(pad_graph(batch([graphs[i] for i in idx]), *shape), dtype)
+                w = np.zeros((K, shape[2]))
+                w[:, : len(idx)] = boot[:, idx]
+                params, opt_state, loss = step(params, rest, opt_state, graph, jnp.asarray(w, dtype))
+                losses.append(np.asarray(loss))
+            if log is not None:
+                log(epoch, np.mean(losses, axis=0))
+        return self.replace({**rest, "params": params})
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def save(self, path) -> Path:
+        """Directory with ``config.yaml``, ``ensemble.msgpack`` (stacked variables) and
+        ``ensemble.json`` (size, nu, std_scale); each file written atomically."""
+        from nnpes.potential import _atomic_write
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path / ENSEMBLE_FILE, flax.serialization.to_bytes(self.variables))
+        _atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.template.to_config(), sort_keys=False).encode())
+        meta = {"size": self.size, "nu": self.nu, "std_scale": self.std_scale}
+        _atomic_write(path / META_FILE, json.dumps(meta).encode())
+        return path
+
+
+def load_ensemble(path) -> Ensemble:
+    """Read a directory written by ``Ensemble.save``."""
+    path = Path(path)
+    for name in (CONFIG_FILE, ENSEMBLE_FILE, META_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a saved ensemble: {name} is missing")
+    meta = json.loads((path / META_FILE).read_text())
+    template = build_potential(str(path / CONFIG_FILE), seed=0)
+    template_vars = stack_variables([template.params] * int(meta["size"]))
+    raw = (path / ENSEMBLE_FILE).read_bytes()
+    try:
+        variables = flax.serialization.from_bytes(template_vars, raw)
+    except Exception as e:  # noqa: BLE001 - any decoding/structure failure means a bad file
+        raise ValueError(f"{str(path / ENSEMBLE_FILE)!r}: cannot restore committee parameters ({e})") from None
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    return Ensemble(template, variables, nu=float(meta["nu"]), std_scale=float(meta["std_scale"]))
+
+
+def _chunks(graphs, max_nodes: int = 4096, max_graphs: int = 64):
+    chunk, nodes = [], 0
+    for g in graphs:
+        k = int(g.n_node[0])
+        if chunk and (nodes + k > max_nodes or len(chunk) >= max_graphs):
+            yield chunk
+            chunk, nodes = [], 0
+        chunk.append(g)
+        nodes += k
+    if chunk:
+        yield chunk
+
