@@ -320,12 +320,39 @@ def test_bad_atomic_number(tmp_path, z):
     _assert_names(err, path, 2, f"atomic number {z}", "atom 1")
 
 
-def test_unknown_symbol_in_files(tmp_path):
-    path = tmp_path / "xx.xyz"
-    path.write_text("1\nProperties=species:S:1:pos:R:3 energy=1.0 pbc=\"F F F\"\nXq 0 0 0\n")
+def test_unreadable_extxyz_frame_is_named(tmp_path):
+    good = tmp_path / "good.xyz"
+    _write_xyz(good, _good(4))
+    lines = good.read_text().splitlines()
+    for name, line_no, text, words in [
+        ("symbol.xyz", 2 * 4 + 2, "Xq 0 0 0 0 0 0", ["Xq", "unknown element symbol"]),
+        ("number.xyz", 1 * 4 + 3, "H 0 0 abc 0 0 0", ["abc"]),
+    ]:
+        bad = list(lines)
+        bad[line_no] = text
+        path = tmp_path / name
+        path.write_text("\n".join(bad) + "\n")
+        with pytest.raises(DataError) as err:
+            read_structures(path)
+        _assert_names(err, path, line_no // 4, "could not be read as extxyz", *words)
+    truncated = tmp_path / "truncated.xyz"
+    truncated.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(DataError) as err:
-        read_structures(path)
-    _assert_names(err, path, None, "could not be read")
+        read_structures(truncated)
+    _assert_names(err, truncated, 3, "expected 2")
+    with pytest.raises(IndexError, match="good.xyz: index 4 out of range"):
+        read_structures(good, index=4)
+
+
+def test_data_error_pickles():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(DataError("a.xyz", "forces have shape (1, 3)", 5)))
+    assert (err.source, err.frame, err.problem) == ("a.xyz", 5, "forces have shape (1, 3)")
+    assert str(err) == "a.xyz, frame 5: forces have shape (1, 3)"
+
+
+def test_unknown_symbol_in_json(tmp_path):
     si = bulk("Si", "diamond", a=5.43)
     entry = _mlearn_entry(si, -10.8, np.zeros((2, 3)), [0.0] * 6)
     entry["structure"]["sites"][1]["species"][0]["element"] = "Qq"
@@ -352,6 +379,18 @@ def test_atoms_too_close(tmp_path):
         read_structures(path)
     _assert_names(err, path, 2, "atoms 0 and 1", "0.3000 Å", "min_distance=0.5")
     assert len(read_structures(path, min_distance=0.2)) == 3
+
+
+def test_atoms_too_close_in_large_molecule():
+    """Above the dense-check size the vesin neighbour list does the work: same answer."""
+    rng = np.random.default_rng(5)
+    grid = np.array([[i, j, k] for i in range(6) for j in range(6) for k in range(6)], float) * 1.2
+    mol = Atoms(["C"] * len(grid), positions=grid + 0.05 * rng.standard_normal(grid.shape))
+    assert len(mol) > 128
+    assert validate_structures([mol], "big") == [mol]
+    mol.positions[150] = mol.positions[3] + [0.1, 0.2, 0.0]
+    with pytest.raises(DataError, match=r"big, frame 0: atoms 3 and 150 are 0.2236 Å apart"):
+        validate_structures([mol], "big")
 
 
 def test_atoms_too_close_through_periodic_image(tmp_path):

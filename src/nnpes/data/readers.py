@@ -80,11 +80,11 @@ def _parse_index(index):
     raise TypeError(f"index must be a str like ':' or '10:20', an int or a slice, got {index!r}")
 
 
-def _select(n: int, index) -> np.ndarray:
+def _select(n: int, index, path) -> np.ndarray:
     """Frame numbers (in the file) that ``index`` picks out of ``n`` frames."""
     if isinstance(index, int):
         if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} frames")
+            raise IndexError(f"{path}: index {index} out of range for {n} frames")
         return np.array([index % n])
     return np.arange(n)[index]
 
@@ -130,7 +130,7 @@ def _read_npz(path: Path, index, energy_unit):
     cell, pbc = None, False
     if "lattice" in data:
         cell, pbc = np.asarray(data["lattice"], np.float64).reshape(3, 3), True
-    ids = _select(m, index)
+    ids = _select(m, index, path)
     atoms_list, labels_list = [], []
     for i in ids:
         numbers = z if z.ndim == 1 else z[i]
@@ -166,7 +166,7 @@ def _pymatgen_atoms(structure: dict, path, frame) -> Atoms:
 def _read_mlearn_json(path: Path, items: list, index):
     """mlearn: ``outputs.energy`` eV (total), ``outputs.forces`` eV/Å, ``outputs.virial_stress``
     kBar in VASP order xx yy zz xy yz zx and VASP sign (positive = compressive)."""
-    ids = _select(len(items), index)
+    ids = _select(len(items), index, path)
     atoms_list, labels_list = [], []
     for i in ids:
         item = items[i]
@@ -200,7 +200,7 @@ def _read_ase_db(path: Path, index, db_type=None):
 
     with ase.db.connect(str(path), type=db_type or "extract_from_name") as db:
         rows = list(db.select())
-    ids = _select(len(rows), index)
+    ids = _select(len(rows), index, path)
     atoms_list = [rows[i].toatoms() for i in ids]
     for i, atoms in zip(ids, atoms_list):
         atoms.info.update(rows[i].key_value_pairs)
@@ -210,25 +210,42 @@ def _read_ase_db(path: Path, index, db_type=None):
 
 def _read_ase_io(path: Path, index, format):
     import ase.io
+    from ase.io.formats import filetype
 
-    def read(idx):
+    try:
+        fmt = format or filetype(str(path))
+    except Exception as err:
+        raise DataError(path, f"format not recognised by ase.io ({err}); pass format=...") from None
+    # extxyz is read frame by frame, so the frame that fails is the one after the last good one
+    sequential = fmt in ("extxyz", "xyz")
+
+    def read(idx, start=0, step=1):
+        out = []
         try:
-            out = ase.io.read(str(path), index=idx, format=format)
-        except Exception as err:  # ase raises many types; keep the cause, name the file
-            raise DataError(path, f"could not be read as {format or 'an ase.io format'}: {type(err).__name__}: {err}") from err
-        return [out] if isinstance(out, Atoms) else list(out)
+            for atoms in ase.io.iread(str(path), index=idx, format=fmt):
+                out.append(atoms)
+        except Exception as err:  # ase raises many types; keep the cause, name file and frame
+            hint = " (unknown element symbol?)" if isinstance(err, KeyError) else ""
+            problem = f"could not be read as {fmt}: {type(err).__name__}: {err}{hint}"
+            if sequential:
+                raise DataError(path, problem, start + step * len(out)) from err
+            raise DataError(path, f"{problem} (after {len(out)} frame(s) read)") from err
+        return out
 
     if isinstance(index, int) and index >= 0:
-        return read(index), np.array([index]), None
+        atoms_list = read(slice(index, index + 1), index)
+        if not atoms_list:
+            raise IndexError(f"{path}: index {index} out of range (the file has fewer frames)")
+        return atoms_list, np.array([index]), None
     if isinstance(index, slice) and (index.start or 0) >= 0 and (index.stop is None or index.stop >= 0) and (
         index.step or 1
     ) > 0:
-        atoms_list = read(index)
         start, step = index.start or 0, index.step or 1
+        atoms_list = read(index, start, step)
         return atoms_list, start + step * np.arange(len(atoms_list)), None
-    # negative indices: the frame numbers need the length of the file
+    # negative indices or steps: the frame numbers need the length of the file
     everything = read(slice(None))
-    ids = _select(len(everything), index)
+    ids = _select(len(everything), index, path)
     return [everything[i] for i in ids], ids, None
 
 

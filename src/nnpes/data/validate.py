@@ -19,6 +19,7 @@ from nnpes.neighbors import neighbor_list
 
 LABELS = (keys.ENERGY, keys.FORCES, keys.STRESS)
 MAX_Z = len(chemical_symbols) - 1  # 118; Z = 0 is ase's dummy "X"
+DENSE_MAX_ATOMS = 128  # non-periodic frames up to this size: dense distance check (faster)
 
 
 class DataError(ValueError):
@@ -30,6 +31,9 @@ class DataError(ValueError):
         self.problem = problem
         where = self.source if frame is None else f"{self.source}, frame {frame}"
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # survive pickling (multiprocessing data loaders)
+        return (type(self), (self.source, self.problem, self.frame))
 
 
 def raw_labels(atoms: Atoms) -> dict:
@@ -96,18 +100,35 @@ def _check_geometry(atoms: Atoms, source, frame, elements, min_distance) -> None
     if pbc.all() and abs(np.linalg.det(cell)) < 1e-8:
         raise DataError(source, f"periodic cell is singular (volume {np.linalg.det(cell):.3g} Å³)", frame)
     if min_distance and min_distance > 0:
-        nl = neighbor_list(positions, cell, pbc, min_distance)
-        if len(nl.senders):
-            vec = positions[nl.senders] - positions[nl.receivers] + nl.shifts @ cell
-            dist = np.linalg.norm(vec, axis=1)
-            k = int(np.argmin(dist))
-            i, j = int(nl.receivers[k]), int(nl.senders[k])
-            image = "" if not nl.shifts[k].any() else f" (periodic image {tuple(int(s) for s in nl.shifts[k])})"
+        pair = _closest_pair_within(positions, cell, pbc, min_distance)
+        if pair is not None:
+            i, j, shift, dist = pair
+            image = "" if not any(shift) else f" (periodic image {shift})"
             raise DataError(
                 source,
-                f"atoms {i} and {j}{image} are {dist[k]:.4f} Å apart, closer than min_distance={min_distance} Å",
+                f"atoms {i} and {j}{image} are {dist:.4f} Å apart, closer than min_distance={min_distance} Å",
                 frame,
             )
+
+
+def _closest_pair_within(positions, cell, pbc, cutoff):
+    """(i, j, shift, distance Å) of the closest pair closer than ``cutoff``, or None.
+
+    Small molecules take a dense distance matrix: vesin's cell list over a molecule's bounding
+    box with a 0.5 Å cutoff costs ~0.7 ms per 21-atom frame, the dense check ~0.06 ms.
+    """
+    n = len(positions)
+    if not pbc.any() and n <= DENSE_MAX_ATOMS:
+        d = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
+        d[np.diag_indices(n)] = np.inf
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        return (int(i), int(j), (0, 0, 0), float(d[i, j])) if d[i, j] < cutoff else None
+    nl = neighbor_list(positions, cell, pbc, cutoff)
+    if not len(nl.senders):
+        return None
+    dist = np.linalg.norm(positions[nl.senders] - positions[nl.receivers] + nl.shifts @ cell, axis=1)
+    k = int(np.argmin(dist))
+    return int(nl.receivers[k]), int(nl.senders[k]), tuple(int(s) for s in nl.shifts[k]), float(dist[k])
 
 
 def check_labels(labels: dict, n: int, pbc, source, frame, require=()) -> None:
@@ -174,7 +195,7 @@ def validate_structures(
     Checks: at least one atom; atomic numbers in 1..118 (and in ``elements`` when given);
     positions, cell, energy, forces and stress finite; forces (N, 3); stress (6,) or (3, 3)
     and only on periodic cells; no two atoms (periodic images included) closer than
-    ``min_distance`` Å (0 disables; vesin neighbour list, O(N)); labels named in ``require``
+    ``min_distance`` Å (0 disables; vesin neighbour list, O(N); dense for small molecules); labels named in ``require``
     ("energy", "forces", "stress") present. ``source`` (usually the file path) and
     ``frame_ids`` (the frames' indices in that file; default 0, 1, ...) go into the message.
     """
