@@ -1,0 +1,26 @@
+"""``nnpes train CONFIG.yaml [--set section.key=value ...] [--run-dir DIR] [--resume]``."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a potential from a YAML config",
+                              description="Train a potential from a YAML config (see `nnpes config template`).")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (YAML syntax), repeatable, e.g. --set training.lr=1e-3")
+    p.add_argument("--run-dir", default=None, help="run directory (default: output.run_dir of the config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run directory exactly")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nnpes.training import train
+
+    try:
+        result = train(args.config, args.run_dir, resume=args.resume, overrides=args.overrides)
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
+    print(f"model saved to {result['model']}")
+    print(f"run directory: {result['run_dir']} (metrics.csv, learning_curve.png, parity plots)")
+    return 0

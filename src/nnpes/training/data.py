@@ -1,0 +1,71 @@
+"""The data side of a training run: read the configured files, check elements, split.
+
+Returns lists of labelled ase.Atoms for train / valid / test; graphs are built by the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _count(value, n: int) -> int:
+    return int(round(value * n)) if isinstance(value, float) else int(value)
+
+
+def _read(path: str, dcfg, elements):
+    from nnpes.data import DataError, read_structures
+
+    atoms = read_structures(path, index=dcfg.index, energy_unit=dcfg.energy_unit, format=dcfg.format)
+    if not atoms:
+        raise DataError(path, f"no structures selected (index {dcfg.index!r})")
+    known = set(elements)
+    for k, a in enumerate(atoms):
+        extra = sorted(set(a.get_chemical_symbols()) - known)
+        if extra:
+            raise DataError(path, f"element(s) {extra} not in model.elements {list(elements)}; add them to the model section", k)
+    return atoms
+
+
+def load_splits(dcfg, elements) -> dict[str, list]:
+    """``{"train": [...], "valid": [...], "test": [...]}`` of ase.Atoms from a ``DataConfig``."""
+    from nnpes.data import split_indices
+
+    for p in dcfg.train_files + [dcfg.valid, dcfg.test]:
+        if p is not None and not Path(p).exists():
+            raise FileNotFoundError(f"data file {p!r} not found")
+    pool = []
+    for path in dcfg.train_files:
+        pool.extend(_read(path, dcfg, elements))
+    n = len(pool)
+    valid = _read(dcfg.valid, dcfg, elements) if dcfg.valid else None
+    test = _read(dcfg.test, dcfg, elements) if dcfg.test else None
+
+    if dcfg.train_indices:  # index files fix the split; without a valid/test file: nothing there
+        idx = split_indices(
+            n, train=dcfg.train_indices,
+            valid=dcfg.valid_indices or [],
+            test=dcfg.test_indices or [], seed=dcfg.split_seed,
+        )
+    else:
+        n_valid = 0 if valid is not None else _count(dcfg.n_valid, n)
+        n_test = 0 if (test is not None or dcfg.n_test is None) else _count(dcfg.n_test, n)
+        n_train = n - n_valid - n_test if dcfg.n_train is None else _count(dcfg.n_train, n)
+        if n_train <= 0 or n_train + n_valid + n_test > n:
+            raise ValueError(
+                f"data: cannot split {n} structures from {dcfg.train_files} into "
+                f"train {n_train} / valid {n_valid} / test {n_test}"
+            )
+        # structures left over (n_train set explicitly) are not used, not silently made test data
+        idx = split_indices(n, train=n_train, valid=n_valid, test=n_test, seed=dcfg.split_seed)
+    out = {name: [pool[int(i)] for i in ix] for name, ix in idx.items()}
+    if valid is not None:
+        out["valid"] = valid
+    if test is not None:
+        out["test"] = test
+    out.setdefault("valid", [])
+    out.setdefault("test", [])
+    if not out["train"]:
+        raise ValueError("data: the training set is empty")
+    return out

@@ -1,0 +1,316 @@
+"""Training: loss masking, optimiser mask, checkpoints, stop/resume equality, kill -9 recovery,
+bad data, evaluation output. Uses a tiny private model ("_tiny_mlp") and EMT-labelled copper so the
+whole file compiles only a handful of small functions.
+
+Run as a script (``python tests/test_training.py train CFG ...``) it is the ``nnpes`` command with
+the private model registered: the kill -9 test trains in such a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import pytest
+
+from nnpes import keys
+from nnpes.models import MODELS, register
+
+
+@dataclass
+class TinyHParams:
+    features: int = 8
+
+
+class TinyMLP(nn.Module):
+    """E_i = MLP(Σ_j φ(r_ij)) with a smooth radial basis: weights (2-D) and biases (1-D)."""
+
+    cutoff: float
+    features: int
+
+    @nn.compact
+    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
+        sq = jnp.sum(vectors * vectors, -1)
+        r = jnp.sqrt(jnp.where(edge_mask, sq, 1.0))
+        centers = jnp.linspace(0.5, self.cutoff, 4, dtype=vectors.dtype)
+        env = jnp.where(edge_mask, (1.0 - jnp.minimum(r / self.cutoff, 1.0) ** 2) ** 2, 0.0)
+        basis = jnp.exp(-4.0 * (r[:, None] - centers) ** 2) * env[:, None]
+        x = jax.ops.segment_sum(basis, receivers, species.shape[0], indices_are_sorted=True)
+        x = jnp.concatenate([x, jax.nn.one_hot(species, 2, dtype=x.dtype)], -1)
+        h = nn.silu(nn.Dense(self.features, param_dtype=x.dtype, dtype=x.dtype)(x))
+        e = nn.Dense(1, param_dtype=x.dtype, dtype=x.dtype)(h)[:, 0]
+        return jnp.where(node_mask, e, 0.0)
+
+
+if "_tiny_mlp" not in MODELS:
+
+    @register("_tiny_mlp", TinyHParams)
+    def _build(hp, cfg):
+        return TinyMLP(cutoff=cfg.cutoff, features=hp.features)
+
+
+if __name__ == "__main__":  # the nnpes command with the private model (kill -9 test)
+    from nnpes.cli.main import main
+
+    sys.exit(main(sys.argv[1:]))
+
+
+# ---- data and configs ------------------------------------------------------------------------
+
+
+def _copper(n: int, seed: int, symbols=None):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
+        atoms.set_cell(atoms.cell * (1 + 0.02 * rng.standard_normal()), scale_atoms=True)
+        if symbols:
+            atoms.symbols[0] = symbols
+        atoms.calc = EMT()
+        e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f, stress=s)
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from ase.io import write
+
+    d = tmp_path_factory.mktemp("data")
+    write(d / "cu.extxyz", _copper(24, 0))
+    write(d / "cu_test.extxyz", _copper(6, 1))
+    write(d / "cual.extxyz", _copper(3, 2, symbols="Al"))
+    return d
+
+
+def _config(data_dir, **training):
+    t = dict(seed=0, max_epochs=4, batch_size=4, lr=5e-3, schedule="exponential", decay_rate=0.9,
+             warmup_epochs=1.0, stress_weight=1.0, ema_decay=0.9, progress=False)
+    t.update(training)
+    return {
+        "data": {"train": str(data_dir / "cu.extxyz"), "test": str(data_dir / "cu_test.extxyz"), "n_valid": 4},
+        "model": {"name": "_tiny_mlp", "elements": ["Cu", "Al"], "cutoff": 3.0, "features": 8, "dtype": "float64"},
+        "training": t,
+        "output": {"plots": True},
+    }
+
+
+# ---- loss ------------------------------------------------------------------------------------
+
+
+def _labelled_graphs():
+    from nnpes.graph import atoms_to_graph
+
+    return [atoms_to_graph(a, 3.0) for a in _copper(3, 5)]
+
+
+def test_loss_matches_formula_and_ignores_padding():
+    from nnpes.batching import batch, pad_graph
+    from nnpes.training.loss import total_loss
+
+    graphs = _labelled_graphs()
+    b = batch(graphs)
+    rng = np.random.default_rng(0)
+    n_real = int(b.n_node.sum())
+    pred_e = b.globals[keys.ENERGY] + rng.normal(size=3)
+    pred_f = b.nodes[keys.FORCES] + rng.normal(size=(n_real, 3))
+    pred_s = b.globals[keys.STRESS] + 0.01 * rng.normal(size=(3, 3, 3))
+    w = {"energy": 2.0, "forces": 3.0, "stress": 5.0}
+
+    # the formula, by hand, per structure
+    want = 0.0
+    node0 = 0
+    for k, g in enumerate(graphs):
+        n = int(g.n_node[0])
+        want += w["energy"] * ((pred_e[k] - g.globals[keys.ENERGY][0]) / n) ** 2
+        want += w["forces"] / (3 * n) * np.sum((pred_f[node0:node0 + n] - g.nodes[keys.FORCES]) ** 2)
+        want += w["stress"] / 9 * np.sum((pred_s[k] - g.globals[keys.STRESS][0]) ** 2)
+        node0 += n
+    want /= 3
+
+    for n_node, n_edge, n_graph in [(n_real + 1, int(b.n_edge.sum()), 4), (n_real + 7, int(b.n_edge.sum()) + 9, 6)]:
+        p = pad_graph(b, n_node, n_edge, n_graph)
+        pn, pg = n_node - n_real, n_graph - 3
+        # garbage on padding: must not matter
+        pred = {
+            "energy": jnp.asarray(np.concatenate([pred_e, 1e3 * np.ones(pg)])),
+            "forces": jnp.asarray(np.concatenate([pred_f, 1e3 * np.ones((pn, 3))])),
+            "stress": jnp.asarray(np.concatenate([pred_s, 1e3 * np.ones((pg, 3, 3))])),
+        }
+        got = float(total_loss(pred, jax.tree_util.tree_map(jnp.asarray, p), w))
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_loss_masks_missing_labels_and_huber():
+    from nnpes.batching import batch, pad_graph
+    from nnpes.training.loss import total_loss
+
+    graphs = _labelled_graphs()
+    graphs[1].globals[keys.HAS_FORCES][:] = 0.0
+    graphs[1].globals[keys.HAS_ENERGY][:] = 0.0
+    b = batch(graphs)
+    p = jax.tree_util.tree_map(jnp.asarray, pad_graph(b, int(b.n_node.sum()) + 1, int(b.n_edge.sum()), 4))
+    n1 = int(graphs[0].n_node[0])
+    n2 = int(graphs[1].n_node[0])
+    base = {"energy": p.globals[keys.ENERGY], "forces": p.nodes[keys.FORCES], "stress": p.globals[keys.STRESS]}
+    w = {"energy": 1.0, "forces": 1.0, "stress": 0.0}
+    assert float(total_loss(base, p, w)) == 0.0
+    bad = dict(base, energy=base["energy"].at[1].add(5.0), forces=base["forces"].at[n1:n1 + n2].add(5.0))
+    assert float(total_loss(bad, p, w)) == 0.0  # structure 1 has no labels
+    worse = dict(base, forces=base["forces"].at[0].add(1.0))
+    mse = float(total_loss(worse, p, w))
+    hub = float(total_loss(worse, p, w, kind="huber", delta=0.1))
+    assert 0.0 < hub < mse  # Huber grows linearly beyond delta
+
+
+def test_decay_mask_only_weight_matrices():
+    from nnpes.training.optim import decay_mask
+
+    params = {"e0": jnp.ones(2), "scale": jnp.ones(2), "offset": jnp.ones(()),
+              "inner": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}}
+    m = decay_mask(params)
+    assert m["inner"]["Dense_0"]["kernel"] is True
+    assert not any([m["e0"], m["scale"], m["offset"], m["inner"]["Dense_0"]["bias"]])
+
+
+def test_checkpoint_roundtrip_and_garbage(tmp_path):
+    import optax
+
+    from nnpes.training.checkpoint import load_checkpoint, save_checkpoint
+
+    params = {"a": jnp.arange(3.0), "b": {"c": jnp.ones((2, 2))}}
+    tx = optax.adam(1e-3)
+    state = {"params": params, "opt": tx.init(params), "epoch": np.int64(7)}
+    state["opt"] = tx.update(params, state["opt"], params)[1]
+    save_checkpoint(tmp_path / "x.ckpt", state)
+    assert not (tmp_path / "x.ckpt.tmp").exists()
+    back = load_checkpoint(tmp_path / "x.ckpt", jax.tree_util.tree_map(jnp.zeros_like, state))
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    (tmp_path / "bad.ckpt").write_bytes(b"\x93garbage")
+    with pytest.raises(ValueError, match="bad.ckpt"):
+        load_checkpoint(tmp_path / "bad.ckpt", state)
+
+
+# ---- whole runs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, tmp_path_factory):
+    from nnpes.training import train
+
+    run_dir = tmp_path_factory.mktemp("full")
+    result = train(_config(data_dir), run_dir, quiet=True)
+    return run_dir, result
+
+
+def _model_leaves(run_dir):
+    from nnpes.potential import load_potential
+
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(load_potential(Path(run_dir) / "model").params)]
+
+
+def test_run_outputs_and_learning(full_run):
+    import csv
+
+    run_dir, result = full_run
+    for name in ("metrics.csv", "latest.ckpt", "best.ckpt", "learning_curve.png", "parity_test.png",
+                 "test_metrics.json", "model/params.msgpack", "config.yaml", "train.log"):
+        assert (run_dir / name).exists(), name
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert result["stop_reason"] == "max_epochs"
+    # one padded shape each for train and valid: one compile each
+    assert result["n_compiles"]["train"] <= result["n_padded_shapes"]
+    assert "compiles" in (run_dir / "train.log").read_text()
+    m = result["test_metrics"]
+    assert m["forces_meV_per_A"]["n"] == 6 * 4 * 3 and m["stress_meV_per_A3"]["n"] == 6 * 9
+    assert set(m["forces_per_element_meV_per_A"]) == {"Cu"}
+
+
+def test_stop_and_resume_equals_uninterrupted(full_run, data_dir, tmp_path):
+    from nnpes.training import train
+
+    run_dir, _ = full_run
+    part = tmp_path / "part"
+    train(_config(data_dir, max_epochs=2), part, quiet=True)
+    with pytest.raises(FileExistsError):
+        train(_config(data_dir), part, quiet=True)
+    result = train(_config(data_dir, max_epochs=4), part, resume=True, quiet=True)
+    assert result["epochs"] == 4
+    for a, b in zip(_model_leaves(run_dir), _model_leaves(part)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    rows = (part / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 5  # header + 4 epochs, no duplicates after the resume
+
+
+def test_kill_9_then_resume(data_dir, tmp_path):
+    import yaml
+
+    run_dir = tmp_path / "killed"
+    cfg = _config(data_dir, max_epochs=400)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, __file__, "train", str(tmp_path / "cfg.yaml"), "--run-dir", str(run_dir)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), JAX_ENABLE_X64="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = run_dir / "latest.ckpt"
+    deadline = time.time() + 90
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert latest.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint in 90 s"
+    time.sleep(1.3)  # a few more epochs: kill lands at an arbitrary point, often inside a save
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from nnpes.training import train
+
+    result = train(str(tmp_path / "cfg.yaml"), run_dir, resume=True, quiet=True, overrides=["training.max_time=0"])
+    assert result["stop_reason"] == "max_time" and result["epochs"] >= 1  # the checkpoint read back
+    more = train(str(tmp_path / "cfg.yaml"), run_dir, resume=True, quiet=True,
+                 overrides=[f"training.max_epochs={result['epochs'] + 1}"])
+    assert more["epochs"] == result["epochs"] + 1 and more["stop_reason"] == "max_epochs"
+
+
+def test_element_not_in_model_is_named(data_dir, tmp_path):
+    from nnpes.data import DataError
+    from nnpes.training import train
+
+    cfg = _config(data_dir)
+    cfg["model"]["elements"] = ["Cu"]
+    cfg["data"]["train"] = str(data_dir / "cual.extxyz")
+    with pytest.raises(DataError, match=r"cual\.extxyz, frame 0: element\(s\) \['Al'\]"):
+        train(cfg, tmp_path / "r", quiet=True)
+    cfg["data"]["train"] = str(data_dir / "missing.extxyz")
+    with pytest.raises(FileNotFoundError, match="missing.extxyz"):
+        train(cfg, tmp_path / "r2", quiet=True)
+
+
+def test_evaluate_cli_writes_metrics_and_plot(full_run, data_dir, tmp_path, capsys):
+    import json
+
+    from nnpes.cli.main import main
+
+    run_dir, result = full_run
+    out, png = tmp_path / "m.json", tmp_path / "p.png"
+    assert main(["evaluate", str(run_dir), str(data_dir / "cu_test.extxyz"), "--out", str(out), "--plot", str(png)]) == 0
+    m = json.loads(out.read_text())
+    assert png.stat().st_size > 1000
+    # the same model on the same data as the run's own test evaluation
+    np.testing.assert_allclose(m["forces_meV_per_A"]["mae"], result["test_metrics"]["forces_meV_per_A"]["mae"], rtol=1e-9)
+    assert "forces" in capsys.readouterr().out
