@@ -102,6 +102,18 @@ def test_extxyz_custom_label_keys_and_units(tmp_path, frames):
         # extxyz keeps 8 decimals of Ha/Bohr: 5e-7 eV/Å
         np.testing.assert_allclose(a.get_forces(), f.get_forces(), atol=1e-6)
         assert "REF_energy" not in a.info
+    # a frame without REF_energy has no energy label: the file's other `energy` does not stand in
+    del plain[1].info["REF_energy"]
+    ase.io.write(path, plain)
+    read = read_structures(path, energy_key="REF_energy", energy_unit="Hartree")
+    assert "energy" not in read[1].calc.results and "free_energy" not in read[1].calc.results
+    with pytest.raises(DataError) as err:
+        read_structures(path, energy_key="REF_energy", require=("energy",))
+    _assert_names(err, path, 1, "missing required label(s) ['energy']")
+    npz = tmp_path / "h2.npz"
+    np.savez(npz, z=[1, 1], R=np.array([[[0, 0, 0], [0, 0, 0.75]]]), E=[1.0])
+    with pytest.raises(ValueError, match="energy_key"):
+        read_structures(npz, energy_key="E")
 
 
 def test_npz_both_key_styles_and_kcal_conversion(tmp_path):

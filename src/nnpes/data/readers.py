@@ -264,6 +264,8 @@ def _labels_from_atoms(atoms: Atoms, energy_key, forces_key, stress_key) -> dict
                 labels[name] = store.pop(key)
             elif key in results:
                 labels[name] = results[key]
+            if name in store:  # would override the chosen label downstream; keep it, renamed
+                store[f"{name}_not_used"] = store.pop(name)
             continue
         if name in store:
             labels[name] = store.pop(name)
@@ -331,6 +333,8 @@ def read_structures(
         atoms_list, ids, labels_list = _read_ase_io(path, index, fmt)
     if labels_list is None:
         labels_list = [_labels_from_atoms(a, energy_key, forces_key, stress_key) for a in atoms_list]
+    elif (energy_key, forces_key, stress_key) != (None, None, None):
+        raise ValueError(f"energy_key/forces_key/stress_key apply to ase.io formats, not to {fmt} ({path})")
     s_factor = 1.0 if fmt == "mlearn" else e_factor  # mlearn stress was converted from kBar
     for atoms, frame, labels in zip(atoms_list, ids, labels_list):
         frame = int(frame)
@@ -350,7 +354,7 @@ def _attach(atoms: Atoms, labels: dict, e_factor: float, f_factor: float, s_fact
     for k in ("energies", "stresses"):  # per-atom energies / stresses, same unit as the totals
         if k in old:
             results[k] = np.asarray(old[k], np.float64) * e_factor
-    if "free_energy" in old:
+    if "free_energy" in old and keys.ENERGY in labels:  # else it would stand in for the energy
         results["free_energy"] = float(np.asarray(old["free_energy"], np.float64)) * e_factor
     if keys.ENERGY in labels:
         results["energy"] = float(np.asarray(labels[keys.ENERGY], np.float64).reshape(())) * e_factor
