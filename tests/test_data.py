@@ -184,6 +184,9 @@ def test_mlearn_json_units_order_and_sign(tmp_path):
     path = tmp_path / "si.json"
     path.write_text(json.dumps([_mlearn_entry(si, -10.8, forces, virial)]))
     (a,) = read_structures(path, require=("energy", "forces", "stress"))
+    single = tmp_path / "one.json"  # a bare entry (not in a list) reads the same
+    single.write_text(json.dumps(_mlearn_entry(si, -10.8, forces, virial)))
+    np.testing.assert_allclose(read_structures(single)[0].get_stress(), a.get_stress())
     assert a.pbc.all() and a.info["mlearn_group"] == "Elastic"
     np.testing.assert_allclose(a.cell.array, si.cell.array)
     assert a.get_potential_energy() == -10.8
@@ -354,6 +357,19 @@ def test_unreadable_extxyz_frame_is_named(tmp_path):
     _assert_names(err, truncated, 3, "expected 2")
     with pytest.raises(IndexError, match="good.xyz: index 4 out of range"):
         read_structures(good, index=4)
+
+
+def test_not_a_database_or_structure(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_text("this is not sqlite")
+    with pytest.raises(DataError) as err:
+        read_structures(path)
+    _assert_names(err, path, None, "could not be read as an ASE database")
+    path = tmp_path / "junk.json"
+    path.write_text(json.dumps([{"lattice": 1}]))
+    with pytest.raises(DataError) as err:
+        read_structures(path)
+    _assert_names(err, path, 0, "not a pymatgen Structure")
 
 
 def test_data_error_pickles():

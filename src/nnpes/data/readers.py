@@ -198,8 +198,11 @@ def _read_mlearn_json(path: Path, items: list, index):
 def _read_ase_db(path: Path, index, db_type=None):
     import ase.db
 
-    with ase.db.connect(str(path), type=db_type or "extract_from_name") as db:
-        rows = list(db.select())
+    try:
+        with ase.db.connect(str(path), type=db_type or "extract_from_name") as db:
+            rows = list(db.select())
+    except Exception as err:  # sqlite / json errors of many types
+        raise DataError(path, f"could not be read as an ASE database: {type(err).__name__}: {err}") from err
     ids = _select(len(rows), index, path)
     atoms_list = [rows[i].toatoms() for i in ids]
     for i, atoms in zip(ids, atoms_list):
@@ -317,6 +320,8 @@ def read_structures(
                 content = json.load(f)
         except json.JSONDecodeError as err:
             raise DataError(path, f"is not valid JSON: {err}") from None
+        if isinstance(content, dict) and ("structure" in content or content.get("@class") == "Structure"):
+            content = [content]  # a single mlearn entry or pymatgen Structure
         if isinstance(content, list):
             fmt = "mlearn"
             atoms_list, ids, labels_list = _read_mlearn_json(path, content, index)
