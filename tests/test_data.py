@@ -135,8 +135,12 @@ def test_npz_both_key_styles_and_kcal_conversion(tmp_path):
             np.testing.assert_allclose(a.positions, coords[k])
             np.testing.assert_allclose(a.get_potential_energy(), energies[k] * units.kcal / units.mol, rtol=1e-12)
             np.testing.assert_allclose(a.get_forces(), forces[k] * units.kcal / units.mol, rtol=1e-12)
-    # default unit is eV: no conversion
+    # default unit is eV: no conversion (a file with rMD17's keys gets a warning about it)
     raw = read_structures(new, index="2")
+    rmd17 = tmp_path / "rmd17_keys.npz"
+    np.savez(rmd17, nuclear_charges=z, coords=coords, energies=energies, old_energies=energies)
+    with pytest.warns(UserWarning, match="kcal/mol"):
+        read_structures(rmd17)
     assert raw[0].info["frame"] == 2
     np.testing.assert_allclose(raw[0].get_potential_energy(), energies[2])
 

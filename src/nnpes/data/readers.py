@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,12 @@ def _read_npz(path: Path, index, energy_unit):
                 raise DataError(path, f"{key}={stated!r}: only lengths in Å are supported")
             if expected is None and ENERGY_UNITS.get(stated) != ENERGY_UNITS[energy_unit]:
                 raise DataError(path, f"file states e_unit={stated!r} but energy_unit={energy_unit!r} was given")
+    if energy_unit == "eV" and "e_unit" not in data and {"nuclear_charges", "old_energies"} <= set(data):
+        warnings.warn(
+            f"{path} looks like an rMD17 file (keys nuclear_charges, old_energies), whose energies are in "
+            "kcal/mol, but energy_unit='eV' was given; pass energy_unit='kcal/mol' if the file is rMD17",
+            stacklevel=3,
+        )
     zkey, z = get("numbers", True)
     rkey, r = get("positions", True)
     ekey, e = get("energy", False)
