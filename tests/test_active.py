@@ -102,3 +102,202 @@ def test_committee_vmap_equals_loop_over_members(ensemble, dataset):
             stress = np.mean([q["stress"] for q in members], axis=0)
             np.testing.assert_allclose(p["stress"], stress, atol=1e-10)
     assert ensemble.predict(structures[0])["max_force_std"] > 0  # different seeds disagree
+
+
+# ---- committee training --------------------------------------------------------------------------
+
+
+def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset):
+    from nnpes.active import ensemble as ens_mod
+    from nnpes.active.ensemble import FitConfig
+
+    fit = FitConfig(epochs=15, batch_size=4, learning_rate=1e-2, bootstrap=True, seed=3)
+    n_before = len(ens_mod._CACHE)
+    losses = []
+    trained = ensemble.fit(dataset, fit, log=lambda epoch, loss: losses.append(loss))
+    assert len(ens_mod._CACHE) == n_before + 1  # one vmapped step for all K members
+    losses = np.array(losses)
+    assert losses.shape == (15, 3)
+    assert np.all(losses[-3:].mean(0) < losses[:3].mean(0))  # every member learns
+    before, after = ensemble.errors(dataset), trained.errors(dataset)
+    assert after["forces_rmse"] < before["forces_rmse"]
+    # Bootstrap and seeds keep members different after training.
+    p = trained.predict(dataset[0])
+    assert np.ptp(p["member_energy"]) > 0
+    # Warm start continues from the trained parameters: same compiled step, better again.
+    again = trained.fit(dataset, fit)
+    assert len(ens_mod._CACHE) == n_before + 1
+    assert again.errors(dataset)["forces_rmse"] < after["forces_rmse"]
+
+
+def test_save_load_roundtrip_and_calibration(ensemble, dataset, tmp_path):
+    from nnpes.active.ensemble import load_ensemble
+    from nnpes.active.uncertainty import calibrate_scale
+
+    scale = ensemble.replace(ensemble.variables).calibrate(dataset)
+    assert scale > 0
+    # ML scale of a Gaussian error model: errors exactly 2σ → scale 2
+    sigma = np.array([0.1, 0.2, 0.3])
+    assert calibrate_scale(sigma, 2 * sigma) == pytest.approx(2.0)
+    ens = ensemble.replace(ensemble.variables)
+    ens.std_scale = 2.5
+    ens.save(tmp_path / "e")
+    back = load_ensemble(tmp_path / "e")
+    a, b = ens.predict(dataset[1]), back.predict(dataset[1])
+    np.testing.assert_array_equal(a["member_forces"], b["member_forces"])
+    assert b["max_force_std"] == pytest.approx(a["max_force_std"]) and back.std_scale == 2.5
+    plain = ensemble.predict(dataset[1])
+    assert a["max_force_std"] == pytest.approx(2.5 * plain["max_force_std"])
+
+
+# ---- selection -------------------------------------------------------------------------------------
+
+
+def test_trust_levels_and_diverse_selection():
+    from nnpes.active.selection import ACCURATE, CANDIDATE, FAILED, classify, select
+
+    eps = np.array([0.01, 0.1, 0.3, 0.5, 0.9, np.nan])
+    assert classify(eps, 0.05, 0.5).tolist() == [ACCURATE, CANDIDATE, CANDIDATE, FAILED, FAILED, FAILED]
+    with pytest.raises(ValueError, match="lo < hi"):
+        classify(eps, 0.5, 0.1)
+    # Three clusters in descriptor space; the most uncertain frames are all in cluster 0.
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10]])
+    cluster = np.repeat([0, 1, 2], [10, 5, 5])
+    desc = centres[cluster] + 0.01 * rng.normal(size=(20, 2))
+    eps = np.where(cluster == 0, 0.4, 0.2) + 0.001 * np.arange(20)
+    top = select(eps, 0.05, 0.5, 3, method="top")
+    fps = select(eps, 0.05, 0.5, 3, method="fps", descriptors=desc)
+    assert set(cluster[top]) == {0}
+    assert set(cluster[fps]) == {0, 1, 2}
+    assert eps[fps[0]] == eps[cluster == 0].max()  # starts at the most uncertain
+    cv = centres[cluster][:, 0] + rng.uniform(0, 0.1, 20)
+    binned = select(eps, 0.05, 0.5, 2, method="cv_bins", cv=cv, n_bins=2)
+    assert sorted(set(cv[binned] > 5)) == [False, True]
+    assert len(select(np.array([0.01, 0.02]), 0.05, 0.5, 3, method="fps", descriptors=desc[:2])) == 0
+
+
+def test_structure_descriptor_invariances():
+    from nnpes.active.selection import structure_descriptor
+
+    a = cu_cluster(1)
+    b = a.copy()
+    b.rotate(37, "x", center="COM")
+    b.translate([0.3, -1, 2])
+    b = b[np.random.default_rng(0).permutation(len(b))]
+    np.testing.assert_allclose(structure_descriptor(a, ["Cu"], 4.0), structure_descriptor(b, ["Cu"], 4.0), atol=1e-10)
+    assert np.linalg.norm(structure_descriptor(a, ["Cu"], 4.0) - structure_descriptor(cu_cluster(2), ["Cu"], 4.0)) > 1e-3
+
+
+# ---- collective variables and biases ------------------------------------------------------------
+
+
+def test_collective_variables_values_and_gradients():
+    from nnpes.active.biases import make_cv
+
+    x = np.array([[1.0, 0, 0], [0, 0, 0], [0, 1.0, 0], [0, 1.0, 1.0], [3.0, 0.2, 0.1]])
+    cases = {
+        "distance": ({"type": "distance", "atoms": [0, 2]}, np.sqrt(2)),
+        "angle": ({"type": "angle", "atoms": [0, 1, 2]}, np.pi / 2),
+        "dihedral": ({"type": "dihedral", "atoms": [0, 1, 2, 3]}, -np.pi / 2),
+        "ddiff": ({"type": "distance_difference", "atoms": [0, 1, 1, 2]}, 0.0),
+        "coord": ({"type": "coordination", "group_a": [1], "group_b": [0, 2, 4], "r0": 1.0}, None),
+    }
+    xj = jnp.asarray(x)
+    for name, (spec, value) in cases.items():
+        cv = make_cv(spec)
+        if value is not None:
+            assert abs(float(cv.fn(xj))) == pytest.approx(abs(value), abs=1e-12), name
+        grad = np.asarray(jax.grad(cv.fn)(xj))
+        num = np.zeros_like(x)
+        for i in range(len(x)):
+            for d in range(3):
+                xp, xm = x.copy(), x.copy()
+                xp[i, d] += 1e-6
+                xm[i, d] -= 1e-6
+                num[i, d] = (float(cv.fn(jnp.asarray(xp))) - float(cv.fn(jnp.asarray(xm)))) / 2e-6
+        np.testing.assert_allclose(grad, num, atol=2e-6, err_msg=name)
+    # two atoms at exactly r0 (the 0/0 point of the switching function): the limit n/m
+    coord = make_cv({"type": "coordination", "group_a": [0], "group_b": [1], "r0": 1.0})
+    assert float(coord.fn(jnp.asarray(x[:2]))) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="exactly 'atoms' with 3"):
+        make_cv({"type": "angle", "atoms": [0, 1]})
+
+
+def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemble):
+    from nnpes.active.biases import UncertaintyBias, WellTemperedMetaD, biased, distance, update_states
+    from nnpes.active.explore import _member_fn
+    from nnpes.active.ensemble import _pad, _to_device
+    from nnpes.graph import atoms_to_graph
+
+    metad = WellTemperedMetaD((distance(0, 1),), (0.2,), height=0.1, pace=1, bias_factor=5.0, temperature=300.0, max_hills=4)
+    x = jnp.asarray(cu_cluster(5).positions)
+    state = metad.init_state(jnp.float64)
+    for step in range(6):
+        state = metad.update(x, None, state, step)
+    h = np.asarray(state.heights)
+    assert int(state.count) == 4  # storage full: no more hills
+    assert h[0] == pytest.approx(0.1) and np.all(np.diff(h) < 0)  # well-tempered: decreasing at one point
+    assert h[1] == pytest.approx(0.1 * np.exp(-0.1 / (units_kB() * 300 * 4)))
+
+    atoms = cu_cluster(5)
+    graph = _to_device(_pad(atoms_to_graph(atoms, ensemble.cutoff)), jnp.float64)
+    member = _member_fn(ensemble, ensemble.variables, graph)
+    biases = (metad, UncertaintyBias(strength=0.3, width=0.01, n_atoms=len(atoms)))
+    states = (state, ())
+    fn = biased(member, biases)
+    n = len(atoms)
+    pos = graph.nodes["positions"]
+
+    def total(p):
+        e_k, _ = member(p)
+        return jnp.mean(e_k) + sum(b.energy(p, e_k, s) for b, s in zip(biases, states))
+
+    out = jax.jit(fn)(pos, states)
+    np.testing.assert_allclose(out["forces"][:n], -jax.jit(jax.grad(total))(pos)[:n], atol=1e-9)
+    assert float(out["energy"]) == pytest.approx(float(jax.jit(total)(pos)))
+    assert float(out["bias_energy"]) < 0  # metad hills sit elsewhere; UDD is ≤ 0
+    new = jax.jit(lambda p, e: update_states(biases, states, p, e, 0))(pos, out["member_energy"])
+    assert int(new[0].count) == 4
+
+
+def units_kB():
+    from ase.units import kB
+
+    return kB
+
+
+# ---- exploration -------------------------------------------------------------------------------
+
+
+def test_committee_md_measures_in_step_and_stops_at_the_upper_trust_level(ensemble):
+    from nnpes.active.explore import ExploreConfig, explore
+
+    start = cu_cluster(7)
+    cfg = ExploreConfig(temperatures=[300.0, 600.0], steps=40, stride=10, chunk=20, timestep=1.0, stop_above=None)
+    frames, trajs = explore(ensemble, [start], cfg)
+    assert [t.steps_done for t in trajs] == [40, 40] and not any(t.stopped for t in trajs)
+    assert [f.info["al_step"] for f in frames] == [10, 20, 30, 40] * 2
+    # the ε recorded in the jitted step equals the committee evaluated afresh on that frame
+    for f in frames[:2] + frames[-1:]:
+        assert ensemble.predict(f)["max_force_std"] == pytest.approx(f.info["max_force_std"], rel=1e-8)
+    assert np.linalg.norm(frames[3].positions - start.positions) > 0.01  # atoms moved
+    # a trust level below the first step's ε stops every trajectory at once, keeping that frame
+    low = min(f.info["al_eps"] for f in frames) / 2
+    cfg2 = ExploreConfig(temperatures=[300.0], steps=40, stride=10, chunk=20, timestep=1.0, stop_above=low)
+    frames2, trajs2 = explore(ensemble, [start], cfg2)
+    assert trajs2[0].stopped and trajs2[0].steps_done == 1
+    assert len(frames2) == 1 and frames2[0].info["al_eps"] > low and frames2[0].info["al_step"] == 1
+
+
+def test_explore_with_metadynamics_records_cvs(ensemble):
+    from nnpes.active.explore import ExploreConfig, explore
+
+    cfg = ExploreConfig(temperatures=[300.0], steps=30, stride=10, chunk=30, timestep=1.0,
+                        metadynamics={"cvs": [{"type": "distance", "atoms": [0, 1]}], "sigma": 0.1, "height": 0.05, "pace": 5},
+                        uncertainty_bias={"strength": 0.1, "width": 0.05})
+    frames, _ = explore(ensemble, [cu_cluster(8)], cfg)
+    assert len(frames) == 3
+    for f in frames:
+        assert f.info["al_cv"][0] == pytest.approx(f.get_distance(0, 1))
+        assert f.info["al_bias_energy"] != 0.0

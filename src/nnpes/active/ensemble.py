@@ -10,7 +10,7 @@ per-member structure weights (so every member sees the same padded batch).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +32,9 @@ from nnpes.potential import Potential, build_potential, energy_forces_stress
 ENSEMBLE_FILE = "ensemble.msgpack"
 META_FILE = "ensemble.json"
 CONFIG_FILE = "config.yaml"
+# Compiled functions keyed by (module, species table, ...): flax modules compare by value, so a
+# reloaded or warm-started committee reuses what was compiled before instead of recompiling.
+_CACHE: dict = {}
 STD_KEYS = ("force_std", "rel_force_std", "max_force_std", "max_rel_force_std", "energy_std_per_atom")
 
 
@@ -86,7 +89,6 @@ class Ensemble:
     variables: dict
     nu: float = 1.0
     std_scale: float = 1.0
-    _jit: dict = field(default_factory=dict, repr=False)
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -128,7 +130,10 @@ class Ensemble:
 
     def replace(self, variables) -> "Ensemble":
         """A copy with new stacked variables sharing the compiled functions."""
-        return Ensemble(self.template, variables, self.nu, self.std_scale, self._jit)
+        return Ensemble(self.template, variables, self.nu, self.std_scale)
+
+    def cache_key(self, *extra):
+        return (self.template.module, tuple(self.template.table.tolist()), self.nu) + extra
 
     # ---- evaluation --------------------------------------------------------------------------
 
@@ -155,9 +160,10 @@ class Ensemble:
         return fn
 
     def _compiled(self, compute_stress: bool):
-        if compute_stress not in self._jit:
-            self._jit[compute_stress] = jax.jit(self.committee_fn(compute_stress))
-        return self._jit[compute_stress]
+        key = self.cache_key("eval", compute_stress)
+        if key not in _CACHE:
+            _CACHE[key] = jax.jit(self.committee_fn(compute_stress))
+        return _CACHE[key]
 
     def predict(self, atoms: Atoms | Sequence[Atoms]):
         """Committee mean ``energy`` (eV), ``forces`` (N,3) eV/Å, ``energies`` (N,), ``stress``
@@ -280,7 +286,11 @@ class Ensemble:
             updates, opt_state = opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
-        step = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0)))
+        key = self.cache_key("fit", fit.epochs * steps_per_epoch, fit.learning_rate, fit.final_learning_rate_ratio,
+                             fit.energy_weight, fit.forces_weight)
+        if key not in _CACHE:
+            _CACHE[key] = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0)))
+        step = _CACHE[key]
         params = self.variables["params"]
         rest = {k: v for k, v in self.variables.items() if k != "params"}
         opt_state = jax.vmap(opt.init)(params)

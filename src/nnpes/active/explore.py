@@ -11,20 +11,22 @@ Positions are Cartesian and never wrapped, so collective variables see continuou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 
 from nnpes import keys
 from nnpes.active.biases import UncertaintyBias, biased, update_states
-from nnpes.active.ensemble import Ensemble, _pad, _to_device
+from nnpes.active.ensemble import _CACHE, Ensemble, _pad, _to_device
 from nnpes.active.uncertainty import force_std
 from nnpes.graph import atoms_to_graph
+from nnpes.md.integrators import KB, kinetic_energy, langevin, maxwell_boltzmann
 from nnpes.potential import per_atom_energies
 
 
@@ -89,20 +91,34 @@ def _member_fn(ensemble: Ensemble, variables, graph):
     return fn
 
 
+class _FixedGraph(NamedTuple):
+    """The integrators' neighbour-list slot: the chunk's graph (cutoff + skin) does not change."""
+
+    graph: Any
+
+    def update(self, positions):
+        return self
+
+
 def _make_chunk(ensemble: Ensemble, biases, cfg: ExploreConfig):
-    dt = cfg.timestep * units.fs
-    c1 = float(np.exp(-cfg.friction * cfg.timestep))
-    c2 = float(np.sqrt(1.0 - c1 * c1))
     nu = ensemble.nu
     stop_above = np.inf if cfg.stop_above is None else float(cfg.stop_above)
     relative = cfg.measure == "max_rel_force_std"
 
-    def chunk(variables, graph, x, p, masses, kT, key, states, step0, limit, std_scale):
+    def chunk(variables, graph, x, v, masses, temperature, key, states, step0, limit, std_scale):
         node_mask = jraph.get_node_padding_mask(graph)
-        m = masses[:, None]
         n_real = jnp.sum(node_mask)
         fn = biased(_member_fn(ensemble, variables, graph), biases)
         ref = x
+
+        def energy_and_forces(states):
+            # MDState.energy carries the committee's outputs along with the biased energy, so the
+            # disagreement comes from the same evaluation that moved the atoms.
+            def ef(positions, neighbor=None):
+                out = fn(positions, states)
+                return out, jnp.where(node_mask[:, None], out["forces"], 0.0)
+
+            return ef
 
         def measures(out):
             f_std = jnp.where(node_mask, force_std(out["member_forces"]), 0.0) * std_scale
@@ -111,47 +127,36 @@ def _make_chunk(ensemble: Ensemble, biases, cfg: ExploreConfig):
             e_std = jnp.std(out["member_energy"]) / n_real * std_scale
             return jnp.max(f_std), jnp.max(rel), e_std
 
-        out0 = fn(x, states)
+        nbrs = _FixedGraph(graph)
+        init = langevin(energy_and_forces(states), cfg.timestep, temperature, cfg.friction).init_fn
+        md0 = init(x, v, masses, nbrs, key)
 
         def step(carry, i):
-            x, p, f, key, states, running, stopped = carry
+            md, states, running, stopped = carry
             n = step0 + i
-            do = running & (i < limit)
-            key, sub = jax.random.split(key)
-            noise = jax.random.normal(sub, x.shape, x.dtype)
-            # B A O A B
-            p1 = p + 0.5 * dt * f
-            x1 = x + 0.5 * dt * p1 / m
-            p1 = c1 * p1 + c2 * jnp.sqrt(m * kT) * noise
-            x1 = x1 + 0.5 * dt * p1 / m
-            x1 = jnp.where(node_mask[:, None], x1, x)
-            out = fn(x1, states)
-            f1 = jnp.where(node_mask[:, None], out["forces"], 0.0)
-            p1 = jnp.where(node_mask[:, None], p1 + 0.5 * dt * f1, 0.0)
+            integ = langevin(energy_and_forces(states), cfg.timestep, temperature, cfg.friction)
+            md1, _ = integ.step_fn(md, nbrs)
+            out = md1.energy
             eps_abs, eps_rel, e_std = measures(out)
             eps = eps_rel if relative else eps_abs
-            new_states = update_states(biases, states, x1, out["member_energy"], n)
-            moved = jnp.max(jnp.where(node_mask, jnp.linalg.norm(x1 - ref, axis=-1), 0.0))
-            needs_rebuild = moved > 0.5 * cfg.skin
-            # A step that leaves the skin is not taken: the host rebuilds and redoes it.
-            take = do & ~needs_rebuild
-            sel = lambda a, b: jax.tree_util.tree_map(lambda u, v: jnp.where(take, u, v), a, b)
-            x, p, f, states = sel((x1, p1, f1, new_states), (x, p, f, states))
+            new_states = update_states(biases, states, md1.positions, out["member_energy"], n)
+            moved = jnp.max(jnp.where(node_mask, jnp.linalg.norm(md1.positions - ref, axis=-1), 0.0))
+            # A step that leaves the skin is not taken: the host rebuilds the graph and redoes it.
+            take = running & (i < limit) & ~(moved > 0.5 * cfg.skin)
+            md, states = jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b), (md1, new_states), (md, states))
             now_stopped = take & (~jnp.isfinite(eps) | (eps > stop_above))
             stopped = stopped | now_stopped
             running = running & take & ~now_stopped
-            kinetic = 0.5 * jnp.sum(jnp.where(node_mask[:, None], p * p / m, 0.0))
-            rec = {"x": x, "taken": take, "eps": eps, "max_force_std": eps_abs,
+            v_real = jnp.where(node_mask[:, None], md.velocities, 0.0)
+            rec = {"x": md.positions, "taken": take, "eps": eps, "max_force_std": eps_abs,
                    "max_rel_force_std": eps_rel, "energy_std_per_atom": e_std,
                    "energy": jnp.mean(out["member_energy"]), "bias_energy": out["bias_energy"],
-                   "temperature": 2.0 * kinetic / (3.0 * n_real * units.kB), "step": n}
-            return (x, p, f, key, states, running, stopped), rec
+                   "temperature": 2.0 * kinetic_energy(v_real, masses) / (3.0 * n_real * KB), "step": n}
+            return (md, states, running, stopped), rec
 
-        f0 = jnp.where(node_mask[:, None], out0["forces"], 0.0)
-        carry0 = (x, p, f0, key, states, jnp.array(True), jnp.array(False))
-        carry, recs = jax.lax.scan(step, carry0, jnp.arange(cfg.chunk))
-        x, p, _, key, states, _, stopped = carry
-        return x, p, key, states, stopped, recs
+        carry, recs = jax.lax.scan(step, (md0, states, jnp.array(True), jnp.array(False)), jnp.arange(cfg.chunk))
+        md, states, _, stopped = carry
+        return md.positions, md.velocities, md.key, states, stopped, recs
 
     return jax.jit(chunk)
 
@@ -173,23 +178,20 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
     seed = cfg.seed if seed is None else seed
     dtype = ensemble.dtype
     frames, trajectories = [], []
-    compiled = {}
     for s_idx, start in enumerate(starts):
         ensemble.template.check_elements(start, s_idx)
         for t_idx, temperature in enumerate(cfg.temperatures):
             biases = make_biases(cfg, len(start), temperature)
-            # Biases hold Python callables, so equal configs share one compiled chunk only
-            # when they are the same objects: key the cache on the config values instead.
-            ck = (len(start), float(temperature) if cfg.metadynamics else 0.0)
-            if ck not in compiled:
-                compiled[ck] = (_make_chunk(ensemble, biases, cfg), biases)
-            run, biases = compiled[ck]
+            # Biases hold Python callables; key the compiled chunk on the settings that define them.
+            ck = ensemble.cache_key("explore", json.dumps(asdict(cfg), sort_keys=True, default=str),
+                                    len(start), float(temperature) if cfg.metadynamics else 0.0)
+            if ck not in _CACHE:
+                _CACHE[ck] = (_make_chunk(ensemble, biases, cfg), biases)
+            run, biases = _CACHE[ck]
             rng = np.random.default_rng([seed, s_idx, t_idx])
             key = jax.random.PRNGKey(int(rng.integers(2**31)))
             masses = start.get_masses()
-            kT = units.kB * temperature
-            p = rng.normal(size=(len(start), 3)) * np.sqrt(masses * kT)[:, None]
-            p -= masses[:, None] * (p.sum(0) / masses.sum())  # no centre-of-mass drift
+            v = maxwell_boltzmann(masses, temperature, seed=int(rng.integers(2**31)))  # velocities, Å/fs
             x = np.array(start.positions, np.float64)
             states = tuple(b.init_state(dtype) for b in biases)
             done, stopped, max_eps = 0, False, 0.0
@@ -201,10 +203,10 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
                 pad = lambda a: np.concatenate([a, np.zeros((n_pad - len(a),) + a.shape[1:])])
                 m_pad = np.concatenate([masses, np.ones(n_pad - len(masses))])
                 out = run(ensemble.variables, _to_device(graph, dtype), jnp.asarray(pad(x), dtype),
-                          jnp.asarray(pad(p), dtype), jnp.asarray(m_pad, dtype), jnp.asarray(kT, dtype), key,
+                          jnp.asarray(pad(v), dtype), jnp.asarray(m_pad, dtype), jnp.asarray(temperature, dtype), key,
                           states, jnp.asarray(done, jnp.int32), jnp.asarray(cfg.steps - done, jnp.int32),
                           jnp.asarray(ensemble.std_scale, dtype))
-                x_d, p_d, key, states, stopped_d, recs = out
+                x_d, v_d, key, states, stopped_d, recs = out
                 recs = jax.tree_util.tree_map(np.asarray, recs)
                 taken = recs["taken"]
                 n_taken = int(taken.sum())
@@ -237,7 +239,7 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
                         frames.append(a)
                 done += n_taken
                 x = np.asarray(x_d, np.float64)[: len(start)]
-                p = np.asarray(p_d, np.float64)[: len(start)]
+                v = np.asarray(v_d, np.float64)[: len(start)]
             trajectories.append(Trajectory(s_idx, float(temperature), done, stopped, max_eps))
     return frames, trajectories
 

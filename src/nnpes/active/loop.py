@@ -1,0 +1,414 @@
+"""The active-learning loop as a crash-safe state machine.
+
+    init → [train → explore → select → label] × iterations → done
+
+Every stage writes its artefacts atomically under ``run_dir/iter_NNN/`` and then the loop state
+(``state.json``, atomic replace + fsync). Oracle results go one by one into the append-only
+``labels.jsonl`` (``LabelStore``), fsynced before anything uses them, keyed by request id. After a
+crash at any point, ``run(..., resume=True)`` restarts the stage recorded in the state: a finished
+stage is never redone, an interrupted one is redone from its inputs, and labelling skips every key
+already in the store, so no finished oracle call is repeated and no label is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+from ase import Atoms
+
+from nnpes.active.ensemble import Ensemble, FitConfig, load_ensemble
+from nnpes.active.explore import ExploreConfig, explore
+from nnpes.active.oracle import LabelStore, label, make_executor, make_oracle
+from nnpes.active.selection import NAMES, classify, fractions, select, structure_descriptor
+from nnpes.models.config import ModelConfig
+from nnpes.schema import ConfigError, from_dict
+
+STAGES = ("init", "train", "explore", "select", "label", "done")
+STATE_FILE = "state.json"
+LABELS_FILE = "labels.jsonl"
+
+
+@dataclass
+class DataSection:
+    initial: str | None = None  # labelled structures (any nnpes.data format); optional
+    starts: str | None = None  # starting structures for exploration (ase-readable); default: initial
+    max_starts: int = 4
+    test: str | None = None  # labelled held-out set, reported every iteration
+    valid_fraction: float = 0.1  # of all labels, chosen by a hash of the label key (stable on resume)
+    # With no initial set (or to add to it): label `initial_per_start` rattled copies of each start.
+    initial_per_start: int = 0
+    initial_rattle: float = 0.05  # Å
+
+
+@dataclass
+class CommitteeSection:
+    size: int = 4
+    epochs: int = 50  # first iteration
+    warm_epochs: int | None = None  # later iterations when warm_start (default: epochs)
+    batch_size: int = 4
+    learning_rate: float = 3e-3
+    final_learning_rate_ratio: float = 0.1
+    energy_weight: float = 1.0
+    forces_weight: float = 100.0
+    bootstrap: bool = True
+    warm_start: bool = True
+    calibrate: bool = False  # fit std_scale on the validation labels each iteration
+    nu: float = 1.0  # eV/Å, for max_rel_force_std
+
+
+@dataclass
+class SelectSection:
+    lo: float = 0.05  # eV/Å (or 1 for max_rel_force_std): below is accurate
+    hi: float = 0.5  # at or above is failed; exploration stops a trajectory here
+    max_per_iteration: int = 20
+    method: str = "fps"  # fps | cv_bins | top | random
+    n_bins: int = 10
+
+    def validate(self, path="select"):
+        if not self.lo < self.hi:
+            raise ConfigError(f"{path}: trust levels need lo < hi, got lo={self.lo}, hi={self.hi}")
+        if self.method not in ("fps", "cv_bins", "top", "random"):
+            raise ConfigError(f"{path}.method: {self.method!r} is not one of fps, cv_bins, top, random")
+
+
+@dataclass
+class ExecutorSection:
+    kind: str = "process"  # serial | thread | process | dask
+    workers: int | None = None
+    address: str | None = None  # dask scheduler
+
+
+@dataclass
+class StopSection:
+    max_iterations: int = 10
+    accurate_fraction: float = 0.95  # stop when this fraction of explored frames is accurate
+    max_oracle_calls: int | None = None  # the oracle budget, including initial labels
+
+
+@dataclass
+class ActiveConfig:
+    model: dict = field(default_factory=dict)
+    data: DataSection = field(default_factory=DataSection)
+    committee: CommitteeSection = field(default_factory=CommitteeSection)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    select: SelectSection = field(default_factory=SelectSection)
+    oracle: dict = field(default_factory=lambda: {"type": "tblite", "method": "GFN2-xTB"})
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
+    stop: StopSection = field(default_factory=StopSection)
+    seed: int = 0
+
+
+def load_config(config) -> ActiveConfig:
+    """dict or YAML path → validated ActiveConfig (unknown keys name themselves)."""
+    if isinstance(config, ActiveConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} not found")
+        config = yaml.safe_load(path.read_text()) or {}
+    cfg = from_dict(ActiveConfig, dict(config), "")
+    if not cfg.model:
+        raise ConfigError("model: the active-learning config needs a model section")
+    if cfg.data.initial is None and cfg.data.initial_per_start == 0:
+        raise ConfigError("data: give data.initial (labelled structures) or data.initial_per_start > 0")
+    if cfg.data.initial is None and cfg.data.starts is None:
+        raise ConfigError("data: give data.starts (or data.initial) for exploration to start from")
+    return cfg
+
+
+# ---- small atomic file helpers -----------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    from nnpes.potential import _atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, text.encode())
+
+
+def _write_frames(path: Path, frames: list[Atoms]) -> None:
+    import ase.io
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    clean = []
+    for a in frames:
+        b = Atoms(a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
+        b.info.update({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in a.info.items()})
+        clean.append(b)
+    ase.io.write(tmp, clean, format="extxyz")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_frames(path: Path) -> list[Atoms]:
+    import ase.io
+
+    frames = ase.io.read(path, index=":", format="extxyz") if path.stat().st_size else []
+    for a in frames:
+        if isinstance(a.info.get("al_cv"), str):
+            a.info["al_cv"] = json.loads(a.info["al_cv"])
+    return frames
+
+
+def _read_structures(path: str) -> list[Atoms]:
+    try:
+        from nnpes.data import read_structures
+    except ImportError:  # pragma: no cover
+        import ase.io
+
+        return ase.io.read(path, index=":")
+    return read_structures(path)
+
+
+def _is_valid(key: str, fraction: float) -> bool:
+    return (zlib.crc32(key.encode()) % 10_000) < fraction * 10_000
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+class ActiveLearning:
+    """One run directory. ``hooks``: ``{"stage": fn(stage, iteration, when)}`` called with
+    when = "done" (artefacts written, state not yet) and "committed" (state written), and
+    ``{"label": fn(key)}`` after each stored oracle result. Tests raise from them to simulate a
+    crash at every boundary."""
+
+    def __init__(self, config, run_dir, *, oracle: Callable | None = None, executor=None,
+                 hooks: dict | None = None, log: Callable | None = print):
+        self.cfg = load_config(config)
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.oracle = oracle if oracle is not None else make_oracle(self.cfg.oracle)
+        self._executor = executor
+        self.hooks = hooks or {}
+        self.log = log or (lambda *a: None)
+        self.store = LabelStore(self.run_dir / LABELS_FILE)
+        self.state = self._load_state()
+        self._initial = None
+
+    # state ----------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict:
+        path = self.run_dir / STATE_FILE
+        if path.exists():
+            return json.loads(path.read_text())
+        return {"iteration": 0, "stage": "init", "history": []}
+
+    def _commit(self, stage: str) -> None:
+        self._hook(self.state["stage"], "done")
+        self.state["stage"] = stage
+        _atomic_write_text(self.run_dir / STATE_FILE, json.dumps(self.state, indent=1))
+        self._hook(stage, "committed")
+
+    def _hook(self, stage, when):
+        fn = self.hooks.get("stage")
+        if fn is not None:
+            fn(stage, self.state["iteration"], when)
+
+    def iter_dir(self, i: int | None = None) -> Path:
+        return self.run_dir / f"iter_{self.state['iteration'] if i is None else i:03d}"
+
+    # data -----------------------------------------------------------------------------------
+
+    def initial_structures(self) -> list[Atoms]:
+        if self._initial is None:
+            self._initial = _read_structures(self.cfg.data.initial) if self.cfg.data.initial else []
+            for k, a in enumerate(self._initial):
+                a.info["al_key"] = f"file-{k}"
+        return self._initial
+
+    def starts(self) -> list[Atoms]:
+        import ase.io
+
+        if self.cfg.data.starts:
+            frames = ase.io.read(self.cfg.data.starts, index=":")
+        else:
+            frames = self.initial_structures()
+        return [Atoms(a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc) for a in frames[: self.cfg.data.max_starts]]
+
+    def labelled(self) -> tuple[list[Atoms], list[Atoms]]:
+        """(train, valid) from the initial file plus every successful label in the store."""
+        structures = self.initial_structures() + self.store.atoms("ok")
+        frac = self.cfg.data.valid_fraction
+        valid = [a for a in structures if _is_valid(a.info["al_key"], frac)]
+        train = [a for a in structures if not _is_valid(a.info["al_key"], frac)]
+        if not train:
+            raise ValueError("active learning: no labelled training structures (all initial oracle calls failed?)")
+        return train, valid
+
+    def _executor_for_labels(self):
+        if self._executor is not None:
+            return self._executor, False
+        e = self.cfg.executor
+        return make_executor(e.kind, e.workers, e.address), True
+
+    def _label(self, structures, keys, meta=None) -> dict:
+        budget = self.cfg.stop.max_oracle_calls
+        done = self.store.keys()
+        if budget is not None:
+            left = max(budget - len(self.store), 0)
+            todo = [k for k in keys if k not in done][:left]
+            allowed = set(todo) | done
+            picked = [(a, k, m) for a, k, m in zip(structures, keys, meta or [{}] * len(keys)) if k in allowed]
+            structures, keys, meta = [p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked]
+        executor, own = self._executor_for_labels()
+        try:
+            return label(structures, keys, self.oracle, self.store, executor, on_result=self.hooks.get("label"), meta=meta)
+        finally:
+            if own:
+                executor.shutdown(wait=True)
+
+    # stages ---------------------------------------------------------------------------------
+
+    def stage_init(self) -> str:
+        n = self.cfg.data.initial_per_start
+        if n > 0:
+            rng = np.random.default_rng(self.cfg.seed)
+            structures, keys = [], []
+            for s, start in enumerate(self.starts()):
+                for j in range(n):
+                    a = start.copy()
+                    a.positions += rng.normal(scale=self.cfg.data.initial_rattle, size=a.positions.shape)
+                    structures.append(a)
+                    keys.append(f"init-{s}-{j}")
+            counts = self._label(structures, keys, [{"iteration": -1}] * len(keys))
+            self.log(f"initial labels: {counts}")
+        return "train"
+
+    def stage_train(self) -> str:
+        c, i = self.cfg.committee, self.state["iteration"]
+        train, valid = self.labelled()
+        prev = self.iter_dir(i - 1) / "ensemble"
+        warm = c.warm_start and i > 0 and prev.exists()
+        if warm:
+            ens = load_ensemble(prev)
+        else:
+            ens = Ensemble.build(self.cfg.model, c.size, seed=self.cfg.seed, dataset=train, nu=c.nu)
+        epochs = (c.warm_epochs or c.epochs) if warm else c.epochs
+        fit = FitConfig(epochs, c.batch_size, c.learning_rate, c.final_learning_rate_ratio, c.energy_weight,
+                        c.forces_weight, c.bootstrap, seed=self.cfg.seed + 1000 * i)
+        t0 = time.perf_counter()
+        ens = ens.fit(train, fit)
+        metrics = {"n_train": len(train), "n_valid": len(valid), "train_seconds": time.perf_counter() - t0,
+                   "warm_start": warm}
+        if valid:
+            if c.calibrate:
+                metrics["std_scale"] = ens.calibrate(valid)
+            metrics["valid"] = ens.errors(valid)
+        if self.cfg.data.test:
+            metrics["test"] = ens.errors(_read_structures(self.cfg.data.test))
+        ens.save(self.iter_dir() / "ensemble")
+        _atomic_write_text(self.iter_dir() / "train.json", json.dumps(metrics, indent=1))
+        self.log(f"iteration {i}: trained on {len(train)} labels ({'warm' if warm else 'cold'} start) {metrics.get('valid', '')}")
+        return "explore"
+
+    def stage_explore(self) -> str:
+        i = self.state["iteration"]
+        ens = load_ensemble(self.iter_dir() / "ensemble")
+        ecfg = ExploreConfig(**{**asdict(self.cfg.explore), "stop_above": self.cfg.select.hi})
+        frames, trajs = explore(ens, self.starts(), ecfg, seed=self.cfg.seed + 7919 * (i + 1))
+        _write_frames(self.iter_dir() / "pool.extxyz", frames)
+        _atomic_write_text(self.iter_dir() / "trajectories.json", json.dumps([asdict(t) for t in trajs], indent=1))
+        self.log(f"iteration {i}: explored {len(trajs)} trajectories, {len(frames)} frames, "
+                 f"{sum(t.stopped for t in trajs)} stopped at the upper trust level")
+        return "select"
+
+    def stage_select(self) -> str:
+        s, i = self.cfg.select, self.state["iteration"]
+        pool = _read_frames(self.iter_dir() / "pool.extxyz")
+        eps = np.array([a.info["al_eps"] for a in pool], np.float64)
+        codes = classify(eps, s.lo, s.hi) if len(pool) else np.zeros(0, int)
+        frac = fractions(codes)
+        elements = self.cfg.model["elements"]
+        cutoff = float(self.cfg.model.get("cutoff", ModelConfig.cutoff))
+        desc = np.stack([structure_descriptor(a, elements, cutoff) for a in pool]) if s.method == "fps" and len(pool) else None
+        cv = np.array([a.info["al_cv"] for a in pool]) if s.method == "cv_bins" and len(pool) else None
+        chosen = select(eps, s.lo, s.hi, s.max_per_iteration, method=s.method, descriptors=desc, cv=cv,
+                        n_bins=s.n_bins, seed=self.cfg.seed + i) if len(pool) else np.zeros(0, int)
+        converged = len(pool) > 0 and frac["accurate"] >= self.cfg.stop.accurate_fraction
+        sel = {"indices": [int(k) for k in chosen], "keys": [f"it{i}-p{int(k)}" for k in chosen],
+               "counts": {NAMES[c]: int(np.sum(codes == c)) for c in NAMES}, "fractions": frac,
+               "n_pool": len(pool), "converged": bool(converged)}
+        _atomic_write_text(self.iter_dir() / "selection.json", json.dumps(sel, indent=1))
+        self.log(f"iteration {i}: accurate {frac['accurate']:.2f} candidate {frac['candidate']:.2f} "
+                 f"failed {frac['failed']:.2f}; selected {len(chosen)}")
+        return "label"
+
+    def stage_label(self) -> str:
+        i = self.state["iteration"]
+        sel = json.loads((self.iter_dir() / "selection.json").read_text())
+        pool = _read_frames(self.iter_dir() / "pool.extxyz") if sel["indices"] else []
+        structures = [pool[k] for k in sel["indices"]]
+        meta = [{"iteration": i, "al_eps": float(pool[k].info["al_eps"])} for k in sel["indices"]]
+        counts = self._label(structures, sel["keys"], meta) if structures else {"submitted": 0, "ok": 0, "failed": 0}
+        summary = self._summary(sel, counts)
+        self.state["history"].append(summary)
+        self.log(f"iteration {i}: {json.dumps(summary)}")
+        stop = self.cfg.stop
+        budget_spent = stop.max_oracle_calls is not None and len(self.store) >= stop.max_oracle_calls
+        if sel["converged"] or budget_spent or i + 1 >= stop.max_iterations:
+            self.state["stop_reason"] = ("accurate fraction reached" if sel["converged"] else
+                                         "oracle budget spent" if budget_spent else
+                                         "max_iterations reached")
+            return "done"
+        self.state["iteration"] = i + 1
+        return "train"
+
+    def _summary(self, sel, counts) -> dict:
+        i = self.state["iteration"]
+        train = json.loads((self.iter_dir() / "train.json").read_text())
+        records = self.store.records
+        return {
+            "iteration": i, "labels": len(self.initial_structures()) + sum(r["status"] == "ok" for r in records),
+            "oracle_calls": len(records), "oracle_failures": sum(r["status"] == "failed" for r in records),
+            "fractions": sel["fractions"], "n_pool": sel["n_pool"], "selected": len(sel["indices"]),
+            "labelled_this_iteration": counts, "valid": train.get("valid"), "test": train.get("test"),
+        }
+
+    # driver ---------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        stages = {"init": self.stage_init, "train": self.stage_train, "explore": self.stage_explore,
+                  "select": self.stage_select, "label": self.stage_label}
+        while self.state["stage"] != "done":
+            stage = self.state["stage"]
+            if stage not in stages:
+                raise ValueError(f"{self.run_dir / STATE_FILE}: unknown stage {stage!r}")
+            nxt = stages[stage]()
+            self._commit(nxt)
+        return self.state
+
+
+def run(config, run_dir, *, resume: bool = False, **kwargs) -> dict:
+    """Run (or, with ``resume``, continue) an active-learning loop in ``run_dir``; returns the
+    final state with the per-iteration ``history``."""
+    run_dir = Path(run_dir)
+    if (run_dir / STATE_FILE).exists() and not resume:
+        raise ValueError(f"{str(run_dir)!r} already holds an active-learning run; pass --resume to continue it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(config)
+    # Keep the config next to the run so a resume uses the same settings.
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        _atomic_write_text(cfg_path, yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False))
+    return ActiveLearning(cfg, run_dir, **kwargs).run()
+
+
+def _plain(x: Any):
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
