@@ -25,22 +25,25 @@ class NeighborList(NamedTuple):
 
 
 def _box_for_vesin(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """vesin needs a non-singular box; directions that are not periodic may have a zero (or any)
-    cell vector in ase, so give them a long orthogonal one (no image is ever made there)."""
-    cell = np.array(cell, dtype=np.float64).reshape(3, 3)
+    """vesin needs a non-singular box. ase lets a non-periodic direction have a zero (or any)
+    cell vector, so where the cell is singular those rows become long vectors orthogonal to the
+    periodic ones; no image is ever made along them, so their length only has to exceed the span."""
     if not pbc.any():
         return np.zeros((3, 3))
-    if np.all(pbc) or abs(np.linalg.det(cell)) > 1e-8 * max(1.0, np.abs(cell).max() ** 3):
+    scale = max(1.0, np.abs(cell).max())
+    if abs(np.linalg.det(cell)) > 1e-8 * scale**3:
         return cell
+    periodic = cell[pbc]
+    if np.linalg.matrix_rank(periodic, tol=1e-8 * scale) < len(periodic):
+        raise ValueError(f"the periodic cell vectors {periodic.tolist()} are linearly dependent")
     span = np.ptp(positions, axis=0).max() if len(positions) else 0.0
     length = 2.0 * (span + np.abs(cell).sum()) + 1.0
+    # Orthonormal directions spanning the complement of the periodic vectors: the last rows of
+    # V in the SVD of the periodic block.
+    _, _, vt = np.linalg.svd(np.vstack([periodic, np.zeros((3 - len(periodic), 3))]))
     box = cell.copy()
-    for d in np.flatnonzero(~pbc):
-        others = [box[k] for k in range(3) if k != d]
-        n = np.cross(others[0], others[1])
-        if np.linalg.norm(n) < 1e-12:  # two non-periodic directions: any orthonormal completion
-            n = np.eye(3)[d]
-        box[d] = length * n / np.linalg.norm(n)
+    for d, v in zip(np.flatnonzero(~pbc), vt[len(periodic):]):
+        box[d] = length * v
     return box
 
 
@@ -70,7 +73,8 @@ def neighbor_list(
     box = _box_for_vesin(cell, pbc, positions)
     calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s = calc.compute(points=positions, box=box, periodic=pbc if pbc.any() else False, quantities="ijS")
-    order = np.lexsort((j, i))  # receiver-major, deterministic
-    return NeighborList(
-        i[order].astype(np.int32), j[order].astype(np.int32), s[order].astype(np.int32)
-    )
+    i = i.astype(np.int32)
+    # vesin's output is deterministic but not receiver-sorted; a stable int32 sort is ~4x cheaper
+    # than a lexsort on (i, j) at 10^5 atoms and keeps the order reproducible.
+    order = np.argsort(i, kind="stable")
+    return NeighborList(i[order], j[order].astype(np.int32), s[order].astype(np.int32))
