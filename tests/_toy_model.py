@@ -1,8 +1,9 @@
 """A private many-body test model ("_toy"), registered for the API tests and for developing the
 physics battery (whose parametrisation skips names starting with "_").
 
-E_i = tanh(Σ_j w[s_i, s_j] u(r_ij) exp(-r_ij)) · a[s_i]: species-dependent, many-body through the
-tanh, smooth at the cutoff through u(r) = (1 - (r/c)²)³.
+E_i = tanh(Σ_j w[s_i, s_j] u(r_ij) exp(-r_ij)) · a[s_i] + ½ Σ_j u(r_ij) / r_ij⁶: species-dependent,
+many-body through the tanh, repulsive at short range (so optimisers find minima), smooth at the
+cutoff through u(r) = (1 - (r/c)²)³.
 """
 
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ class ToyModel(nn.Module):
         sq = jnp.sum(vectors * vectors, -1)
         r = jnp.sqrt(jnp.where(sq > 0, sq, 1.0))
         x2 = jnp.minimum(sq / self.cutoff**2, 1.0)
-        pair = w[species[receivers], species[senders]] * (1.0 - x2) ** 3 * jnp.exp(-r / self.width)
-        pair = jnp.where(edge_mask & (sq > 0), pair, 0.0)
-        s = jax.ops.segment_sum(pair, receivers, species.shape[0], indices_are_sorted=True)
-        return jnp.where(node_mask, jnp.tanh(s) * a[species], 0.0)
+        real = edge_mask & (sq > 0)
+        u = (1.0 - x2) ** 3
+        pair = jnp.where(real, w[species[receivers], species[senders]] * u * jnp.exp(-r / self.width), 0.0)
+        core = jnp.where(real, 0.5 * u / r**6, 0.0)
+        s, rep = (jax.ops.segment_sum(x, receivers, species.shape[0], indices_are_sorted=True) for x in (pair, core))
+        return jnp.where(node_mask, jnp.tanh(s) * a[species] + rep, 0.0)
 
 
 if "_toy" not in MODELS:
