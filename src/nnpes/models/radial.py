@@ -21,7 +21,7 @@ def safe_norm(vectors: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
 def polynomial_envelope(r: jnp.ndarray, cutoff: float, p: int = 6) -> jnp.ndarray:
     """Smooth cutoff u(r) (Klicpera et al. 2020, DimeNet eq. 8), dimensionless, same shape as r.
 
-    u(0) = 1 and u, u', ..., u^(p) vanish at r = cutoff (Å), u = 0 beyond it:
+    u(0) = 1; u, u' and u'' vanish at r = cutoff (Å) (C² cut), u = 0 beyond it:
         u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2),  x = r / cutoff.
     """
     if p < 2:
