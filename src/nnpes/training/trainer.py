@@ -109,7 +109,7 @@ class _Log:
             print(msg, file=sys.stderr, flush=True)
 
 
-def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict):
+def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict, schedule):
     kind, delta, per_atom = tcfg.loss, tcfg.huber_delta, tcfg.energy_per_atom
     ema_decay = 0.0 if tcfg.ema_decay is None else tcfg.ema_decay
 
@@ -126,7 +126,8 @@ def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict):
         updates = jax.tree_util.tree_map(lambda u: (u * lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(params, updates)
         ema = ema_update(ema, params, ema_decay, step)
-        return {**variables, "params": params}, opt_state, ema, loss, error_sums(pred, graph)
+        lr = schedule(step) * lr_scale  # the rate this step used (logged)
+        return {**variables, "params": params}, opt_state, ema, loss, error_sums(pred, graph), lr
 
     def eval_step(variables, params, graph, weights):
         counter["eval"] += 1
@@ -180,7 +181,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     params = pot.params["params"]
     state = {
         "variables": pot.params,
-        "opt_state": tx.init(params),
+        "opt_state": jax.jit(tx.init)(params),  # jitted: one compile instead of one per leaf op
         "ema": jax.tree_util.tree_map(jnp.array, params),
         "step": np.int64(0),
         "epoch": np.int64(0),
@@ -199,8 +200,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     state["opt_state"] = jax.tree_util.tree_map(jnp.asarray, state["opt_state"])
 
     counter = {"train": 0, "eval": 0}
-    train_step, eval_step = _make_steps(pot, tx, tcfg, use_stress, counter)
-    schedule_lr = lr_schedule(tcfg, steps_per_epoch)
+    train_step, eval_step = _make_steps(pot, tx, tcfg, use_stress, counter, lr_schedule(tcfg, steps_per_epoch))
     csv_log = CSVLog(run_dir / "metrics.csv", resume_epoch=int(state["epoch"]))
     progress = sys.stderr.isatty() if tcfg.progress is None else tcfg.progress
 
@@ -221,11 +221,11 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
 
             bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False)
             batches = bar
-        sums, loss_sum, n_graphs = None, 0.0, 0
+        sums, loss_sum, n_graphs, lr = None, 0.0, 0, math.nan
         variables, opt_state, ema, step = state["variables"], state["opt_state"], state["ema"], int(state["step"])
         for graph in batches:
             n = _n_real(graph)
-            variables, opt_state, ema, loss, s = train_step(
+            variables, opt_state, ema, loss, s, lr = train_step(
                 variables, opt_state, ema, jnp.asarray(step, dtype), _to_device(graph, dtype), weights, lr_scale)
             step += 1
             loss_sum += float(loss) * n
@@ -247,7 +247,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
             valid_m = reduce_sums(vs, vn, vloss)
         else:
             valid_m = dict(train_m)
-        lr_now = float(schedule_lr(step)) * float(state["lr_scale"])
+        lr_now = float(lr)
 
         # bookkeeping on the host; everything below is part of the checkpointed state
         improved = valid_m["loss"] < float(state["best_loss"])
