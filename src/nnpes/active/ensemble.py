@@ -271,8 +271,9 @@ class Ensemble:
         else:
             boot = np.ones((K, n))
         steps_per_epoch = -(-n // bs)
+        # The learning rate is a traced argument, so a schedule of any length shares one compile.
         schedule = optax.cosine_decay_schedule(fit.learning_rate, fit.epochs * steps_per_epoch, fit.final_learning_rate_ratio)
-        opt = optax.adam(schedule)
+        opt = optax.scale_by_adam()
         module, table = self.template.module, self.template.table
         loss_weights = {"energy": fit.energy_weight, "forces": fit.forces_weight, "stress": 0.0}
 
@@ -281,20 +282,21 @@ class Ensemble:
             pred = energy_forces_stress(module, table, {**rest, "params": params}, g, False)
             return total_loss(pred, g, loss_weights)
 
-        def member_step(params, rest, opt_state, graph, weight):
+        def member_step(params, rest, opt_state, graph, weight, lr):
             loss, grads = jax.value_and_grad(member_loss)(params, rest, graph, weight)
             updates, opt_state = opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
+            return params, opt_state, loss
 
-        key = self.cache_key("fit", fit.epochs * steps_per_epoch, fit.learning_rate, fit.final_learning_rate_ratio,
-                             fit.energy_weight, fit.forces_weight)
+        key = self.cache_key("fit", fit.energy_weight, fit.forces_weight)
         if key not in _CACHE:
-            _CACHE[key] = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0)))
+            _CACHE[key] = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0, None)))
         step = _CACHE[key]
         params = self.variables["params"]
         rest = {k: v for k, v in self.variables.items() if k != "params"}
         opt_state = jax.vmap(opt.init)(params)
         dtype = self.dtype
+        n_step = 0
         for epoch in range(fit.epochs):
             order = np.random.default_rng([fit.seed, epoch]).permutation(n)
             losses = []
@@ -303,7 +305,9 @@ class Ensemble:
                 graph = _to_device(pad_graph(batch([graphs[i] for i in idx]), *shape), dtype)
                 w = np.zeros((K, shape[2]))
                 w[:, : len(idx)] = boot[:, idx]
-                params, opt_state, loss = step(params, rest, opt_state, graph, jnp.asarray(w, dtype))
+                lr = jnp.asarray(schedule(n_step), dtype)
+                params, opt_state, loss = step(params, rest, opt_state, graph, jnp.asarray(w, dtype), lr)
+                n_step += 1
                 losses.append(np.asarray(loss))
             if log is not None:
                 log(epoch, np.mean(losses, axis=0))

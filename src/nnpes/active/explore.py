@@ -184,7 +184,8 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
             biases = make_biases(cfg, len(start), temperature)
             # Biases hold Python callables; key the compiled chunk on the settings that define them.
             ck = ensemble.cache_key("explore", json.dumps(asdict(cfg), sort_keys=True, default=str),
-                                    len(start), float(temperature) if cfg.metadynamics else 0.0)
+                                    len(start) if cfg.uncertainty_bias else 0,
+                                    float(temperature) if cfg.metadynamics else 0.0)
             if ck not in _CACHE:
                 _CACHE[ck] = (_make_chunk(ensemble, biases, cfg), biases)
             run, biases = _CACHE[ck]

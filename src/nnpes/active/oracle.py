@@ -288,14 +288,8 @@ def label(structures: Sequence[Atoms], keys: Sequence[str], oracle: Callable, st
     futures = {}
     todo = [(k, a, m) for k, a, m in zip(keys, structures, meta or [{}] * len(keys)) if k not in done]
     counts = {"submitted": len(todo), "ok": 0, "failed": 0, "skipped": len(keys) - len(todo)}
-    for key, atoms, m in todo:
-        futures[executor.submit(_call, oracle, atoms)] = (key, atoms, m)
-    for fut in as_completed(futures):
-        key, atoms, m = futures[fut]
-        try:
-            result, error = fut.result()
-        except Exception as e:  # noqa: BLE001 - a worker that died is a failed call, not a crash
-            result, error = None, f"executor: {type(e).__name__}: {e}"
+
+    def finish(key, atoms, m, result, error):
         if error is None:
             try:
                 result = _check(result, atoms)
@@ -305,4 +299,20 @@ def label(structures: Sequence[Atoms], keys: Sequence[str], oracle: Callable, st
         counts["ok" if error is None else "failed"] += 1
         if on_result is not None:
             on_result(key)
+
+    if isinstance(executor, SerialExecutor):
+        # One call at a time, each stored before the next starts: a crash loses at most the call
+        # that was running.
+        for key, atoms, m in todo:
+            finish(key, atoms, m, *_call(oracle, atoms))
+        return counts
+    for key, atoms, m in todo:
+        futures[executor.submit(_call, oracle, atoms)] = (key, atoms, m)
+    for fut in as_completed(futures):
+        key, atoms, m = futures[fut]
+        try:
+            result, error = fut.result()
+        except Exception as e:  # noqa: BLE001 - a worker that died is a failed call, not a crash
+            result, error = None, f"executor: {type(e).__name__}: {e}"
+        finish(key, atoms, m, result, error)
     return counts
