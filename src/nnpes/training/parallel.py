@@ -210,6 +210,15 @@ def split_batch(graphs: jraph.GraphsTuple | Sequence[jraph.GraphsTuple], n_shard
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *padded)
 
 
+def sub_batch_shape(graphs: Sequence[jraph.GraphsTuple], batch_size: int, n_shards: int) -> tuple[int, int, int]:
+    """(n_node, n_edge, n_graph) that holds any ``split_batch`` sub-batch of any ``batch_size``
+    structures from ``graphs`` over ``n_shards``: one padded shape, so one compile for a run."""
+    per = max(1, math.ceil(batch_size / n_shards))
+    nodes = sorted((int(np.sum(g.n_node)) for g in graphs), reverse=True)[:per]
+    edges = sorted((int(np.sum(g.n_edge)) for g in graphs), reverse=True)[:per]
+    return sum(nodes) + 1, sum(edges), per + 1
+
+
 def _cast(x, dtype):
     x = np.asarray(x)
     return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x

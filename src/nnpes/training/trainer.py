@@ -35,43 +35,14 @@ LATEST, BEST = "latest.ckpt", "best.ckpt"
 
 
 def _loader(graphs, tcfg, batch_size, shuffle, seed):
-    try:
-        from nnpes.batching import GraphLoader
-    except ImportError:  # until nnpes.batching.GraphLoader lands
-        GraphLoader = _FallbackLoader
+    from nnpes.batching import GraphLoader
+
     return GraphLoader(graphs, batch_size=batch_size, max_nodes=tcfg.max_nodes, max_edges=tcfg.max_edges,
                        shuffle=shuffle, seed=seed)
 
 
-class _FallbackLoader:
-    """Minimal stand-in with GraphLoader's interface: order from (seed, epoch); one padded shape."""
-
-    def __init__(self, graphs, *, batch_size, max_nodes=None, max_edges=None, shuffle=True, seed=0):
-        from nnpes.batching import batch, pad_graph
-
-        self.graphs, self.batch_size, self.shuffle, self.seed, self.epoch = list(graphs), batch_size, shuffle, seed, 0
-        sizes = sorted(int(g.n_node[0]) for g in self.graphs)[::-1]
-        edges = sorted(int(g.n_edge[0]) for g in self.graphs)[::-1]
-        self._shape = (sum(sizes[:batch_size]) + 1, sum(edges[:batch_size]), batch_size + 1)
-        self._batch, self._pad = batch, pad_graph
-        self.shapes = {self._shape}
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return -(-len(self.graphs) // self.batch_size)
-
-    def __iter__(self):
-        order = np.arange(len(self.graphs))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
-        for i in range(0, len(order), self.batch_size):
-            yield self._pad(self._batch([self.graphs[j] for j in order[i:i + self.batch_size]]), *self._shape)
-
-
 def _to_device(graph, dtype):
-    from nnpes.potential import _to_device as to_device  # batching.to_device once it lands
+    from nnpes.batching import to_device
 
     return to_device(graph, dtype)
 
@@ -138,7 +109,11 @@ def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict, schedule):
 
 
 def _n_real(graph) -> int:
-    return int(len(graph.n_node) - 1)  # the padded batch ends with (at least) one padding graph
+    """Real graphs in a padded batch (jraph convention: trailing empty graphs and the one before
+    them, which owns the padding nodes, are padding)."""
+    n_node = np.asarray(graph.n_node)
+    trailing_empty = len(n_node) - len(np.trim_zeros(n_node, "b"))
+    return int(len(n_node) - trailing_empty - 1)
 
 
 def train(config, run_dir: str | Path | None = None, *, resume: bool = False, overrides=None,
