@@ -1,0 +1,115 @@
+"""A Potential as jax-md style functions of positions: ``neighbor_fn, energy_fn = md_functions(pot, atoms)``.
+
+    nbrs = neighbor_fn.allocate(R)          # R (N,3) Å
+    nbrs = neighbor_fn.update(R, nbrs)      # jittable, rebuilds on device when needed
+    E = energy_fn(R, neighbor=nbrs)         # () eV, jittable and differentiable in R
+    F = energy_fn.force_fn(R, neighbor=nbrs)            # (N,3) eV/Å  (= nnpes.md.force_fn(energy_fn))
+    E, F = energy_fn.energy_and_forces(R, neighbor=nbrs)   # one forward + backward pass
+
+The neighbour list holds pairs out to cutoff + skin; edges beyond the model's cutoff are masked
+here (the model sees exactly the pairs a host list at the cutoff would give), so a model never has
+to zero them itself. Cell and pbc are fixed for the run (NVE/NVT).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+
+from nnpes.md.neighbors import NeighborFn, NeighborList, neighbor_list_fn
+
+# Keyword arguments that jax-md's integrators pass to energy functions; they do not change the energy.
+_JAX_MD_KWARGS = {"kT", "mass", "t", "dt"}
+
+
+def check_elements(potential, atoms: Atoms, source: str = "structure") -> None:
+    """ValueError naming the elements of ``atoms`` that ``potential`` does not know."""
+    unknown = sorted(set(atoms.get_chemical_symbols()) - set(potential.config.elements))
+    if unknown:
+        raise ValueError(
+            f"{source}: element(s) {unknown} not in the model's elements {list(potential.config.elements)}"
+        )
+    if len(atoms) == 0:
+        raise ValueError(f"{source}: structure has no atoms")
+
+
+class EnergyFn:
+    """Potential energy (eV) of one structure as a function of its positions (N,3) Å."""
+
+    def __init__(self, potential, atoms: Atoms, params=None):
+        check_elements(potential, atoms)
+        self.potential = potential
+        self.dtype = jnp.float64 if potential.config.dtype == "float64" else jnp.float32
+        self.params = potential.params if params is None else params
+        self.cutoff = float(potential.config.cutoff)
+        n = len(atoms)
+        self.n_atoms = n
+        species = np.asarray(potential.table)[atoms.numbers]
+        # One trailing padding atom (species 0, masked) that padding edges point to.
+        self.species = jnp.asarray(np.append(species, 0), jnp.int32)
+        self.node_mask = jnp.arange(n + 1) < n
+        self.node_graph = jnp.asarray(np.append(np.zeros(n, np.int32), 1))
+        self.n_node = jnp.asarray([n, 1], jnp.int32)
+        self.cell = jnp.asarray(np.asarray(atoms.cell.array, np.float64), self.dtype)
+
+    def per_atom_energies(self, positions, neighbor: NeighborList, params=None):
+        """(N,) eV."""
+        if neighbor is None:
+            raise TypeError("energy_fn needs neighbor=nbrs (from neighbor_fn.allocate / update)")
+        params = self.params if params is None else params
+        positions = jnp.asarray(positions).astype(self.dtype)
+        pos = jnp.concatenate([positions, jnp.zeros((1, 3), self.dtype)])
+        senders, receivers = neighbor.senders, neighbor.receivers
+        vectors = pos[senders] - pos[receivers] + neighbor.shifts.astype(self.dtype) @ self.cell
+        sq = jnp.sum(vectors * vectors, -1)
+        edge_mask = (receivers < self.n_atoms) & (sq < self.cutoff**2)
+        vectors = jnp.where(edge_mask[:, None], vectors, 0.0)
+        e = self.potential.module.apply(
+            params, vectors, self.species, senders, receivers, edge_mask, self.node_mask,
+            self.node_graph, self.n_node,
+        )
+        return e[: self.n_atoms]
+
+    def __call__(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
+        unknown = set(kwargs) - _JAX_MD_KWARGS
+        if unknown:
+            raise TypeError(f"energy_fn got unexpected keyword arguments {sorted(unknown)}")
+        return jnp.sum(self.per_atom_energies(positions, neighbor, params))
+
+    def energy_and_forces(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
+        """(() eV, (N,3) eV/Å) from one pass."""
+        e, g = jax.value_and_grad(self.__call__)(positions, neighbor, params, **kwargs)
+        return e, -g
+
+    def force_fn(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
+        """(N,3) eV/Å, −∂E/∂R."""
+        return self.energy_and_forces(positions, neighbor, params, **kwargs)[1]
+
+
+def force_fn(energy_fn: EnergyFn):
+    """The force function (R, neighbor=nbrs) -> (N,3) eV/Å of an ``energy_fn`` from md_functions."""
+    return energy_fn.force_fn
+
+
+class MDFunctions(NamedTuple):
+    neighbor_fn: NeighborFn
+    energy_fn: EnergyFn
+
+
+def md_functions(potential, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25,
+                 params=None) -> MDFunctions:
+    """``neighbor_fn, energy_fn`` for ``atoms``' species, cell and pbc (positions are arguments).
+
+    skin: Å added to the cutoff; the list is rebuilt when an atom moved more than skin/2.
+    capacity_multiplier: head room of the padded buffers over the counts at allocation.
+    params: flax variables to use instead of ``potential.params``."""
+    energy_fn = EnergyFn(potential, atoms, params)
+    neighbor_fn = neighbor_list_fn(
+        atoms.cell.array, atoms.pbc, energy_fn.cutoff, skin=skin,
+        capacity_multiplier=capacity_multiplier, dtype=energy_fn.dtype,
+    )
+    return MDFunctions(neighbor_fn, energy_fn)

@@ -1,0 +1,209 @@
+"""Integrators: velocity Verlet (NVE), Langevin BAOAB (NVT), Nosé–Hoover chain (NVT).
+
+Units: positions Å, velocities Å/fs, time fs, masses amu, energies eV, temperatures K.
+An acceleration F/m in eV/(Å·amu) is ``ACCEL`` Å/fs² per unit; a kinetic energy m v²/2 in
+amu·Å²/fs² is ``1/ACCEL`` eV per unit (ase.units: 1 fs = units.fs in ase's time unit).
+
+Every integrator is a pair of pure functions in jax-md's style,
+
+    init_fn(positions, velocities, masses, nbrs, key) -> MDState
+    step_fn(state, nbrs) -> (state, nbrs)
+
+with ``energy_and_forces(R, neighbor=nbrs) -> (E, F)`` (``EnergyFn.energy_and_forces``). The step
+updates the neighbour list after moving the atoms; use ``run_steps`` to run a block under
+``lax.scan``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import units
+
+ACCEL = units.fs**2  # (eV/Å/amu) → Å/fs²
+KB = units.kB  # eV/K
+
+
+class MDState(NamedTuple):
+    """positions (N,3) Å, velocities (N,3) Å/fs, forces (N,3) eV/Å, energy () eV (potential),
+    masses (N,) amu, key: PRNG key, thermostat: integrator-specific extra state (a PyTree)."""
+
+    positions: jnp.ndarray
+    velocities: jnp.ndarray
+    forces: jnp.ndarray
+    energy: jnp.ndarray
+    masses: jnp.ndarray
+    key: jnp.ndarray
+    thermostat: Any = ()
+
+
+class Integrator(NamedTuple):
+    """conserved_energy(state) -> () eV: the quantity the dynamics conserves (None for Langevin)."""
+
+    init_fn: Callable
+    step_fn: Callable
+    name: str = ""
+    conserved_energy: Callable | None = None
+
+
+def kinetic_energy(velocities, masses):
+    """() eV from velocities (N,3) Å/fs and masses (N,) amu."""
+    return 0.5 * jnp.sum(masses[:, None] * velocities**2) / ACCEL
+
+
+def temperature(velocities, masses):
+    """() K, with 3N degrees of freedom (as ase's ``get_temperature``)."""
+    return 2.0 * kinetic_energy(velocities, masses) / (3 * masses.shape[0] * KB)
+
+
+def maxwell_boltzmann(masses, temperature_K: float, seed: int = 0, dtype=np.float64) -> np.ndarray:
+    """(N,3) Å/fs velocities drawn at ``temperature_K`` with the centre-of-mass momentum removed."""
+    masses = np.asarray(masses, np.float64)
+    rng = np.random.default_rng(seed)
+    sigma = np.sqrt(KB * temperature_K * ACCEL / masses)  # Å/fs
+    v = rng.normal(size=(len(masses), 3)) * sigma[:, None]
+    v -= (masses[:, None] * v).sum(0) / masses.sum()
+    return v.astype(dtype)
+
+
+def _init(energy_and_forces):
+    def init_fn(positions, velocities, masses, nbrs, key=None, thermostat=()):
+        e, f = energy_and_forces(positions, neighbor=nbrs)
+        key = jax.random.PRNGKey(0) if key is None else key
+        return MDState(positions, velocities.astype(positions.dtype), f, e, masses.astype(positions.dtype),
+                       key, thermostat)
+
+    return init_fn
+
+
+def _kick(state: MDState, dt):
+    return state._replace(velocities=state.velocities + dt * ACCEL * state.forces / state.masses[:, None])
+
+
+def _drift(state: MDState, dt):
+    return state._replace(positions=state.positions + dt * state.velocities)
+
+
+def _forces(energy_and_forces, state: MDState, nbrs):
+    nbrs = nbrs.update(state.positions)
+    e, f = energy_and_forces(state.positions, neighbor=nbrs)
+    return state._replace(energy=e, forces=f), nbrs
+
+
+def velocity_verlet(energy_and_forces, dt: float) -> Integrator:
+    """NVE, time step ``dt`` fs."""
+
+    def step_fn(state, nbrs):
+        state = _drift(_kick(state, 0.5 * dt), dt)
+        state, nbrs = _forces(energy_and_forces, state, nbrs)
+        return _kick(state, 0.5 * dt), nbrs
+
+    def total_energy(state):
+        return state.energy + kinetic_energy(state.velocities, state.masses)
+
+    return Integrator(_init(energy_and_forces), step_fn, "nve", total_energy)
+
+
+def langevin(energy_and_forces, dt: float, temperature_K: float, friction: float = 0.01) -> Integrator:
+    """NVT by BAOAB Langevin (Leimkuhler & Matthews 2013); ``friction`` γ in 1/fs."""
+    c1 = float(np.exp(-friction * dt))
+    c2 = float(np.sqrt(1.0 - c1 * c1))
+    kT = KB * temperature_K
+
+    def step_fn(state, nbrs):
+        state = _drift(_kick(state, 0.5 * dt), 0.5 * dt)
+        key, noise_key = jax.random.split(state.key)
+        noise = jax.random.normal(noise_key, state.velocities.shape, state.velocities.dtype)
+        sigma = jnp.sqrt(kT * ACCEL / state.masses)[:, None]  # Å/fs
+        state = state._replace(velocities=c1 * state.velocities + c2 * sigma * noise, key=key)
+        state = _drift(state, 0.5 * dt)
+        state, nbrs = _forces(energy_and_forces, state, nbrs)
+        return _kick(state, 0.5 * dt), nbrs
+
+    return Integrator(_init(energy_and_forces), step_fn, "langevin")
+
+
+class ChainState(NamedTuple):
+    """Nosé–Hoover chain: positions ξ (M,) and velocities v_ξ (M,) 1/fs of the thermostats."""
+
+    xi: jnp.ndarray
+    v_xi: jnp.ndarray
+
+
+def nose_hoover_chain(energy_and_forces, dt: float, temperature_K: float, tau: float = 100.0,
+                      chain_length: int = 3) -> Integrator:
+    """NVT by a Nosé–Hoover chain (Martyna, Tuckerman & Klein 1996), one Trotter split per step;
+    ``tau`` fs is the thermostat period (masses Q₁ = N_f kT τ², Q_k = kT τ²).
+    ``conserved_energy(state)`` (E_pot + E_kin + thermostat energy) should stay constant."""
+    kT = KB * temperature_K
+    m_chain = chain_length
+
+    def masses_q(n_dof):
+        return jnp.asarray([n_dof * kT * tau**2] + [kT * tau**2] * (m_chain - 1))
+
+    def half_chain(state, n_dof):
+        """Propagate the chain and scale the particle velocities over dt/2."""
+        q = masses_q(n_dof).astype(state.velocities.dtype)
+        xi, v_xi = state.thermostat
+        ke2 = 2.0 * kinetic_energy(state.velocities, state.masses)  # eV
+        d = 0.25 * dt  # each half step kicks v_ξ twice by dt/4
+
+        def force(k, v_xi, ke2):
+            if k == 0:
+                return (ke2 - n_dof * kT) / q[0]
+            return (q[k - 1] * v_xi[k - 1] ** 2 - kT) / q[k]
+
+        v_xi = list(v_xi[i] for i in range(m_chain))
+        for k in reversed(range(m_chain)):
+            if k < m_chain - 1:
+                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
+            v_xi[k] = v_xi[k] + d * force(k, v_xi, ke2)
+            if k < m_chain - 1:
+                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
+        scale = jnp.exp(-0.5 * dt * v_xi[0])
+        velocities = state.velocities * scale
+        ke2 = ke2 * scale**2
+        xi = xi + 0.5 * dt * jnp.stack(v_xi)
+        for k in range(m_chain):
+            if k < m_chain - 1:
+                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
+            v_xi[k] = v_xi[k] + d * force(k, v_xi, ke2)
+            if k < m_chain - 1:
+                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
+        return state._replace(velocities=velocities, thermostat=ChainState(xi, jnp.stack(v_xi)))
+
+    base_init = _init(energy_and_forces)
+
+    def init_fn(positions, velocities, masses, nbrs, key=None, thermostat=None):
+        zeros = jnp.zeros(m_chain, positions.dtype)
+        return base_init(positions, velocities, masses, nbrs, key, ChainState(zeros, zeros))
+
+    def step_fn(state, nbrs):
+        n_dof = 3 * state.masses.shape[0]
+        state = half_chain(state, n_dof)
+        state = _drift(_kick(state, 0.5 * dt), dt)
+        state, nbrs = _forces(energy_and_forces, state, nbrs)
+        state = _kick(state, 0.5 * dt)
+        return half_chain(state, n_dof), nbrs
+
+    def conserved_energy(state):
+        n_dof = 3 * state.masses.shape[0]
+        q = masses_q(n_dof)
+        xi, v_xi = state.thermostat
+        thermo = 0.5 * jnp.sum(q * v_xi**2) + n_dof * kT * xi[0] + kT * jnp.sum(xi[1:])
+        return state.energy + kinetic_energy(state.velocities, state.masses) + thermo
+
+    return Integrator(init_fn, step_fn, "nose-hoover", conserved_energy)
+
+
+def run_steps(step_fn, state: MDState, nbrs, n_steps: int):
+    """``n_steps`` steps under ``lax.scan`` (jit the caller). Returns (state, nbrs)."""
+
+    def body(carry, _):
+        return step_fn(*carry), None
+
+    (state, nbrs), _ = jax.lax.scan(body, (state, nbrs), None, length=n_steps)
+    return state, nbrs

@@ -1,0 +1,276 @@
+"""On-device Verlet neighbour lists for MD, in jax-md's conventions.
+
+    neighbor_fn = neighbor_list_fn(cell, pbc, cutoff, skin=0.5, capacity_multiplier=1.25)
+    nbrs = neighbor_fn.allocate(R)        # host: sizes the buffers, then builds on device
+    nbrs = neighbor_fn.update(R, nbrs)    # jittable; same as nbrs.update(R)
+    if nbrs.did_buffer_overflow: nbrs = neighbor_fn.allocate(R_before, previous=nbrs)
+
+Edges follow ``nnpes.neighbors``: (receiver i, sender j, integer shift S) with
+vector_ij = R[j] - R[i] + S @ cell (Å), full list, sorted by receiver. The list holds every pair
+within cutoff + skin of the reference positions, so it stays valid while no atom has moved more
+than skin/2 since; ``update`` measures that displacement and rebuilds on device only then (a
+``lax.cond``).
+
+The rebuild is an O(N) cell list with fixed shapes, laid out on the host at ``allocate``:
+- Space is cut along the (fractional) box axes into bins at least cutoff + skin wide, so a
+  neighbour lies at most k bins away, with k = 1 for ordinary boxes and k = ceil((cutoff+skin)/width)
+  when the cell is thinner than the cutoff (then there is one bin and the k nearest images of it).
+  Every (bin offset) stands for a distinct (bin, lattice shift), so no pair is counted twice and
+  triclinic and small cells need no special case.
+- Non-periodic directions (molecules, slabs) are covered by the atoms' bounding box at allocate
+  time (plus a margin); atoms that leave it are clamped into the edge bins, which is still exact
+  because clamping keeps the order of the bins.
+- Each bin holds at most ``bin_capacity`` atoms and the list at most ``capacity`` edges (padding
+  edges join the padding atom N to itself). Exceeding either sets ``did_buffer_overflow`` (sticky
+  until reallocation) and records the counts that were needed, so ``allocate(..., previous=nbrs)``
+  sizes the new buffers to fit. A list that overflowed is never silently used: nnpes' MD loop redoes
+  the block of steps with the new list.
+Capacities are rounded up to a few bucket sizes so reallocations reuse compiled code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnpes.neighbors import neighbor_list as host_neighbor_list
+
+_MAX_CANDIDATE_BLOCK = 1 << 21  # candidate pairs processed at once by a rebuild (memory bound)
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """Static description of the bins (hashable: equal layouts share compiled code).
+
+    box: (3,3) Å rows, the periodic cell vectors plus, for non-periodic directions, vectors
+    spanning the bounding box; origin (3,) Å; n_bins, reach (3,) ints; capacities ints."""
+
+    n_atoms: int
+    box: tuple
+    origin: tuple
+    pbc: tuple
+    n_bins: tuple
+    reach: tuple
+    bin_capacity: int
+    capacity: int
+    cutoff: float  # Å, cutoff + skin: the list radius
+    skin: float  # Å
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(M, 3) int32: bin offsets searched around each atom's bin."""
+        ranges = [np.arange(-k, k + 1) for k in self.reach]
+        return np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+
+
+@flax.struct.dataclass
+class NeighborList:
+    """A padded full neighbour list on device (a PyTree; jit and scan carry it).
+
+    receivers, senders (capacity,) int32 (padding: the index N); shifts (capacity, 3) int32;
+    reference_positions (N, 3) Å, the positions the list was built from;
+    did_buffer_overflow () bool; n_pairs () int32, pairs found at the last build;
+    max_pairs / max_bin_count () int32, the largest counts ever needed (for reallocation)."""
+
+    receivers: jnp.ndarray
+    senders: jnp.ndarray
+    shifts: jnp.ndarray
+    reference_positions: jnp.ndarray
+    did_buffer_overflow: jnp.ndarray
+    n_pairs: jnp.ndarray
+    max_pairs: jnp.ndarray
+    max_bin_count: jnp.ndarray
+    layout: CellLayout = flax.struct.field(pytree_node=False)
+
+    def update(self, positions) -> "NeighborList":
+        return update_neighbor_list(positions, self)
+
+    @property
+    def capacity(self) -> int:
+        return self.layout.capacity
+
+
+class NeighborFn(NamedTuple):
+    """jax-md style pair: ``allocate(R, extra_capacity=0, previous=None)`` on the host and
+    ``update(R, nbrs)`` (jittable)."""
+
+    allocate: Callable
+    update: Callable
+
+
+def bucket_size(n: int) -> int:
+    """Round up to 8..15 × 2^k (at most 12.5 % more), so capacities come in few sizes."""
+    n = max(int(n), 8)
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def _widths(box: np.ndarray) -> np.ndarray:
+    """(3,) Å: distance between opposite faces of the parallelepiped spanned by ``box`` rows."""
+    volume = abs(np.linalg.det(box))
+    return np.array([volume / np.linalg.norm(np.cross(box[(d + 1) % 3], box[(d + 2) % 3])) for d in range(3)])
+
+
+def _make_box(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, margin: float):
+    """Box rows and origin covering the periodic cell and the atoms' extent elsewhere."""
+    box = np.zeros((3, 3))
+    periodic = np.flatnonzero(pbc)
+    box[periodic] = cell[periodic]
+    # Complete with orthonormal vectors perpendicular to the periodic ones, so the fractional
+    # coordinate along a non-periodic direction is a plain Cartesian projection.
+    basis = [cell[d] / np.linalg.norm(cell[d]) for d in periodic]
+    q, _ = np.linalg.qr(np.array(basis + list(np.eye(3))).T) if basis else (np.eye(3), None)
+    free = [q[:, k] for k in range(len(periodic), 3)]
+    origin = np.zeros(3)
+    for d, n in zip(np.flatnonzero(~pbc), free):
+        proj = positions @ n if len(positions) else np.zeros(1)
+        lo, hi = proj.min() - margin, proj.max() + margin
+        box[d] = (hi - lo) * n
+        origin += lo * n
+    return box, origin
+
+
+def _layout(positions, cell, pbc, list_cutoff, skin, multiplier, capacity_floor=0, bin_floor=0, extra=0):
+    n = len(positions)
+    box, origin = _make_box(positions, cell, pbc, margin=skin)
+    widths = _widths(box)
+    n_bins = np.maximum(1, np.floor(widths / list_cutoff)).astype(int)
+    # A dilute system does not need more bins than atoms: coarsen the finest direction.
+    while n_bins.prod() > max(8 * n, 27) and n_bins.max() > 1:
+        n_bins[np.argmax(n_bins)] -= 1
+    reach = np.where(pbc, np.ceil(list_cutoff * n_bins / widths - 1e-9), np.minimum(n_bins - 1, 1)).astype(int)
+    reach = np.maximum(reach, np.where(pbc, 1, 0))
+    frac = (positions - origin) @ np.linalg.inv(box)
+    frac = np.where(pbc, frac - np.floor(frac), frac)
+    b = np.clip(np.floor(frac * n_bins).astype(int), 0, n_bins - 1)
+    counts = np.bincount(np.ravel_multi_index(b.T, n_bins), minlength=int(n_bins.prod())) if n else np.zeros(1, int)
+    bin_capacity = min(max(n, 1), bucket_size(math.ceil(max(counts.max(), bin_floor) * multiplier)))
+    nl = host_neighbor_list(positions, cell, pbc, list_cutoff)
+    needed = max(len(nl.senders), capacity_floor)
+    capacity = bucket_size(math.ceil(needed * multiplier) + int(extra))
+    return CellLayout(
+        n_atoms=n, box=tuple(map(tuple, box.tolist())), origin=tuple(origin.tolist()),
+        pbc=tuple(bool(p) for p in pbc), n_bins=tuple(int(x) for x in n_bins),
+        reach=tuple(int(x) for x in reach), bin_capacity=int(bin_capacity), capacity=int(capacity),
+        cutoff=float(list_cutoff), skin=float(skin),
+    )
+
+
+def build_neighbor_list(positions, layout: CellLayout) -> NeighborList:
+    """Rebuild the list from scratch at ``positions`` (N,3) Å with the bins of ``layout`` (jittable)."""
+    dtype = positions.dtype
+    n = layout.n_atoms
+    pbc = np.array(layout.pbc)
+    n_bins = np.array(layout.n_bins)
+    box = jnp.asarray(layout.box, dtype)
+    origin = jnp.asarray(layout.origin, dtype)
+    offsets = layout.offsets
+    m, cap = len(offsets), layout.bin_capacity
+
+    frac = (positions - origin) @ jnp.linalg.inv(box)
+    image = jnp.where(pbc, jnp.floor(frac), 0.0)
+    wrapped = positions - image @ box  # in the home cell along periodic directions
+    b = jnp.clip(jnp.floor((frac - image) * n_bins).astype(jnp.int32), 0, n_bins - 1)
+    flat = (b[:, 0] * n_bins[1] + b[:, 1]) * n_bins[2] + b[:, 2]
+    total_bins = int(n_bins.prod())
+
+    order = jnp.argsort(flat, stable=True)
+    counts = jnp.bincount(flat, length=total_bins)
+    starts = jnp.cumsum(counts) - counts
+    rank = jnp.arange(n) - starts[flat[order]]
+    cell_atoms = jnp.full((total_bins, cap), n, jnp.int32)
+    cell_atoms = cell_atoms.at[flat[order], rank].set(order.astype(jnp.int32), mode="drop")
+
+    def neighbour_bins(bins, offs):
+        """bins + offs (..., 3) → flat neighbour bin, bin-image shift (..., 3), validity."""
+        nb = bins + offs
+        shift = jnp.where(pbc, jnp.floor_divide(nb, n_bins), 0)
+        nb = nb - shift * n_bins
+        valid = jnp.all((nb >= 0) & (nb < n_bins), -1)
+        nb = jnp.clip(nb, 0, n_bins - 1)
+        return (nb[..., 0] * n_bins[1] + nb[..., 1]) * n_bins[2] + nb[..., 2], shift, valid
+
+    wrapped_pad = jnp.concatenate([wrapped, jnp.zeros((1, 3), dtype)])
+    r2 = layout.cutoff**2
+
+    def candidates(i):
+        nb, shift, valid = neighbour_bins(b[i], offsets)
+        j = cell_atoms[nb]  # (M, C)
+        vec = wrapped_pad[j] + (shift.astype(dtype) @ box)[:, None, :] - wrapped[i]
+        d2 = jnp.sum(vec * vec, -1)
+        self_pair = (j == i) & jnp.all(shift == 0, -1)[:, None]
+        return (j < n) & valid[:, None] & (d2 < r2) & ~self_pair
+
+    batch = max(1, min(n, _MAX_CANDIDATE_BLOCK // (m * cap)))
+    if batch == n:
+        mask = jax.vmap(candidates)(jnp.arange(n)).reshape(-1)
+    else:  # bound the memory of large systems: blocks of atoms, one after another
+        mask = jax.lax.map(candidates, jnp.arange(n), batch_size=batch).reshape(-1)
+    n_pairs = jnp.sum(mask, dtype=jnp.int32)
+    (idx,) = jnp.nonzero(mask, size=layout.capacity, fill_value=mask.shape[0])
+    real = idx < mask.shape[0]
+    idx = jnp.where(real, idx, 0)
+    i = (idx // (m * cap)).astype(jnp.int32)
+    k = (idx // cap) % m
+    c = idx % cap
+    nb, shift, _ = neighbour_bins(b[i], jnp.asarray(offsets)[k])
+    j = cell_atoms[nb, c]
+    # Bin shifts refer to wrapped positions; shifts in the list refer to the positions given.
+    shifts = shift + (image[i] - image[jnp.minimum(j, n - 1)]).astype(jnp.int32)
+    max_bin = jnp.max(counts).astype(jnp.int32)
+    return NeighborList(
+        receivers=jnp.where(real, i, n), senders=jnp.where(real, j, n),
+        shifts=jnp.where(real[:, None], shifts, 0).astype(jnp.int32),
+        reference_positions=positions,
+        did_buffer_overflow=(n_pairs > layout.capacity) | (max_bin > cap),
+        n_pairs=n_pairs, max_pairs=n_pairs, max_bin_count=max_bin, layout=layout,
+    )
+
+
+def update_neighbor_list(positions, nbrs: NeighborList) -> NeighborList:
+    """Rebuild only if some atom moved more than skin/2 since the last build (jittable)."""
+    positions = jnp.asarray(positions)
+    disp = positions - nbrs.reference_positions
+    moved = jnp.max(jnp.sum(disp * disp, -1)) > (0.5 * nbrs.layout.skin) ** 2
+
+    def rebuild(_):
+        new = build_neighbor_list(positions.astype(nbrs.reference_positions.dtype), nbrs.layout)
+        return new.replace(
+            did_buffer_overflow=new.did_buffer_overflow | nbrs.did_buffer_overflow,
+            max_pairs=jnp.maximum(new.max_pairs, nbrs.max_pairs),
+            max_bin_count=jnp.maximum(new.max_bin_count, nbrs.max_bin_count),
+        )
+
+    return jax.lax.cond(moved, rebuild, lambda _: nbrs, None)
+
+
+def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_multiplier: float = 1.25,
+                     dtype=jnp.float32) -> NeighborFn:
+    """Neighbour-list functions for a fixed cell (3,3) Å and pbc; pairs within ``cutoff`` Å are
+    guaranteed while no atom moved more than ``skin``/2 Å since the last build."""
+    pbc = np.broadcast_to(np.asarray(pbc, bool), (3,)).copy()
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
+    if skin < 0 or cutoff <= 0:
+        raise ValueError(f"need cutoff > 0 and skin >= 0 Å, got cutoff={cutoff}, skin={skin}")
+    if capacity_multiplier < 1.0:
+        raise ValueError(f"capacity_multiplier must be >= 1, got {capacity_multiplier}")
+    build = jax.jit(build_neighbor_list, static_argnums=1)
+
+    def allocate(positions, extra_capacity: int = 0, previous: NeighborList | None = None) -> NeighborList:
+        """Size the buffers for ``positions`` (N,3) Å (and, after an overflow, for the counts
+        ``previous`` needed), then build on device."""
+        positions_np = np.asarray(positions, np.float64)
+        if positions_np.ndim != 2 or positions_np.shape[1] != 3 or len(positions_np) == 0:
+            raise ValueError(f"positions must have shape (N, 3) with N > 0, got {positions_np.shape}")
+        floors = (0, 0) if previous is None else (int(previous.max_pairs), int(previous.max_bin_count))
+        layout = _layout(positions_np, cell, pbc, cutoff + skin, skin, capacity_multiplier,
+                         capacity_floor=floors[0], bin_floor=floors[1], extra=extra_capacity)
+        return build(jnp.asarray(positions_np, dtype), layout)
+
+    return NeighborFn(allocate=allocate, update=update_neighbor_list)

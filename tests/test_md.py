@@ -1,0 +1,335 @@
+"""MD: on-device neighbour lists against vesin, forces from md_functions against predict / the ase
+calculator, NVE energy conservation, overflow reallocation, thermostats, jax-md and the CLI."""
+
+import numpy as np
+import pytest
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ase import Atoms
+from ase.build import bulk
+
+from nnpes.md import (
+    force_fn, kinetic_energy, langevin, md_functions, neighbor_list_fn, nose_hoover_chain, read_thermo,
+    run_md, run_steps, velocity_verlet,
+)
+from nnpes.models.config import ModelConfig
+from nnpes.models.energy import EnergyModel
+from nnpes.neighbors import neighbor_list
+from nnpes.potential import Potential, init_params
+
+CUTOFF = 4.0  # Å
+
+
+class TinyManyBody(nn.Module):
+    """s_i = Σ_j MLP(Bessel(r_ij)·envelope(r_ij)), E_i = MLP(s_i): smooth, many-body, cheap."""
+
+    cutoff: float
+
+    @nn.compact
+    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
+        import e3nn_jax as e3nn
+
+        sq = jnp.sum(vectors**2, -1)
+        r = jnp.sqrt(jnp.where(edge_mask, sq, 1.0))
+        basis = e3nn.bessel(r, 6, self.cutoff) * e3nn.poly_envelope(5, 2)(r / self.cutoff)[:, None]
+        h = nn.Dense(4, param_dtype=vectors.dtype)(basis)
+        h = jnp.where(edge_mask[:, None], h, 0.0)
+        s = jax.ops.segment_sum(h, receivers, species.shape[0], indices_are_sorted=True)
+        e = nn.Dense(1, param_dtype=vectors.dtype)(nn.silu(nn.Dense(8, param_dtype=vectors.dtype)(s)))[:, 0]
+        return jnp.where(node_mask, e, 0.0)
+
+
+def make_potential(dtype="float64", params=None):
+    config = ModelConfig(name="_md_tiny", elements=["Cu"], cutoff=CUTOFF, dtype=dtype)
+    # scale 0.2 eV: forces of a few eV/Å at 0.05 Å rattle, about those of EMT copper
+    module = EnergyModel(inner=TinyManyBody(CUTOFF), e0_init=(-3.5,), scale_init=0.2)
+    if params is None:
+        params = init_params(config, module, seed=0)
+    else:
+        cast = jnp.float64 if dtype == "float64" else jnp.float32
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, cast), params)
+    return Potential(config, params, module)
+
+
+def cu_box(repeat=2, rattle=0.05, seed=0):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+@pytest.fixture(scope="session")
+def pot():
+    """The tiny model with seeded random weights: a smooth many-body potential. (A fitted one was
+    tried; compiling its training step alone took a third of this file's time budget.)"""
+    return make_potential("float64")
+
+
+# ---- neighbour lists --------------------------------------------------------------------------
+
+
+def _edge_set(receivers, senders, shifts, n=None):
+    n = len(receivers) if n is None else n
+    return set(zip(np.asarray(receivers[:n]).tolist(), np.asarray(senders[:n]).tolist(),
+                   map(tuple, np.asarray(shifts[:n]).tolist())))
+
+
+def _structures():
+    tri = bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1))  # triclinic cell narrower than the cutoff
+    tri.rattle(0.05, seed=1)
+    box = cu_box(repeat=3, rattle=0.1)
+    box.positions += 7.3  # atoms outside the home cell
+    cluster = cu_box(repeat=2, rattle=0.1)[:13]
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    slab = cu_box(repeat=(2, 2, 2), rattle=0.1)
+    slab.center(vacuum=4.0, axis=2)
+    slab.pbc = [True, True, False]
+    return {"triclinic_small": tri, "box": box, "cluster": cluster, "slab": slab}
+
+
+STRUCTURES = _structures()
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_device_list_matches_vesin(name):
+    atoms = STRUCTURES[name]
+    skin = 0.5
+    fn = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF, skin=skin, dtype=jnp.float64)
+    nbrs = fn.allocate(atoms.positions)
+    host = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF + skin)
+    n = int(nbrs.n_pairs)
+    assert not bool(nbrs.did_buffer_overflow)
+    assert _edge_set(nbrs.receivers, nbrs.senders, nbrs.shifts, n) == _edge_set(host.receivers, host.senders, host.shifts)
+    assert np.all(np.diff(np.asarray(nbrs.receivers)) >= 0)  # sorted by receiver, padding last
+    assert np.all(np.asarray(nbrs.receivers[n:]) == len(atoms))
+
+    # Small moves keep the list; a move beyond skin/2 rebuilds it on device, inside jit.
+    update = jax.jit(fn.update)
+    rng = np.random.default_rng(0)
+    small = atoms.positions + 0.2 * skin * rng.uniform(-1, 1, atoms.positions.shape) / np.sqrt(3)
+    kept = update(jnp.asarray(small), nbrs)
+    np.testing.assert_array_equal(kept.reference_positions, nbrs.reference_positions)
+    big = atoms.positions + rng.normal(0, 0.4, atoms.positions.shape)
+    moved = update(jnp.asarray(big), nbrs)
+    host = neighbor_list(big, atoms.cell.array, atoms.pbc, CUTOFF + skin)
+    if bool(moved.did_buffer_overflow):  # allowed, but then it must be reported and fixable
+        moved = fn.allocate(big, previous=moved)
+    n = int(moved.n_pairs)
+    assert _edge_set(moved.receivers, moved.senders, moved.shifts, n) == _edge_set(host.receivers, host.senders, host.shifts)
+
+
+def test_overflow_is_flagged_and_allocate_fixes_it():
+    atoms = cu_box(repeat=2, rattle=0.0)
+    fn = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF, skin=0.3, capacity_multiplier=1.0, dtype=jnp.float64)
+    nbrs = fn.allocate(atoms.positions)
+    squeezed = atoms.positions * 0.9  # denser: more pairs than the buffer holds
+    update = jax.jit(fn.update)
+    over = update(jnp.asarray(squeezed), nbrs)
+    assert bool(over.did_buffer_overflow)
+    assert int(over.max_pairs) > nbrs.capacity
+    # Sticky: a later rebuild that fits does not clear it.
+    assert bool(update(jnp.asarray(atoms.positions) + 1.0, over).did_buffer_overflow)
+    fixed = fn.allocate(squeezed, previous=over)
+    assert not bool(fixed.did_buffer_overflow) and fixed.capacity >= int(over.max_pairs)
+
+
+# ---- forces -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["triclinic_small", "box", "cluster", "slab"])
+def test_forces_agree_with_predict_and_calculator(pot, name):
+    atoms = STRUCTURES[name].copy()
+    neighbor_fn, energy_fn = md_functions(pot, atoms, skin=0.5)
+    nbrs = neighbor_fn.allocate(atoms.positions)
+    R = jnp.asarray(atoms.positions)
+    e, f = jax.jit(energy_fn.energy_and_forces)(R, neighbor=nbrs)
+    e, f = float(e), np.asarray(f)
+    assert abs(float(energy_fn(R, neighbor=nbrs)) - e) < 1e-10  # the plain call, not jitted
+    if name == "box":
+        np.testing.assert_allclose(force_fn(energy_fn)(R, neighbor=nbrs), f, atol=1e-12)
+
+    pred = pot.predict(atoms)
+    assert abs(pred["energy"] - e) < 1e-9 * max(1, abs(e))
+    np.testing.assert_allclose(f, pred["forces"], atol=1e-9)
+    atoms.calc = pot.calculator()
+    np.testing.assert_allclose(f, atoms.get_forces(), atol=1e-9)
+    assert np.abs(f).max() > 1e-3  # a real test: the structure is not at a stationary point
+
+
+def test_forces_agree_on_nequip():
+    """The same agreement on the real equivariant model (small), in a cell thinner than the cutoff."""
+    from nnpes.models import MODELS, get_model
+
+    try:
+        get_model("nequip")
+    except KeyError:
+        pytest.skip("nequip is not registered")
+    from nnpes.potential import build_potential
+
+    nequip = build_potential({"name": "nequip", "elements": ["Cu"], "cutoff": CUTOFF, "dtype": "float64",
+                              "num_layers": 2, "features": 4, "radial_mlp_width": 8}, seed=1)
+    atoms = STRUCTURES["triclinic_small"]
+    neighbor_fn, energy_fn = md_functions(nequip, atoms)
+    nbrs = neighbor_fn.allocate(atoms.positions)
+    e, f = jax.jit(energy_fn.energy_and_forces)(jnp.asarray(atoms.positions), neighbor=nbrs)
+    pred = nequip.predict(atoms)
+    assert abs(pred["energy"] - float(e)) < 1e-9 * max(1, abs(float(e)))
+    np.testing.assert_allclose(np.asarray(f), pred["forces"], atol=1e-9)
+    assert np.abs(pred["forces"]).max() > 1e-6
+
+
+def test_unknown_element_is_a_clear_error(pot):
+    atoms = cu_box()
+    atoms.symbols[3] = "O"
+    with pytest.raises(ValueError, match=r"\['O'\]"):
+        md_functions(pot, atoms)
+
+
+# ---- dynamics -----------------------------------------------------------------------------------
+
+
+def _nve_drift(pot, atoms, dt, n_blocks, block):
+    """Slope of the total energy (eV/atom/ps) over n_blocks·block steps of velocity Verlet."""
+    neighbor_fn, energy_fn = md_functions(pot, atoms, skin=0.5)
+    dtype = energy_fn.dtype
+    integ = velocity_verlet(energy_fn.energy_and_forces, dt)
+    R = jnp.asarray(atoms.positions, dtype)
+    nbrs = neighbor_fn.allocate(R)
+    from nnpes.md import maxwell_boltzmann
+
+    v = jnp.asarray(maxwell_boltzmann(atoms.get_masses(), 600.0, seed=1), dtype)
+    state = integ.init_fn(R, v, jnp.asarray(atoms.get_masses(), dtype), nbrs)
+    block_fn = jax.jit(lambda s, nb: run_steps(integ.step_fn, s, nb, block))
+    energies = [float(integ.conserved_energy(state))]
+    for _ in range(n_blocks):
+        state, nbrs = block_fn(state, nbrs)
+        energies.append(float(integ.conserved_energy(state)))
+    assert not bool(nbrs.did_buffer_overflow)
+    t_ps = np.arange(n_blocks + 1) * block * dt * 1e-3
+    e = np.array(energies) / len(atoms)
+    slope = np.polyfit(t_ps, e, 1)[0]
+    return slope, np.ptp(e), float(kinetic_energy(state.velocities, state.masses))
+
+
+def test_nve_conserves_energy(pot):
+    atoms = cu_box(repeat=2, rattle=0.05, seed=3)
+    slope, spread, e_kin = _nve_drift(pot, atoms, dt=1.0, n_blocks=50, block=200)  # 10⁴ steps, 10 ps
+    assert e_kin > 0.5  # it moved (about 600 K)
+    print(f"\nNVE float64, 10^4 steps of 1 fs: drift {slope:.2e} eV/atom/ps, spread {spread:.2e} eV/atom")
+    assert abs(slope) < 1e-5
+    pot32 = make_potential("float32", pot.params)
+    slope32, spread32, _ = _nve_drift(pot32, atoms, dt=1.0, n_blocks=10, block=200)
+    print(f"NVE float32, 2000 steps of 1 fs: drift {slope32:.2e} eV/atom/ps, spread {spread32:.2e} eV/atom")
+    assert abs(slope32) < 1e-4
+
+
+def test_overflow_reallocates_and_trajectory_matches(pot):
+    atoms = cu_box(repeat=2, rattle=0.0)  # perfect lattice: thermal motion raises the counts
+    kwargs = dict(steps=300, timestep=2.0, ensemble="nve", temperature=900.0, thermo_every=50, seed=2)
+    tight = run_md(pot, atoms, capacity_multiplier=1.0, **kwargs)
+    roomy = run_md(pot, atoms, capacity_multiplier=2.0, **kwargs)
+    assert tight.n_reallocations > 0 and roomy.n_reallocations == 0
+    np.testing.assert_allclose(tight.atoms.positions, roomy.atoms.positions, atol=1e-8)
+    np.testing.assert_allclose(tight.thermo["E_tot_eV"], roomy.thermo["E_tot_eV"], atol=1e-8)
+
+
+def _block_sem(x, n_blocks=10):
+    blocks = np.array_split(x, n_blocks)
+    return np.std([b.mean() for b in blocks], ddof=1) / np.sqrt(n_blocks)
+
+
+def test_langevin_reaches_target_temperature(pot, tmp_path):
+    atoms = cu_box(repeat=2, rattle=0.05)
+    res = run_md(pot, atoms, steps=4000, timestep=2.0, ensemble="nvt", thermostat="langevin",
+                 temperature=500.0, friction=0.05, thermo_every=20, traj_every=1000, seed=5, out_dir=tmp_path)
+    temps = res.thermo["T_K"][25:]  # after 1 ps (20 relaxation times 1/γ)
+    mean, sem = temps.mean(), _block_sem(temps)
+    print(f"\nLangevin 500 K: <T> = {mean:.1f} ± {sem:.1f} K")
+    assert sem < 0.04 * 500  # enough samples for the check to mean something
+    assert abs(mean - 500.0) < 4 * sem + 1.0
+    # Output was written as it went and reads back.
+    log = read_thermo(tmp_path / "thermo.log")
+    assert len(log["step"]) == 4000 // 20 + 1
+    from ase.io import read
+
+    frames = read(tmp_path / "trajectory.extxyz", index=":")
+    assert len(frames) == 5 and frames[-1].info["step"] == 4000
+    np.testing.assert_allclose(frames[-1].positions, res.atoms.positions, atol=1e-6)
+
+
+def test_nose_hoover_chain_conserves_its_energy_and_thermostats(pot):
+    atoms = cu_box(repeat=2, rattle=0.05)
+    neighbor_fn, energy_fn = md_functions(pot, atoms)
+    integ = nose_hoover_chain(energy_fn.energy_and_forces, 2.0, 400.0, tau=50.0)
+    R = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(R)
+    masses = jnp.asarray(atoms.get_masses())
+    state = integ.init_fn(R, jnp.zeros_like(R), masses, nbrs)  # starts cold: must heat up
+    block_fn = jax.jit(lambda s, nb: run_steps(integ.step_fn, s, nb, 100))
+    h0 = float(integ.conserved_energy(state))
+    temps, hs = [], []
+    for _ in range(20):
+        state, nbrs = block_fn(state, nbrs)
+        hs.append(float(integ.conserved_energy(state)))
+        temps.append(float(2 * kinetic_energy(state.velocities, masses) / (3 * len(atoms) * 8.617333262e-5)))
+    assert np.max(np.abs(np.array(hs) - h0)) / len(atoms) < 2e-4
+    assert abs(np.mean(temps[5:]) - 400.0) < 100.0
+
+
+# ---- jax-md and the CLI -------------------------------------------------------------------------
+
+
+def test_drops_into_jax_md(pot):
+    jax_md = pytest.importorskip("jax_md")
+    from jax_md import simulate, space
+
+    atoms = cu_box(repeat=2, rattle=0.05)
+    neighbor_fn, energy_fn = md_functions(pot, atoms)
+    _, shift = space.free()  # our shifts carry the periodicity; positions stay unwrapped
+    R = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(R)
+    dt_ase = 1.0 * 0.09822694788464063  # 1 fs in ase's time unit: jax-md masses amu, energies eV
+    init, apply = simulate.nve(energy_fn, shift, dt_ase)
+    state = init(jax.random.PRNGKey(0), R, kT=0.05, mass=jnp.asarray(atoms.get_masses())[:, None], neighbor=nbrs)
+
+    @jax.jit
+    def step(state, nbrs):
+        state = apply(state, neighbor=nbrs)
+        return state, nbrs.update(state.position)
+
+    e0 = None
+    for _ in range(200):
+        state, nbrs = step(state, nbrs)
+        e = float(energy_fn(state.position, neighbor=nbrs)) + float(jax_md.quantity.kinetic_energy(momentum=state.momentum, mass=state.mass))
+        e0 = e if e0 is None else e0
+        assert abs(e - e0) < 1e-3 * len(atoms)
+    assert not bool(nbrs.did_buffer_overflow)
+    init, apply = simulate.nvt_nose_hoover(energy_fn, shift, dt_ase, kT=0.03)
+    s = init(jax.random.PRNGKey(1), R, mass=jnp.asarray(atoms.get_masses())[:, None], neighbor=nbrs)
+    s = jax.jit(apply)(s, neighbor=nbrs)
+    assert np.isfinite(np.asarray(s.position)).all()
+
+
+def test_cli_md(pot, tmp_path, capsys):
+    if not hasattr(pot, "save"):
+        pytest.skip("Potential.save not available yet")
+    from ase.io import write
+
+    from nnpes.cli.main import main
+
+    model_dir = pot.save(tmp_path / "model")
+    structure = tmp_path / "cu.extxyz"
+    write(structure, cu_box())
+    rc = main(["md", str(model_dir), str(structure), "--ensemble", "nvt", "--temperature", "300",
+               "--timestep", "1.0", "--steps", "40", "--thermo-every", "10", "--out", str(tmp_path / "run")])
+    assert rc == 0
+    assert "ns/day" in capsys.readouterr().out
+    assert len(read_thermo(tmp_path / "run" / "thermo.log")["step"]) == 5
+    bad = cu_box()
+    bad.symbols[0] = "Ag"
+    write(tmp_path / "bad.extxyz", bad)
+    rc = main(["md", str(model_dir), str(tmp_path / "bad.extxyz"), "--steps", "10", "--out", str(tmp_path / "bad")])
+    assert rc == 2
+    assert "Ag" in capsys.readouterr().err
