@@ -135,8 +135,13 @@ def acsf(spec: ACSFSpec, vectors, species, senders, receivers, edge_mask):
     pw = [jnp.ones_like(unit)]
     for _ in range(max_deg):
         pw.append(pw[-1] * unit)
-    powers = jnp.stack(pw, axis=-1)  # (E, 3, max_deg+1)
-    mono = powers[:, 0, exps[:, 0]] * powers[:, 1, exps[:, 1]] * powers[:, 2, exps[:, 2]]  # (E, n_mono)
+    # u^α = Π_c u_c^{α_c}; each factor is picked by a one-hot matmul (exact), because the backward
+    # pass of an indexed gather is a scatter-add that XLA:CPU runs ~10× slower than the whole forward.
+    pick = np.eye(max_deg + 1)[exps]  # (n_mono, 3, max_deg+1)
+    mono = jnp.ones((unit.shape[0], 1), dtype)
+    for c in range(3):
+        powers_c = jnp.stack([q[:, c] for q in pw], axis=-1)  # (E, max_deg+1)
+        mono = mono * (powers_c @ jnp.asarray(pick[:, c, :].T, dtype))  # (E, n_mono)
     etas = jnp.asarray(spec.angular_etas, dtype)
     w = jnp.exp(-etas * (r**2)[:, None]) * fc[:, None]  # (E, n_eta); zero on padding through fc
     edge_feat = jnp.concatenate([w[:, :, None] * mono[:, None, :], (w**2)[:, :, None]], axis=-1)
@@ -157,8 +162,12 @@ def acsf(spec: ACSFSpec, vectors, species, senders, receivers, edge_mask):
     diag = (iu == ju).astype(np.float64)
     # Unordered pairs: cross-element channels count each {j, k} once in P[s, t];
     # same-element channels hold every pair twice plus the j = k terms.
-    pair_p = p[..., iu, ju]  # (N, deg, eta, pairs)
-    pair_self = self_sq[:, iu, :].transpose(0, 2, 1) * diag  # (N, eta, pairs)
+    # Selections by one-hot contraction, not indexing, for the same backward-pass reason as above.
+    pick_pair = np.zeros((n_el, n_el, len(iu)))
+    pick_pair[iu, ju, np.arange(len(iu))] = 1.0
+    pair_p = jnp.einsum("ndhst,stp->ndhp", p, jnp.asarray(pick_pair, dtype))  # (N, deg, eta, pairs)
+    pick_self = jnp.asarray(np.eye(n_el)[:, iu] * diag, dtype)  # (el, pairs), same-element only
+    pair_self = jnp.einsum("nsh,sp->nhp", self_sq, pick_self)  # (N, eta, pairs)
     half = jnp.asarray(np.where(diag > 0, 0.5, 1.0), dtype)
     blocks = []
     for zeta in spec.zetas:
