@@ -169,8 +169,19 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _parse_value(value)
     return data
+
+
+def _parse_value(text: str):
+    """YAML, except that "1e-3" (a string to YAML 1.1) is the number it looks like."""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _resolve(path: str | None, base: Path) -> str | None:

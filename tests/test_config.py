@@ -1,0 +1,126 @@
+"""Top-level config: strict keys and types with suggestions, overrides, path resolution, the
+template, every shipped config, and the `nnpes config` command. No model is compiled here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnpes.config import check_config, load_config, template
+from nnpes.schema import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+# training configs (other shipped configs, e.g. active learning, have their own sections and tests)
+CONFIGS = [p for p in sorted((REPO / "configs").glob("*.yaml"))
+           if set(yaml.safe_load(p.read_text()) or {}) <= {"data", "model", "training", "output"}]
+
+
+def _base(tmp_path):
+    (tmp_path / "d.extxyz").write_text("")
+    return {
+        "data": {"train": "d.extxyz"},
+        "model": {"name": "nequip", "elements": ["H", "O"], "cutoff": 4.0, "num_layers": 2},
+        "training": {"lr": 1e-3},
+    }
+
+
+def _write(tmp_path, cfg, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_unknown_key_names_it_and_suggests(tmp_path):
+    cfg = _base(tmp_path)
+    cfg["training"]["learning_rate"] = 1e-3
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key training\.'learning_rate'.*did you mean"):
+        load_config(_write(tmp_path, cfg))
+    cfg = _base(tmp_path)
+    cfg["model"]["num_layer"] = 3
+    with pytest.raises(ConfigError, match=r"num_layer.*did you mean 'num_layers'"):
+        load_config(cfg)
+    cfg = _base(tmp_path)
+    cfg["trainig"] = {}
+    with pytest.raises(ConfigError, match=r"unknown section 'trainig'; did you mean 'training'"):
+        load_config(cfg)
+
+
+def test_wrong_types_and_values(tmp_path):
+    for section, key, value, pattern in [
+        ("training", "batch_size", "five", r"training\.batch_size: expected an integer"),
+        ("training", "optimizer", "adma", r"training\.optimizer: 'adma' is not one of .*did you mean 'adam'"),
+        ("training", "ema_decay", 1.5, r"training\.ema_decay must be in \[0, 1\)"),
+        ("training", "weight_decay", 0.01, r"optimizer: adamw"),
+        ("data", "energy_unit", "kcal/mole", r"data\.energy_unit: 'kcal/mole'.*did you mean 'kcal/mol'"),
+        ("data", "n_valid", 1.5, r"data\.n_valid: a float is a fraction"),
+        ("model", "elements", ["H", "Xx"], r"model\.elements: unknown element 'Xx'"),
+    ]:
+        cfg = _base(tmp_path)
+        cfg[section][key] = value
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(cfg)
+
+
+def test_overrides_and_relative_paths(tmp_path):
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    cfg = _base(tmp_path)
+    cfg["data"]["train"] = "../d.extxyz"
+    path = _write(sub, cfg)
+    c = check_config(path, ["training.lr=3e-4", "training.batch_size=7", "model.elements=[H, C, O]"])
+    assert c.data.train == str((tmp_path / "d.extxyz").resolve())  # relative to the config's directory
+    assert c.training.lr == 3e-4 and c.training.batch_size == 7 and c.model.elements == ["H", "C", "O"]
+    assert c.raw["training"]["lr"] == 3e-4  # what is written to the run directory
+    with pytest.raises(ConfigError, match="unknown section 'trianing'"):
+        load_config(path, ["trianing.lr=1"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(path, ["training.lr"])
+    cfg["data"]["test"] = "nope.xyz"
+    with pytest.raises(FileNotFoundError, match=r"data\.test: file .*nope\.xyz"):
+        check_config(_write(sub, cfg))
+
+
+def test_template_parses_back_with_every_key(tmp_path):
+    for model in ("nequip", "behler_parrinello"):
+        text = template(model, ["H", "C"])
+        data = yaml.safe_load(text)
+        assert data["model"]["name"] == model
+        (tmp_path / "train.xyz").write_text("")
+        c = check_config(_write(tmp_path, data, f"{model}.yaml"))
+        assert c.model.name == model
+        # every training key has a line in the template
+        import dataclasses
+
+        from nnpes.config import TrainingConfig
+
+        assert set(data["training"]) == {f.name for f in dataclasses.fields(TrainingConfig)}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_check(path):
+    cfg = load_config(path)
+    assert cfg.model.elements
+    data_present = all(Path(p).exists() for p in cfg.data.train_files)
+    if path.name == "quickstart.yaml":
+        return  # its data is made by `nnpes quickstart`
+    if not data_present:
+        pytest.skip(f"shared data not present: {cfg.data.train_files}")
+    check_config(path)
+
+
+def test_config_cli(tmp_path, capsys):
+    from nnpes.cli.main import main
+
+    assert main(["config", "template", "behler_parrinello", "--elements", "Si"]) == 0
+    out = capsys.readouterr().out
+    assert "name: behler_parrinello" in out and "# peak learning rate" in out
+    good = _write(tmp_path, _base(tmp_path))
+    assert main(["config", "check", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+    cfg = _base(tmp_path)
+    cfg["training"]["bach_size"] = 3
+    assert main(["config", "check", str(_write(tmp_path, cfg, "bad.yaml"))]) == 2
+    err = capsys.readouterr().err
+    assert "bach_size" in err and "batch_size" in err and "Traceback" not in err
