@@ -483,3 +483,80 @@ def test_resume_after_a_crash_at_every_stage_repeats_no_oracle_call(tmp_path):
         selected |= set(json.loads((tmp_path / "run" / f"iter_{i:03d}" / "selection.json").read_text())["keys"])
     assert selected <= set(keys)  # every selected candidate got its label
     assert len([k for k in keys if k.startswith("init-")]) == 10
+
+
+class SlowEMT(EMT):
+    """EMT that takes 0.2 s per call and logs each call to $NNPES_TEST_CALLS (for the kill -9 test)."""
+
+    def calculate(self, *args, **kwargs):
+        import os
+        import time
+
+        with open(os.environ["NNPES_TEST_CALLS"], "a") as f:
+            f.write("call\n")
+        time.sleep(0.2)
+        super().calculate(*args, **kwargs)
+
+
+@pytest.mark.slow
+def test_kill_9_during_labelling_then_resume_from_the_cli(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from nnpes.active.oracle import LabelStore
+
+    cfg = loop_config(tmp_path, oracle={"calculator": "test_active.SlowEMT"}, stop={"max_iterations": 1},
+                      explore={"steps": 10, "temperatures": [300.0]}, committee={"epochs": 2})
+    (tmp_path / "al.yaml").write_text(yaml.safe_dump(cfg))
+    tests_dir = os.path.dirname(__file__)
+    # The subprocess registers the tiny test model by importing this module, then runs the CLI.
+    code = (f"import sys; sys.path.insert(0, {tests_dir!r}); import test_active; from nnpes.cli.main import main; "
+            f"sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "NNPES_TEST_CALLS": str(tmp_path / "calls.txt"), "JAX_PLATFORMS": "cpu"}
+    args = [sys.executable, "-c", code, "active-learn", str(tmp_path / "al.yaml"), "--run-dir", str(tmp_path / "run")]
+    labels = tmp_path / "run" / "labels.jsonl"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if labels.exists() and labels.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stored_before = LabelStore(labels).keys()
+    assert 3 <= len(stored_before) < 10  # killed in the middle of the initial labelling
+    out = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "active learning finished after 1 iteration" in out.stdout
+    store = LabelStore(labels)
+    keys = [r["key"] for r in store.records]
+    assert stored_before <= set(keys) and len(keys) == len(set(keys))
+    n_calls = (tmp_path / "calls.txt").read_text().count("\n")
+    # at most the one call that was running when the process died is repeated
+    assert len(keys) <= n_calls <= len(keys) + 1
+
+
+def test_shipped_configs_parse_and_bad_keys_are_named(tmp_path):
+    from pathlib import Path
+
+    from nnpes.active.loop import load_config
+    from nnpes.schema import ConfigError
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("active_*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.select.lo < cfg.select.hi and cfg.committee.size >= 2
+    bad = loop_config(tmp_path)
+    bad["select"] = {**bad["select"], "hi_level": 1.0}
+    with pytest.raises(ConfigError, match="hi_level"):
+        load_config(bad)
+    bad = loop_config(tmp_path, select={"lo": 0.5, "hi": 0.1})
+    with pytest.raises(ConfigError, match="lo < hi"):
+        load_config(bad)

@@ -165,7 +165,13 @@ class Ensemble:
             _CACHE[key] = jax.jit(self.committee_fn(compute_stress))
         return _CACHE[key]
 
-    def predict(self, atoms: Atoms | Sequence[Atoms]):
+    def calculator(self, **kwargs):
+        """An ase Calculator on the committee mean (energy, forces, stress, per-atom energies)."""
+        from nnpes.calculator import NNPESCalculator
+
+        return NNPESCalculator(self, **kwargs)
+
+    def predict(self, atoms: Atoms | Sequence[Atoms], compute_stress: bool | None = None):
         """Committee mean ``energy`` (eV), ``forces`` (N,3) eV/Å, ``energies`` (N,), ``stress``
         (3,3) eV/Å³ (periodic only); members' ``member_energy`` (K,), ``member_forces`` (K,N,3);
         per-atom ``force_std``, ``rel_force_std`` (N,) and per-structure ``max_force_std`` (eV/Å),
@@ -175,7 +181,7 @@ class Ensemble:
         for k, a in enumerate(atoms_list):
             self.template.check_elements(a, None if single else k)
         periodic = [bool(np.all(a.pbc)) for a in atoms_list]
-        stress = any(periodic)
+        stress = any(periodic) if compute_stress is None else bool(compute_stress)
         results = []
         for chunk in _chunks([atoms_to_graph(a, self.cutoff) for a in atoms_list]):
             graph = _to_device(_pad(batch(chunk)), self.dtype)
@@ -195,7 +201,7 @@ class Ensemble:
                 }
                 for key in ("max_force_std", "max_rel_force_std", "energy_std_per_atom"):
                     res[key] = float(out[key][g])
-                if periodic[len(results)]:
+                if stress and periodic[len(results)]:
                     res["stress"] = out["stress"][g].astype(np.float64)
                 results.append(res)
                 node0 += n
