@@ -218,6 +218,23 @@ def test_unknown_element_is_a_clear_error(toy64):
         toy64.predict(bad)
     with pytest.raises(ValueError, match="structure 1"):
         toy64.predict([molecule(2), bad])
+    nan = molecule(3)
+    nan.positions[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"structure 1: non-finite positions for atoms \[4\]"):
+        toy64.predict([molecule(2), nan])
+
+
+def test_loaded_copy_shares_the_compiled_function(tmp_path, toy64):
+    atoms = molecule(12)
+    ref = toy64.predict(atoms)
+    toy64.save(tmp_path / "p")
+    before = toy64.n_compiles
+    loaded = load_potential(tmp_path / "p")
+    np.testing.assert_array_equal(loaded.predict(atoms)["forces"], ref["forces"])
+    assert loaded.n_compiles == before
+    # a different architecture gets its own
+    other = build_potential({**TOY, "dtype": "float64", "width": 0.7})
+    assert other._compiled is not toy64._compiled
 
 
 def test_many_structures_of_one_bucket_compile_once(toy64):

@@ -106,6 +106,21 @@ class _Compiled:
         self.fn = jax.jit(efs, static_argnums=2)
 
 
+# Potentials with the same module (a loaded copy, ensemble members, checkpoints of one run) share
+# one compiled function. Keyed by the module's repr: flax modules with list fields do not hash.
+_COMPILED: dict[tuple, _Compiled] = {}
+_COMPILED_MAX = 16
+
+
+def _compiled_for(module, config: ModelConfig) -> _Compiled:
+    key = (repr(module), tuple(config.elements))
+    if key not in _COMPILED:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = _Compiled(module, species_table(config))
+    return _COMPILED[key]
+
+
 @dataclass
 class Potential:
     """Config + module + parameters. Build with ``nnpes.build_potential`` or ``nnpes.load_potential``.
@@ -122,7 +137,7 @@ class Potential:
         if self.module is None:
             self.module = make_module(self.config)
         self.table = species_table(self.config)
-        self._compiled = _Compiled(self.module, self.table)
+        self._compiled = _compiled_for(self.module, self.config)
 
     @property
     def cutoff(self) -> float:
@@ -164,6 +179,15 @@ class Potential:
         if len(atoms) == 0:
             raise ValueError(f"{'structure %d: ' % index if index is not None else ''}structure has no atoms")
 
+    def check_geometry(self, atoms: Atoms, index: int | None = None) -> None:
+        """ValueError for non-finite positions or cell (they would give NaN, not an error)."""
+        where = f"structure {index}: " if index is not None else ""
+        if not np.all(np.isfinite(atoms.positions)):
+            bad = np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1)).tolist()
+            raise ValueError(f"{where}non-finite positions for atoms {bad[:10]}")
+        if not np.all(np.isfinite(atoms.cell.array)):
+            raise ValueError(f"{where}non-finite cell {atoms.cell.array.tolist()}")
+
     def predict(self, atoms: Atoms | Sequence[Atoms], compute_stress: bool | None = None):
         """Energy (eV), forces (N,3) eV/Å, per-atom ``energies`` (N,) eV and, for fully periodic
         structures, ``stress`` (3,3) eV/Å³ (ase sign). One Atoms → dict; a list → list of dicts.
@@ -175,6 +199,7 @@ class Potential:
         atoms_list = [atoms] if single else list(atoms)
         for k, a in enumerate(atoms_list):
             self.check_elements(a, None if single else k)
+            self.check_geometry(a, None if single else k)
         periodic = [bool(np.all(a.pbc)) for a in atoms_list]
         if compute_stress is None:
             compute_stress = any(periodic)
