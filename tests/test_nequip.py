@@ -3,6 +3,8 @@
 Tiny models (4 channels, 2 layers) in float64; each configuration compiles once (module fixtures).
 The general physics battery runs on the registered model separately."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +63,7 @@ class Model:
              "features": 4, "num_layers": 2, "radial_mlp_width": 8, "avg_num_neighbors": 4.0, **hp}
         )
         self.module = make_module(self.cfg)
-        self.params = init_params(self.cfg, self.module, seed=1)
+        self.params = jax.jit(lambda: init_params(self.cfg, self.module, seed=1))()  # eager init is slow
         table = species_table(self.cfg)
         self.fn = jax.jit(lambda p, g: energy_forces_stress(self.module, table, p, g, False))
 
@@ -75,13 +77,29 @@ CONFIGS = {
     "fast": {},
     "fast_se3": {"parity": False, "num_layers": 3},  # chirality needs a cross then a dot product
     "e3nn": {"implementation": "e3nn"},
-    "e3nn_l2": {"l_max": 2},
 }
+
+
+def test_general_path_l_max_2_is_equivariant():
+    m = Model(l_max=2, features=2)
+    a = _molecule(seed=6)
+    e, f, _ = m(a)
+    rot = Rotation.random(random_state=7).as_matrix()
+    b = a.copy()
+    b.positions = -a.positions @ rot.T  # rotation and inversion
+    e2, f2, _ = m(b)
+    assert abs(e) > 1e-6 and abs(e2 - e) < 1e-10 * max(1.0, abs(e))
+    assert np.allclose(f2[: len(a)], -f[: len(a)] @ rot.T, atol=1e-10)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name):  # one init + compile per configuration for the whole module
+    return Model(**CONFIGS[name])
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def model(request):
-    return Model(**CONFIGS[request.param]), request.param
+    return _model(request.param), request.param
 
 
 def test_rotation_translation_invariance_and_force_equivariance(model):
@@ -135,7 +153,7 @@ def test_padding_changes_nothing_and_gets_zero(model):
 
 
 def test_isolated_atoms_depend_only_on_species():
-    m = Model()
+    m = _model("fast")
     far = Atoms("CH", positions=[[0, 0, 0], [0, 0, 3 * CUTOFF]])
     e_far, f_far, ei = m(far)
     assert np.all(f_far == 0.0)
@@ -147,11 +165,11 @@ def test_isolated_atoms_depend_only_on_species():
 def test_float32_parameters_and_outputs():
     cfg = parse_model_config({"name": "nequip", "elements": ["H", "O"], "cutoff": CUTOFF, "features": 4, "num_layers": 1})
     module = make_module(cfg)
-    params = init_params(cfg, module)
+    params = jax.jit(lambda: init_params(cfg, module))()
     assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
     g = pad_graph(atoms_to_graph(Atoms("OH", positions=[[0, 0, 0], [0, 0, 1.0]]), CUTOFF), 3, 4, 2)
     g = jax.tree_util.tree_map(lambda x: x.astype(np.float32) if x.dtype == np.float64 else x, g)
-    out = energy_forces_stress(module, species_table(cfg), params, g, False)
+    out = jax.jit(lambda p, g: energy_forces_stress(module, species_table(cfg), p, g, False))(params, g)
     assert out["forces"].dtype == jnp.float32 and np.all(np.isfinite(out["forces"]))
 
 

@@ -1,0 +1,206 @@
+"""Inference (energy + forces) and training-step speed of the NequIP model at the standard size.
+
+    python benchmarks/inference.py                       # molecules, water 540/~4000, training step
+    python benchmarks/inference.py --ladder 12288 31944  # add larger water boxes (atoms, approx.)
+
+Each system runs in a fresh subprocess, so peak memory (ru_maxrss) is that system's alone.
+Timing: float32, jitted ``energy_forces_stress`` (no stress), neighbour list and padding built
+outside the timed region, median of --repeats calls after one warm-up, ``block_until_ready``.
+FLOPs are XLA's cost analysis of the compiled call; "of peak" divides the achieved FLOP rate by
+the machine's measured float32 GEMM rate (--peak-gflops, 300 on the 2-core dev machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DATA = "/work/shared/data"
+ELEMENTS = ["H", "C", "N", "O"]
+WATER_SPACING = 3.104  # Å: one H2O per 29.9 Å^3 = 1.00 g/cm^3
+
+
+def water_box(n_side: tuple[int, int, int], seed: int = 0):
+    """Periodic liquid-density water: randomly oriented, rattled H2O on a grid (3·Πn_side atoms)."""
+    from ase import Atoms
+    from ase.build import molecule
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    h2o = molecule("H2O").positions
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in n_side], indexing="ij"), -1).reshape(-1, 3) * WATER_SPACING
+    rots = Rotation.random(len(grid), random_state=seed).as_matrix()
+    pos = (np.einsum("mij,aj->mai", rots, h2o) + grid[:, None, :]).reshape(-1, 3)
+    pos += rng.normal(0.0, 0.05, pos.shape)
+    return Atoms("OHH" * len(grid), positions=pos, cell=np.diag(np.array(n_side) * WATER_SPACING), pbc=True)
+
+
+def water_for(n_atoms: int):
+    k = max(2, round((n_atoms / 3) ** (1 / 3)))
+    return water_box((k, k, k))
+
+
+def system(name: str):
+    import ase.io
+    from ase import Atoms
+
+    if name == "aspirin":
+        d = np.load(f"{DATA}/rmd17/rmd17_aspirin_train_01.npz")
+        return Atoms(numbers=d["nuclear_charges"], positions=d["coords"][0])
+    if name == "3bpa":
+        a = ase.io.read(f"{DATA}/3bpa/train_300K.xyz", index=0)
+        a.pbc = False
+        a.cell = None
+        return a
+    if name == "water540":
+        return water_box((6, 6, 5))
+    if name.startswith("water"):
+        return water_for(int(name[5:]))
+    raise KeyError(name)
+
+
+def build_model(cutoff: float):
+    import jax
+
+    from nnpes.models.config import parse_model_config
+    from nnpes.potential import init_params, make_module, species_table
+
+    cfg = parse_model_config({"name": "nequip", "elements": ELEMENTS, "cutoff": cutoff})
+    module = make_module(cfg)
+    params = jax.jit(lambda: init_params(cfg, module, seed=0))()
+    return cfg, module, params, species_table(cfg)
+
+
+def to_device(graph):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, jnp.float32) if np.asarray(x).dtype == np.float64 else jnp.asarray(x), graph
+    )
+
+
+def timed(fn, args, repeats: int):
+    import jax
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), compile_s, flops
+
+
+def run_inference(name: str, cutoff: float, repeats: int) -> dict:
+    from nnpes.batching import pad_graph
+    from nnpes.graph import atoms_to_graph
+    from nnpes.potential import energy_forces_stress
+
+    atoms = system(name)
+    cfg, module, params, table = build_model(cutoff)
+    g = atoms_to_graph(atoms, cutoff)
+    n, e = len(atoms), int(g.n_edge[0])
+    graph = to_device(pad_graph(g, n + 1, e, 2))
+    fn = lambda p, gr: energy_forces_stress(module, table, p, gr, False)  # noqa: E731
+    ms, compile_s, flops = timed(fn, (params, graph), repeats)
+    return dict(kind="E+F", system=name, atoms=n, edges=e, seconds=ms, compile_s=compile_s, flops=flops)
+
+
+def run_train_step(cutoff: float, repeats: int) -> dict:
+    """One Adam step on an energy + forces loss over 8 displaced aspirins in one padded batch."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from nnpes import keys
+    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import atoms_to_graph
+    from nnpes.potential import energy_forces_stress
+
+    base = system("aspirin")
+    rng = np.random.default_rng(0)
+    graphs = []
+    for _ in range(8):
+        a = base.copy()
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+        a.arrays[keys.FORCES] = rng.normal(0.0, 1.0, a.positions.shape)  # labels: values do not affect speed
+        a.info[keys.ENERGY] = float(rng.normal())
+        graphs.append(atoms_to_graph(a, cutoff))
+    b = batch(graphs)
+    n, e = int(b.n_node.sum()), int(b.n_edge.sum())
+    graph = to_device(pad_graph(b, n + 1, e, 9))
+    cfg, module, variables, table = build_model(cutoff)
+    opt = optax.adam(1e-3)
+
+    def loss_fn(p, gr):
+        out = energy_forces_stress(module, table, {**variables, "params": p}, gr, False)
+        node_w = jnp.repeat(gr.globals[keys.WEIGHT], gr.n_node, total_repeat_length=gr.nodes[keys.POSITIONS].shape[0])
+        le = jnp.sum(gr.globals[keys.WEIGHT] * (out["energy"] - gr.globals[keys.ENERGY]) ** 2) / 8
+        lf = jnp.sum(node_w[:, None] * (out["forces"] - gr.nodes[keys.FORCES]) ** 2) / (3 * n)
+        return le + 10.0 * lf
+
+    def step(p, s, gr):
+        loss, grads = jax.value_and_grad(loss_fn)(p, gr)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    p = variables["params"]
+    sec, compile_s, flops = timed(step, (p, opt.init(p), graph), repeats)
+    return dict(kind="train step", system="8 x aspirin", atoms=n, edges=e, seconds=sec, compile_s=compile_s, flops=flops)
+
+
+def child(args):
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    if args.one == "train":
+        r = run_train_step(args.cutoff, args.repeats)
+    else:
+        r = run_inference(args.one, args.cutoff, args.repeats)
+    r["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(r))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--cutoff", type=float, default=5.0)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--ladder", type=int, nargs="*", default=[], help="extra water boxes, ~atoms each")
+    ap.add_argument("--peak-gflops", type=float, default=300.0)
+    ap.add_argument("--only", nargs="*", help="subset of: aspirin 3bpa water540 water4000 train waterN")
+    args = ap.parse_args()
+    if args.one:
+        return child(args)
+    names = args.only or ["aspirin", "3bpa", "water540", "water4000", "train"] + [f"water{n}" for n in args.ladder]
+    print(f"{'what':<11} {'system':<12} {'atoms':>7} {'edges':>9} {'ms/call':>9} {'atoms/s':>10} "
+          f"{'µs/atom':>8} {'compile s':>9} {'GFLOP':>8} {'of peak':>7} {'peak MB':>8}", flush=True)
+    for name in names:
+        cmd = [sys.executable, __file__, "--one", name, "--cutoff", str(args.cutoff), "--repeats", str(args.repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"{name}: failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}", flush=True)
+            continue
+        r = json.loads(lines[-1][7:])
+        s = r["seconds"]
+        print(f"{r['kind']:<11} {r['system']:<12} {r['atoms']:>7} {r['edges']:>9} {1e3 * s:>9.2f} "
+              f"{r['atoms'] / s:>10.0f} {1e6 * s / r['atoms']:>8.1f} {r['compile_s']:>9.1f} {r['flops'] / 1e9:>8.2f} "
+              f"{r['flops'] / s / (args.peak_gflops * 1e9):>7.1%} {r['peak_mb']:>8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
