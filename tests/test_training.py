@@ -321,3 +321,26 @@ def test_evaluate_cli_writes_metrics_and_plot(full_run, data_dir, tmp_path, caps
     # the same model on the same data as the run's own test evaluation
     np.testing.assert_allclose(m["forces_meV_per_A"]["mae"], result["test_metrics"]["forces_meV_per_A"]["mae"], rtol=1e-9)
     assert "forces" in capsys.readouterr().out
+
+
+def test_oracle_xtb_forces_are_minus_energy_gradient(tmp_path):
+    from ase.build import molecule
+
+    from nnpes.data import read_structures
+    from nnpes.oracle import label
+    from nnpes.quickstart import generate_ethanol
+
+    water = molecule("H2O")
+    shifted = water.copy()
+    h = 1e-4
+    plus, minus = shifted.copy(), shifted.copy()
+    plus.positions[1, 0] += h
+    minus.positions[1, 0] -= h
+    a, p, m = label([water, plus, minus])
+    numeric = -(p.get_potential_energy() - m.get_potential_energy()) / (2 * h)
+    np.testing.assert_allclose(a.get_forces()[1, 0], numeric, rtol=1e-3, atol=1e-4)
+    assert water.calc is None  # inputs untouched
+
+    path = generate_ethanol(tmp_path / "eth.extxyz", 3, equilibrate=5, stride=2, log=None)
+    frames = read_structures(path)
+    assert len(frames) == 3 and len({round(f.get_potential_energy(), 8) for f in frames}) == 3

@@ -31,7 +31,7 @@ def generate_ethanol(path: str | Path, n_frames: int = 300, *, temperature_K: fl
     from ase.constraints import FixCom
     from ase.io import write
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md import velocitydistribution as vd
 
     from nnpes.oracle import snapshot, xtb_calculator
 
@@ -39,8 +39,9 @@ def generate_ethanol(path: str | Path, n_frames: int = 300, *, temperature_K: fl
     atoms = molecule("CH3CH2OH")
     atoms.calc = xtb_calculator()
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution  # ase >= 3.29
+    thermalize(atoms, temperature_K=temperature_K, rng=rng)
+    vd.Stationary(atoms)
     atoms.set_constraint(FixCom())  # no drift of the molecule (ase's recommended way over fixcm)
     dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.02 / units.fs,
                    fixcm=False, rng=rng)
