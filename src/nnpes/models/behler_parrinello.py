@@ -64,7 +64,7 @@ class BPHParams:
             raise ConfigError(f"{path}.radial_r_min must be >= 0 Å, got {self.radial_r_min}")
         if self.radial_eta is not None and not self.radial_eta > 0:
             raise ConfigError(f"{path}.radial_eta must be > 0 Å⁻², got {self.radial_eta}")
-        if any(not e >= 0 for e in self.angular_etas):
+        if not self.angular_etas or any(not e >= 0 for e in self.angular_etas):
             raise ConfigError(f"{path}.angular_etas must be >= 0 Å⁻², got {self.angular_etas}")
         if not self.zetas or any(z < 1 for z in self.zetas):
             raise ConfigError(f"{path}.zetas: positive integers (G5 is exact only for integer ζ), got {self.zetas}")

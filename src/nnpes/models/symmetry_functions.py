@@ -20,6 +20,8 @@ No triplet list is built. For integer ζ, (1 + λ c)^ζ = Σ_n C(ζ, n) λⁿ c�
 
 (multinomial expansion of ⟨u_j^{⊗n}, u_k^{⊗n}⟩ over the (n+1)(n+2)/2 distinct monomials u^α).
 The j = k terms (cos θ = 1) are removed exactly. Cost O(E · #monomials), exact to round-off.
+The subtraction cancels, but mildly: float32 against float64 differed by at most 4e-5 of each
+descriptor's standard deviation on mlearn Si (47 neighbours per atom, r_c 6 Å, ζ up to 8).
 G4 (with an extra exp(−η r_jk²) factor) does not factorise this way and is not provided.
 
 Padding edges have zero vectors: lengths use a safe norm and every edge weight is masked, so
