@@ -312,7 +312,10 @@ class GraphLoader:
         return len(self.plan())
 
     def _make(self, indices: np.ndarray) -> jraph.GraphsTuple:
-        return self.buckets.pad(batch([self.graphs[k] for k in indices]))
+        try:
+            return self.buckets.pad(batch([self.graphs[k] for k in indices]))
+        except ValueError as error:
+            raise ValueError(f"batch of structures {[int(k) for k in indices]}: {error}") from None
 
     def __iter__(self) -> Iterator[jraph.GraphsTuple]:
         plan = self.plan()
