@@ -22,7 +22,7 @@ from nnpes.models import get_model
 from nnpes.models.config import parse_model_config
 from nnpes.models.symmetry_functions import ACSFSpec, acsf, cutoff_function
 from nnpes.neighbors import neighbor_list
-from nnpes.potential import energy_forces_stress, make_module, species_table
+from nnpes.potential import Potential, energy_forces_stress, load_potential, make_module, species_table
 from nnpes.schema import ConfigError
 
 CUTOFF = 4.0  # Å
@@ -151,11 +151,15 @@ def model_inputs(table, graph):
 
 
 @pytest.fixture(scope="module")
-def model():
+def cfg():
+    return parse_model_config({"name": "behler_parrinello", "elements": ELEMENTS, "cutoff": CUTOFF, "dtype": "float64", **HP})
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
     """float64 model calibrated on rattled ethanol, and one jitted function at shape PAD returning
     energy/forces (``nnpes.potential.energy_forces_stress``) plus the normalised descriptors that
     the model's call path sows (key "x")."""
-    cfg = parse_model_config({"name": "behler_parrinello", "elements": ELEMENTS, "cutoff": CUTOFF, "dtype": "float64", **HP})
     module = make_module(cfg)
     table = species_table(cfg)
     train = ethanol_frames(6, seed=1)
@@ -269,3 +273,14 @@ def test_calibrate_rejects_unknown_elements_and_config_rejects_bad_zeta(model):
     with pytest.raises(ConfigError, match="radial_r_min"):
         cfg = parse_model_config({"name": "behler_parrinello", "elements": ELEMENTS, "cutoff": 2.0, "radial_r_min": 2.5})
         make_module(cfg)
+
+
+def test_save_load_keeps_the_calibration(model, cfg, tmp_path):
+    module, variables, _, _ = model
+    Potential(cfg, variables, module).save(tmp_path / "bp")
+    loaded = load_potential(tmp_path / "bp")
+    assert loaded.config.hparams == cfg.hparams
+    for name in ("mean", "std"):
+        np.testing.assert_array_equal(np.asarray(loaded.params["constants"]["inner"][name]), np.asarray(variables["constants"]["inner"][name]))
+    same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), loaded.params, variables)
+    assert all(jax.tree_util.tree_leaves(same))
