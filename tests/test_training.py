@@ -344,3 +344,7 @@ def test_oracle_xtb_forces_are_minus_energy_gradient(tmp_path):
     path = generate_ethanol(tmp_path / "eth.extxyz", 3, equilibrate=5, stride=2, log=None)
     frames = read_structures(path)
     assert len(frames) == 3 and len({round(f.get_potential_energy(), 8) for f in frames}) == 3
+    # the stored labels are the oracle's at the stored positions (MD constraints must not leak in)
+    again = label(frames[-1:])[0]
+    np.testing.assert_allclose(frames[-1].get_forces(), again.get_forces(), atol=1e-3)  # extxyz text precision
+    np.testing.assert_allclose(frames[-1].get_potential_energy(), again.get_potential_energy(), atol=1e-4)

@@ -31,7 +31,9 @@ def snapshot(atoms: Atoms, stress: bool = False) -> Atoms:
     """A copy of ``atoms`` holding its calculator's current energy/forces (and stress) as a
     SinglePointCalculator; computes them if needed."""
     energy = atoms.get_potential_energy()
-    forces = atoms.get_forces()
+    # The calculator's forces, not constraint-adjusted ones (FixCom rewrites forces in ase 3.29):
+    # the label must be −∂E/∂R of the reference energy.
+    forces = atoms.get_forces(apply_constraint=False)
     results = {"energy": float(energy), "forces": np.array(forces, np.float64)}
     if stress:
         results["stress"] = np.array(atoms.get_stress(), np.float64)
