@@ -229,6 +229,13 @@ class Potential:
 
         return NNPESCalculator(self, **kwargs)
 
+    def md_functions(self, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25):
+        """``neighbor_fn, energy_fn`` in jax-md's conventions for ``atoms``' species, cell and pbc
+        (skin Å); forces: ``energy_fn.force_fn``. See ``nnpes.md.md_functions``."""
+        from nnpes.md.functions import md_functions
+
+        return md_functions(self, atoms, skin=skin, capacity_multiplier=capacity_multiplier)
+
     # ---- persistence -------------------------------------------------------------------------
 
     def to_config(self) -> dict:
@@ -249,20 +256,26 @@ class Potential:
 PARAMS_FILE = "params.msgpack"
 CONFIG_FILE = "config.yaml"
 
-# Predict-time padding: at most this many nodes / graphs per jitted call.
+# Predict-time batching: at most this many nodes / edges / graphs per jitted call (a larger
+# structure goes alone). On the 2-core CPU, NequIP's time per aspirin frame rose once a call held
+# more than ~2000 edges (per-edge intermediates leave the cache) while BP kept gaining up to ~20
+# frames; see benchmarks/predict_overhead.py.
 _MAX_NODES_PER_CALL = 4096
+_MAX_EDGES_PER_CALL = 2048
 _MAX_GRAPHS_PER_CALL = 64
 
 
 def _chunks(graphs):
-    chunk, nodes = [], 0
+    chunk, nodes, edges = [], 0, 0
     for g in graphs:
-        n = int(g.n_node[0])
-        if chunk and (nodes + n > _MAX_NODES_PER_CALL or len(chunk) >= _MAX_GRAPHS_PER_CALL):
+        n, e = int(g.n_node[0]), int(g.n_edge[0])
+        full = nodes + n > _MAX_NODES_PER_CALL or edges + e > _MAX_EDGES_PER_CALL
+        if chunk and (full or len(chunk) >= _MAX_GRAPHS_PER_CALL):
             yield chunk
-            chunk, nodes = [], 0
+            chunk, nodes, edges = [], 0, 0
         chunk.append(g)
         nodes += n
+        edges += e
     if chunk:
         yield chunk
 

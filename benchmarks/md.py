@@ -1,0 +1,133 @@
+"""MD speed: ms/step, atom-steps/s and ns/day for fcc Cu boxes with the standard NequIP model
+(4 layers, 32 features, l_max 1, cutoff 5 Å, float32), velocity Verlet with nnpes' on-device
+neighbour list under lax.scan, and the same model through ase's VelocityVerlet + our calculator.
+
+    python benchmarks/md.py --sizes 100 1000 10000 --ase-sizes 100 1000
+
+Medians over repeated blocks after a warm-up block (which includes compilation); every timing
+ends in block_until_ready. Random (untrained) weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.build import bulk
+
+from nnpes.md import maxwell_boltzmann, md_functions, run_steps, velocity_verlet
+from nnpes.potential import build_potential
+
+STANDARD = {"name": "nequip", "elements": ["Cu"], "cutoff": 5.0, "dtype": "float32", "num_layers": 4,
+            "features": 32, "l_max": 1}
+DT = 1.0  # fs
+
+
+def cu_box(n_atoms: int):
+    """Cubic-ish fcc Cu supercell with about n_atoms atoms (4 per cubic cell), 300 K rattle."""
+    cells = max(1, round((n_atoms / 4) ** (1 / 3)))
+    reps = [cells] * 3
+    while 4 * np.prod(reps) < 0.9 * n_atoms:  # sizes between cubes
+        reps[int(np.argmin(reps))] += 1
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(reps)
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def bench_nnpes(pot, atoms, block: int, repeats: int):
+    neighbor_fn, energy_fn = md_functions(pot, atoms)
+    integ = velocity_verlet(energy_fn.energy_and_forces, DT)
+    R = jnp.asarray(atoms.positions, jnp.float32)
+    nbrs = neighbor_fn.allocate(R)
+    v = jnp.asarray(maxwell_boltzmann(atoms.get_masses(), 300.0, seed=0), jnp.float32)
+    state = jax.jit(integ.init_fn)(R, v, jnp.asarray(atoms.get_masses(), jnp.float32), nbrs)
+    block_fn = jax.jit(lambda s, nb: run_steps(integ.step_fn, s, nb, block))
+    t0 = time.perf_counter()
+    state, nbrs = jax.block_until_ready(block_fn(state, nbrs))  # compile + warm-up
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, nbrs = jax.block_until_ready(block_fn(state, nbrs))
+        times.append((time.perf_counter() - t0) / block)
+    if bool(nbrs.did_buffer_overflow):
+        raise RuntimeError("neighbour list overflowed during the benchmark")
+    return statistics.median(times), warm, int(nbrs.n_pairs)
+
+
+def bench_ase(pot, atoms, steps: int):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = pot.calculator()
+    atoms.set_velocities(maxwell_boltzmann(atoms.get_masses(), 300.0, seed=0) / units.fs)
+    dyn = VelocityVerlet(atoms, timestep=DT * units.fs)
+    dyn.run(2)  # compile + warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        dyn.run(1)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_rebuild(pot, atoms, repeats: int):
+    """Median seconds of one on-device neighbour-list rebuild (update after every atom moved)."""
+    neighbor_fn, _ = md_functions(pot, atoms)
+    R = jnp.asarray(atoms.positions, jnp.float32)
+    t0 = time.perf_counter()
+    nbrs = jax.block_until_ready(neighbor_fn.allocate(R))
+    alloc = time.perf_counter() - t0
+    update = jax.jit(neighbor_fn.update)
+    moved = R + 0.3  # beyond skin/2: forces the rebuild
+    jax.block_until_ready(update(moved, nbrs))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(update(moved, nbrs))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), alloc, int(nbrs.n_pairs)
+
+
+def row(label, n, sec_per_step):
+    ns_day = DT * 1e-6 / sec_per_step * 86400
+    return f"| {label} | {n} | {sec_per_step * 1e3:.2f} | {n / sec_per_step:.3g} | {ns_day:.3g} |"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--ase-sizes", type=int, nargs="*", default=[100, 1000])
+    ap.add_argument("--rebuild-sizes", type=int, nargs="*", default=[1000, 10000, 100000],
+                    help="time the on-device neighbour-list rebuild alone")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    pot = build_potential(STANDARD, seed=0)
+    print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0].platform}")
+    print("| run | atoms | ms/step | atom-steps/s | ns/day (1 fs) |")
+    print("|---|---:|---:|---:|---:|")
+    for n in args.sizes:
+        atoms = cu_box(n)
+        block = max(1, min(20, 20000 // len(atoms)))
+        repeats = args.repeats if len(atoms) <= 20000 else 1
+        sec, warm, pairs = bench_nnpes(pot, atoms, block, repeats)
+        print(row(f"nnpes VV, lax.scan blocks of {block}", len(atoms), sec)
+              + f"  <!-- {pairs} pairs in list, warm-up {warm:.1f} s -->", flush=True)
+    for n in args.rebuild_sizes:
+        atoms = cu_box(n)
+        sec, alloc, pairs = bench_rebuild(pot, atoms, args.repeats)
+        print(f"| neighbour-list rebuild on device (cutoff+skin 5.5 Å, {pairs} pairs; allocate {alloc:.1f} s) "
+              f"| {len(atoms)} | {sec * 1e3:.1f} | | |", flush=True)
+    for n in args.ase_sizes:
+        atoms = cu_box(n)
+        print(row("ase VelocityVerlet + pot.calculator()", len(atoms), bench_ase(pot, atoms, args.repeats * 4)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
