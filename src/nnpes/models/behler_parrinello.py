@@ -44,16 +44,20 @@ from nnpes.models.symmetry_functions import ACSFSpec, acsf
 from nnpes.schema import ConfigError
 
 
+def _doc(text: str, **kw):
+    return field(metadata={"doc": text}, **kw)  # shown by `nnpes config template`
+
+
 @dataclass
 class BPHParams:
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
-    activation: Literal["tanh", "silu"] = "tanh"
-    n_radial: int = 8
-    radial_r_min: float = 0.5  # Å
-    radial_eta: float | None = None  # Å⁻²
-    angular_etas: list[float] = field(default_factory=lambda: [0.01, 0.1])  # Å⁻²
-    zetas: list[int] = field(default_factory=lambda: [1, 2, 4])
-    lambdas: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+    hidden: list[int] = _doc("hidden widths of each element's MLP", default_factory=lambda: [32, 32])
+    activation: Literal["tanh", "silu"] = _doc("MLP activation", default="tanh")
+    n_radial: int = _doc("G2 Gaussians per neighbour element", default=8)
+    radial_r_min: float = _doc("first G2 centre R_s, Å (centres spaced evenly up to cutoff)", default=0.5)
+    radial_eta: float | None = _doc("G2 width η, Å⁻² (null: 1/(2Δ²) from the centre spacing Δ)", default=None)
+    angular_etas: list[float] = _doc("G5 radial decay η, Å⁻²", default_factory=lambda: [0.01, 0.1])
+    zetas: list[int] = _doc("G5 angular exponents ζ (positive integers)", default_factory=lambda: [1, 2, 4])
+    lambdas: list[float] = _doc("G5 λ, each -1 or 1", default_factory=lambda: [-1.0, 1.0])
 
     def validate(self, path: str = "model"):
         if not self.hidden or any(h < 1 for h in self.hidden):
