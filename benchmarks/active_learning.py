@@ -161,7 +161,8 @@ def unbiased_md_frames(start, system, n, temperature=300.0, steps=4000, timestep
     a = start.copy()
     a.calc = oracle_calc(system)
     MaxwellBoltzmannDistribution(a, temperature_K=temperature, rng=np.random.default_rng(seed))
-    dyn = Langevin(a, timestep * units.fs, temperature_K=temperature, friction=0.02 / units.fs, rng=np.random.default_rng(seed))
+    dyn = Langevin(a, timestep * units.fs, temperature_K=temperature, friction=0.02 / units.fs, fixcm=False,
+                   rng=np.random.default_rng(seed))
     every = max(steps // n, 1)
     frames = []
     for _ in range(n):
@@ -195,7 +196,7 @@ def learning_curve(cfg, labelled, test, target, fractions=(0.25, 0.5, 1.0)):
     return None
 
 
-def run(system: str, workdir: Path, quick: bool, target: float) -> dict:
+def run(system: str, workdir: Path, quick: bool, target: float, overrides=()) -> dict:
     import ase.io
     import yaml
 
@@ -213,6 +214,10 @@ def run(system: str, workdir: Path, quick: bool, target: float) -> dict:
         cfg_dict["stop"].update(max_iterations=2)
         cfg_dict["select"]["max_per_iteration"] = 5
         cfg_dict["data"]["initial_per_start"] = 6
+    for item in overrides:  # --set section.key=value (value parsed as YAML)
+        dotted, _, value = item.partition("=")
+        section, _, key = dotted.partition(".")
+        cfg_dict.setdefault(section, {})[key] = yaml.safe_load(value)
     make = cu_endpoints if system == "cu" else malonaldehyde_endpoints
     t0 = time.perf_counter()
     a0, b0 = make()
@@ -238,7 +243,8 @@ def run(system: str, workdir: Path, quick: bool, target: float) -> dict:
     n = len(labels_a)
 
     # (b) the same number of labels from unbiased 300 K oracle MD
-    frames_b = unbiased_md_frames(initial, system, n, steps=400 if quick else 4000)
+    frames_b = unbiased_md_frames(initial, system, n, steps=400 if quick else 4000,
+                                  timestep=float(cfg_dict["explore"].get("timestep", 0.5)))
     labels_b = label_with_oracle(frames_b, system)
     ens_b = train_committee(cfg, labels_b)
 
@@ -278,12 +284,14 @@ def main(argv=None) -> int:
     r.add_argument("--workdir", default=None)
     r.add_argument("--quick", action="store_true", help="tiny smoke run of the pipeline (not the figures)")
     r.add_argument("--target", type=float, default=0.1, help="target held-out force RMSE, eV/Å")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set explore.steps=1000")
     args = p.parse_args(argv)
     if args.cmd == "structures":
         write_structures(Path(args.out))
         return 0
     workdir = Path(args.workdir or f"runs/bench_al_{args.system}{'_quick' if args.quick else ''}")
-    print(json.dumps(run(args.system, workdir, args.quick, args.target), indent=1, default=str))
+    print(json.dumps(run(args.system, workdir, args.quick, args.target, args.set), indent=1, default=str))
     return 0
 
 

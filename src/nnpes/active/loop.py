@@ -120,6 +120,8 @@ def load_config(config) -> ActiveConfig:
         raise ConfigError("model: the active-learning config needs a model section")
     if cfg.data.initial is None and cfg.data.initial_per_start == 0:
         raise ConfigError("data: give data.initial (labelled structures) or data.initial_per_start > 0")
+    if cfg.select.method == "cv_bins" and not cfg.explore.metadynamics:
+        raise ConfigError("select.method: cv_bins bins the metadynamics collective variables; add explore.metadynamics or use fps")
     if cfg.data.initial is None and cfg.data.starts is None:
         raise ConfigError("data: give data.starts (or data.initial) for exploration to start from")
     return cfg
