@@ -375,6 +375,18 @@ def test_dask_executor_labels_in_parallel(tmp_path):
         assert by_key[f"d{s}"]["energy"] == pytest.approx(emt_label(structures[s]).get_potential_energy())
 
 
+def test_process_pool_executor_labels_and_records_a_failing_structure(tmp_path):
+    from nnpes.active.oracle import CalculatorOracle, LabelStore, label, make_executor
+
+    store = LabelStore(tmp_path / "labels.jsonl")
+    structures = [cu_cluster(0), Atoms("U", positions=[[0, 0, 0]])]  # EMT has no parameters for U
+    with make_executor("process", workers=1) as pool:
+        counts = label(structures, ["ok", "bad"], CalculatorOracle("ase.calculators.emt.EMT"), store, pool)
+    assert counts["ok"] == 1 and counts["failed"] == 1
+    bad = [r for r in store.records if r["key"] == "bad"][0]
+    assert bad["status"] == "failed" and "U" in bad["error"]
+
+
 def test_pyscf_oracle_units():
     pytest.importorskip("pyscf", reason="pyscf (optional) is not installed")
     from ase.build import molecule
