@@ -1,0 +1,77 @@
+"""Host-side cost of the Potential API around the model: ``predict`` and the ase calculator versus
+the bare jitted energy/forces call, on rMD17 aspirin (21 atoms).
+
+    python benchmarks/predict_overhead.py [--model nequip|behler_parrinello] [--repeats 30]
+
+float32, default (standard-size) hyperparameters, untrained weights (speed does not depend on them).
+"bare": jitted ``energy_forces_stress`` on a graph padded and moved to the device beforehand.
+"predict": ``pot.predict(atoms)`` from an ase.Atoms (neighbour list, padding, transfer, numpy out).
+"calculator": ``atoms.get_forces()`` after moving the atoms (what an ase optimiser or MD step pays).
+"predict batch": ``pot.predict(list of 64 frames)``, time per frame.
+Median of --repeats calls after warm-up, ``block_until_ready`` on device outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from nnpes.batching import batch
+from nnpes.data import read_structures
+from nnpes.graph import atoms_to_graph
+from nnpes.potential import _pad_for_predict, _to_device, build_potential
+
+ASPIRIN = "/work/shared/data/rmd17/rmd17_aspirin_train_01.npz"
+
+
+def median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="nequip")
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+    frames = read_structures(ASPIRIN, index=":64", energy_unit="kcal/mol")
+    pot = build_potential({"name": args.model, "elements": ["H", "C", "O"], "cutoff": 5.0})
+    atoms = frames[0].copy()
+    atoms.calc = None
+
+    graph = _to_device(_pad_for_predict(batch([atoms_to_graph(atoms, pot.cutoff)])), pot.dtype)
+    fn = jax.jit(lambda p, g: pot.energy_forces_stress(p, g, False))
+    bare = median_ms(lambda: jax.block_until_ready(fn(pot.params, graph)), args.repeats)
+    predict = median_ms(lambda: pot.predict(atoms), args.repeats)
+
+    calc_atoms = atoms.copy()
+    calc_atoms.calc = pot.calculator()
+    rng = np.random.default_rng(0)
+
+    def step():
+        calc_atoms.positions += rng.normal(scale=1e-3, size=calc_atoms.positions.shape)
+        calc_atoms.get_forces()
+
+    calc = median_ms(step, args.repeats)
+    plain = [f.copy() for f in frames]
+    for f in plain:
+        f.calc = None
+    many = median_ms(lambda: pot.predict(plain), max(3, args.repeats // 5)) / len(plain)
+    print(f"model {args.model}, aspirin 21 atoms, float32, {jax.devices()[0].platform}, compiles {pot.n_compiles}")
+    print(f"  bare jitted call      {bare:8.3f} ms")
+    print(f"  predict(atoms)        {predict:8.3f} ms  (+{predict - bare:.3f} ms host side)")
+    print(f"  calculator.get_forces {calc:8.3f} ms")
+    print(f"  predict(64 frames)    {many:8.3f} ms per frame")
+
+
+if __name__ == "__main__":
+    main()
