@@ -98,7 +98,13 @@ class Ensemble:
         """K = ``size`` members from ``build_potential(config, seed + k, dataset)``."""
         if size < 2:
             raise ValueError(f"a committee needs at least 2 members, got size={size}")
-        members = [build_potential(config, seed=seed + k, dataset=dataset) for k in range(size)]
+        first = build_potential(config, seed=seed, dataset=dataset)
+        members = [first]
+        for k in range(1, size):
+            # The data statistics (E0, scale, ⟨neighbours⟩) and the data-derived "constants" of a
+            # calibrate hook are the same for every member: take them from the first, vary the seed.
+            other = build_potential(first.config, seed=seed + k)
+            members.append(first.replace({**first.params, "params": other.params["params"]}))
         return cls.from_potentials(members, nu=nu)
 
     @classmethod
