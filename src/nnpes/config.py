@@ -129,7 +129,6 @@ class TrainingConfig:
 class OutputConfig:
     run_dir: str = _doc("where checkpoints, metrics.csv, plots and the model go (relative: to the cwd)", default="runs/run")
     plots: bool = _doc("parity plots and learning curve at the end", default=True)
-    tensorboard: bool = _doc("also log to TensorBoard (needs tensorboardX)", default=False)
 
 
 @dataclass
