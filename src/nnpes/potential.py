@@ -23,7 +23,7 @@ import yaml
 from ase import Atoms
 
 from nnpes import keys
-from nnpes.batching import batch, pad_graph
+from nnpes.batching import batch, pad_graph, pad_to_bucket, to_device
 from nnpes.graph import atoms_to_graph, edge_vectors, node_graph_index
 from nnpes.models import get_model
 from nnpes.models.config import ModelConfig, parse_model_config
@@ -280,40 +280,14 @@ def _chunks(graphs):
         yield chunk
 
 
-def _ladder(x: int, minimum: int) -> int:
-    """Smallest value ≥ x on the ladder minimum·{1, 1.5}·2^k: a few shapes, < 50 % padding."""
-    v = minimum
-    while v < x:
-        v = v * 3 // 2 if (v & (v - 1)) == 0 else v * 4 // 3
-    return v
-
-
 def _pad_for_predict(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
-    try:
-        from nnpes.batching import pad_to_bucket
-    except ImportError:
-        pad_to_bucket = None
-    if pad_to_bucket is not None:
-        return pad_to_bucket(graph)
-    n_node = int(np.sum(graph.n_node)) + 1
-    n_edge = int(np.sum(graph.n_edge))
-    n_graph = len(graph.n_node) + 1
-    return pad_graph(graph, _ladder(n_node, 16), _ladder(n_edge, 64), _ladder(n_graph, 2))
+    """Predict-time padding (``nnpes.batching.pad_to_bucket``); other modules import this name."""
+    return pad_to_bucket(graph)
 
 
 def _to_device(graph: jraph.GraphsTuple, dtype) -> jraph.GraphsTuple:
-    try:
-        from nnpes.batching import to_device
-    except ImportError:
-        to_device = None
-    if to_device is not None:
-        return to_device(graph, dtype)
-
-    def cast(x):
-        x = np.asarray(x)
-        return jnp.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x)
-
-    return jax.tree_util.tree_map(cast, graph)
+    """``nnpes.batching.to_device``; other modules import this name."""
+    return to_device(graph, dtype)
 
 
 def _plain(x):
