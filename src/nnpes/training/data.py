@@ -24,7 +24,8 @@ def _read(path: str, dcfg, elements):
     for k, a in enumerate(atoms):
         extra = sorted(set(a.get_chemical_symbols()) - known)
         if extra:
-            raise DataError(path, f"element(s) {extra} not in model.elements {list(elements)}; add them to the model section", k)
+            frame = int(a.info.get("frame", k))  # the frame's index in the file
+            raise DataError(path, f"element(s) {extra} not in model.elements {list(elements)}; add them to the model section", frame)
     return atoms
 
 
