@@ -257,7 +257,19 @@ def _yaml_value(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
 
 
-def _section_lines(cls, values: dict | None = None, skip=()) -> list[str]:
+# Comments for the common model keys (ModelConfig lives in nnpes.models.config).
+MODEL_DOCS = {
+    "name": "registered model",
+    "elements": "chemical symbols the model knows",
+    "cutoff": "Å",
+    "dtype": "float32 or float64",
+    "avg_num_neighbors": "null: from the training set",
+    "e0": "eV per element; null: least squares on the training set",
+    "scale": "eV; null: force RMS of the training set",
+}
+
+
+def _section_lines(cls, values: dict | None = None, skip=(), docs=None) -> list[str]:
     lines = []
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
@@ -272,7 +284,7 @@ def _section_lines(cls, values: dict | None = None, skip=()) -> list[str]:
             v = None
         if dataclasses.is_dataclass(v):
             v = dataclasses.asdict(v)
-        doc = f.metadata.get("doc", "")
+        doc = f.metadata.get("doc", "") or (docs or {}).get(f.name, "")
         line = f"  {f.name}: {_yaml_value(v)}"
         lines.append(f"{line:<40} # {doc}" if doc else line)
     return lines
@@ -290,7 +302,7 @@ def template(model: str = "nequip", elements=("H", "C", "O")) -> str:
         "data:",
         *_section_lines(DataConfig, {"train": "train.xyz"}),
         f"model:                                   # {model}; common keys, then its hyperparameters inline",
-        *_section_lines(ModelConfig, {"name": model, "elements": list(elements)}, skip=("hparams",)),
+        *_section_lines(ModelConfig, {"name": model, "elements": list(elements)}, skip=("hparams",), docs=MODEL_DOCS),
         *_section_lines(type(hp), dataclasses.asdict(hp)),
         "training:",
         *_section_lines(TrainingConfig),
