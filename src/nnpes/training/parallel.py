@@ -286,13 +286,50 @@ def data_parallel_step(step_fn: Callable, mesh: Mesh, *, batch_argnums: Sequence
 # ---- a loader that yields stacked batches -------------------------------------------------------
 
 
+def maybe_initialize_distributed() -> bool:
+    """Join a multi-process run when the environment describes one (``NNPES_COORDINATOR``, or
+    SLURM with more than one task) and JAX has not joined yet. Returns whether it did."""
+    env = os.environ
+    wanted = "NNPES_COORDINATOR" in env or int(env.get("SLURM_NTASKS", "1")) > 1
+    if not wanted or jax.distributed.is_initialized():
+        return False
+    initialize_distributed()
+    return True
+
+
+def training_mesh(devices: int | str) -> Mesh | None:
+    """The mesh for ``training.devices`` (1 → None: the plain single-device step; an int or "all"
+    → a 1-D mesh over that many devices, joining a multi-process run first when the environment
+    describes one)."""
+    if devices == 1:
+        return None
+    if devices != "all" and (not isinstance(devices, int) or devices < 1):
+        raise ValueError(f"training.devices: expected a positive integer or 'all', got {devices!r}")
+    maybe_initialize_distributed()
+    return make_mesh(devices)
+
+
+def with_matmul_precision(fn: Callable, precision: str | None) -> Callable:
+    """``fn`` called (and therefore traced) under ``jax.default_matmul_precision(precision)``;
+    ``None`` / "default" leaves JAX's default (reduced TF32 matmuls on recent NVIDIA GPUs)."""
+    if precision in (None, "default"):
+        return fn
+
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 class ShardedLoader:
     """Wraps a loader of padded batches (``GraphLoader``): each global batch is split into
-    ``n_shards`` equal-shape sub-batches (``split_batch``). Same order as the wrapped loader
-    (``set_epoch`` passes through), so a D-device run sees the batches of the 1-device run."""
+    ``n_shards`` equal-shape sub-batches (``split_batch``, padded to ``shape``: with
+    ``sub_batch_shape`` one shape for the run). Same order as the wrapped loader (``set_epoch``
+    passes through), so a D-device run sees the batches of the 1-device run."""
 
-    def __init__(self, loader, n_shards: int):
-        self.loader, self.n_shards = loader, int(n_shards)
+    def __init__(self, loader, n_shards: int, shape: tuple[int, int, int] | None = None):
+        self.loader, self.n_shards, self.shape = loader, int(n_shards), shape
         self.shapes: set = set()
 
     def set_epoch(self, epoch: int) -> None:
@@ -303,7 +340,7 @@ class ShardedLoader:
 
     def __iter__(self):
         for graph in self.loader:
-            stacked = split_batch(graph, self.n_shards)
+            stacked = split_batch(graph, self.n_shards, self.shape)
             self.shapes.add((int(stacked.nodes[keys.NUMBERS].shape[1]), int(stacked.senders.shape[1]),
                              int(stacked.n_node.shape[1])))
             yield stacked

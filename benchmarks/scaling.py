@@ -1,0 +1,189 @@
+"""Data-parallel training throughput vs number of devices (forced CPU devices here).
+
+    python benchmarks/scaling.py --devices 1 2 4 --batch-size 32 --molecule aspirin --repeats 20 --rounds 3
+
+Each device count runs in its own process with XLA_FLAGS=--xla_force_host_platform_device_count=D
+(the flag must be set before JAX starts). One training step = energy + forces + loss + gradient +
+Adam update of a small NequIP on a global batch of rMD17 structures, split into D equal-shape
+sub-batches (``nnpes.training.parallel``). Timing: median of ``--repeats`` steps after warm-up,
+``block_until_ready``, variants interleaved; wall and CPU time (all threads) since the machine is
+shared. Also times the plain (non-mesh) step and, for D = 1, the step under
+``jax.default_matmul_precision("highest")`` (on CPU float32 matmuls are already full precision, so
+this measures only the cost of asking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17"
+MODEL = {"name": "nequip", "elements": ["H", "C", "O"], "cutoff": 4.0, "num_layers": 2, "features": 16,
+         "radial_mlp_width": 32}
+
+
+def _structures(n: int, molecule_name: str):
+    import numpy as np
+
+    path = DATA_DIR / f"rmd17_{molecule_name}_train_01.npz"
+    if path.exists():
+        from nnpes.data import read_structures
+
+        return read_structures(str(path), index=f":{n}", energy_unit="kcal/mol")
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng, out = np.random.default_rng(0), []
+    for _ in range(n):
+        a = molecule("CH3CH2OH")
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        out.append(a)
+    return out
+
+
+def _median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """{name: (median wall s, median CPU s of this process, all threads)}; the variants run
+    interleaved so that load from other users of the machine hits them alike."""
+    import jax
+    import numpy as np
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn())
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: (float(np.median(wall[k])), float(np.median(cpu[k]))) for k in fns}
+
+
+def child(n_devices: int, batch_size: int, repeats: int, molecule_name: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import atoms_to_graph
+    from nnpes.potential import build_potential
+    from nnpes.training.loss import total_loss
+    from nnpes.training.parallel import (
+        data_parallel_step, make_mesh, replicate, shard_batch, stacked_loss_and_pred, sub_batch_shape,
+    )
+
+    assert jax.device_count() >= n_devices, jax.devices()
+    structures = _structures(batch_size, molecule_name)
+    pot = build_potential(MODEL, seed=0, dataset=structures)
+    graphs = [atoms_to_graph(a, pot.cutoff) for a in structures]
+    rest = {k: v for k, v in pot.params.items() if k != "params"}
+    tx = optax.adam(1e-3)
+    w = {"energy": jnp.float32(1.0), "forces": jnp.float32(100.0), "stress": jnp.float32(0.0)}
+    params = pot.params["params"]
+    opt_state = tx.init(params)
+
+    def update(params, opt_state, loss_fn):
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        upd, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, loss
+
+    def dp_step(params, opt_state, graphs, weights):
+        return update(params, opt_state, lambda p: stacked_loss_and_pred(
+            lambda g: pot.energy_forces_stress({**rest, "params": p}, g, False), graphs, weights)[0])
+
+    out = {"devices": n_devices, "batch_size": batch_size, "platform": jax.devices()[0].platform}
+    mesh = make_mesh(n_devices)
+    step = data_parallel_step(dp_step, mesh, batch_argnums=(2,))
+    stacked = shard_batch(graphs, mesh, jnp.float32, shape=sub_batch_shape(graphs, batch_size, n_devices))
+    p_r, o_r = replicate((params, opt_state), mesh)
+    fns = {"mesh_step": lambda: step(p_r, o_r, stacked, w)}
+
+    if n_devices == 1:
+        @jax.jit
+        def plain_step(params, opt_state, graph, weights):
+            return update(params, opt_state, lambda p: total_loss(
+                pot.energy_forces_stress({**rest, "params": p}, graph, False), graph, weights))
+
+        shape = sub_batch_shape(graphs, batch_size, 1)
+        g = jax.tree_util.tree_map(
+            lambda x: jnp.asarray(x, jnp.float32) if np.issubdtype(np.asarray(x).dtype, np.floating) else jnp.asarray(x),
+            pad_graph(batch(graphs), *shape))
+        step_hi = data_parallel_step(dp_step, mesh, batch_argnums=(2,))
+
+        def highest():
+            with jax.default_matmul_precision("highest"):  # traced (and cached) under the context
+                return step_hi(p_r, o_r, stacked, w)
+
+        fns["plain_step"] = lambda: plain_step(params, opt_state, g, w)
+        fns["mesh_step_highest"] = highest
+    for k, (wall, cpu) in _median_times(fns, repeats).items():
+        out[f"{k}_s"], out[f"{k}_cpu_s"] = wall, cpu
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--molecule", default="ethanol", help="rMD17 molecule (EMT-labelled ethanol if the data is absent)")
+    ap.add_argument("--rounds", type=int, default=1, help="sweep the device counts this many times; medians over rounds")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.batch_size, args.repeats, args.molecule)))
+        return
+    runs = {d: [] for d in args.devices}
+    for _ in range(args.rounds):
+        for d in args.devices:
+            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
+            proc = subprocess.run([sys.executable, __file__, "--child", str(d), "--batch-size", str(args.batch_size),
+                                   "--repeats", str(args.repeats), "--molecule", args.molecule],
+                                  env=env, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(proc.stderr[-3000:])
+            runs[d].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows = []
+    for d in args.devices:
+        row = dict(runs[d][0])
+        for k in row:
+            if k.endswith("_s"):
+                row[k] = statistics.median(r[k] for r in runs[d])
+        rows.append(row)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, load average "
+          f"{os.getloadavg()[0]:.1f}; batch {args.batch_size} rMD17 {args.molecule}; NequIP 2 layers x 16 "
+          f"features, float32; {args.rounds} round(s) x {args.repeats} steps")
+    print("| devices | step wall (ms) | step CPU (ms) | structures/s | speed-up | efficiency |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        speedup = rows[0]["mesh_step_s"] / r["mesh_step_s"]
+        r["structures_per_s"] = args.batch_size / r["mesh_step_s"]
+        r["efficiency"] = speedup * rows[0]["devices"] / r["devices"]
+        print(f"| {r['devices']} | {1000 * r['mesh_step_s']:.1f} | {1000 * r['mesh_step_cpu_s']:.1f} | "
+              f"{r['structures_per_s']:.0f} | {speedup:.2f} | {r['efficiency']:.2f} |")
+    one = next((r for r in rows if r["devices"] == 1), None)
+    if one:
+        print(f"\nD = 1, wall (CPU) ms: plain jit step {1000 * one['plain_step_s']:.1f} ({1000 * one['plain_step_cpu_s']:.1f}), "
+              f"mesh step {1000 * one['mesh_step_s']:.1f} ({1000 * one['mesh_step_cpu_s']:.1f}), mesh step under "
+              f"default_matmul_precision('highest') {1000 * one['mesh_step_highest_s']:.1f} ({1000 * one['mesh_step_highest_cpu_s']:.1f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
