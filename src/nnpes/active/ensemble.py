@@ -32,7 +32,7 @@ from nnpes.potential import Potential, build_potential, energy_forces_stress
 ENSEMBLE_FILE = "ensemble.msgpack"
 META_FILE = "ensemble.json"
 CONFIG_FILE = "config.yaml"
-# Compiled functions keyed by (module, species table, ...): flax modules compare by value, so a
+# Compiled functions keyed by the model config (which determines module and species table), so a
 # reloaded or warm-started committee reuses what was compiled before instead of recompiling.
 _CACHE: dict = {}
 STD_KEYS = ("force_std", "rel_force_std", "max_force_std", "max_rel_force_std", "energy_std_per_atom")
@@ -139,7 +139,10 @@ class Ensemble:
         return Ensemble(self.template, variables, self.nu, self.std_scale)
 
     def cache_key(self, *extra):
-        return (self.template.module, tuple(self.template.table.tolist()), self.nu) + extra
+        # The model config determines the module (flax modules with mutable dataclass fields are
+        # not hashable), so it keys the compiled functions.
+        config = json.dumps(self.template.to_config()["model"], sort_keys=True, default=str)
+        return (config, self.nu) + extra
 
     # ---- evaluation --------------------------------------------------------------------------
 
