@@ -397,8 +397,12 @@ def run(config, run_dir, *, resume: bool = False, **kwargs) -> dict:
     run_dir = Path(run_dir)
     if (run_dir / STATE_FILE).exists() and not resume:
         raise ValueError(f"{str(run_dir)!r} already holds an active-learning run; pass --resume to continue it")
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config)
+    for key in ("initial", "starts", "test"):
+        path = getattr(cfg.data, key)
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"data.{key}: {path!r} not found")
+    run_dir.mkdir(parents=True, exist_ok=True)
     # Keep the config next to the run so a resume uses the same settings.
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
