@@ -557,7 +557,11 @@ def test_kill_9_during_labelling_then_resume_from_the_cli(tmp_path):
 def test_shipped_configs_parse_and_bad_keys_are_named(tmp_path):
     from pathlib import Path
 
-    from nnpes.active.loop import load_config
+    from nnpes.active.loop import _is_valid, load_config
+
+    # the validation split by key hash is close to the asked fraction for the loop's key patterns
+    keys = [f"it{i}-p{j}" for i in range(10) for j in range(60)] + [f"init-{s}-{j}" for s in range(4) for j in range(50)]
+    assert 0.07 < np.mean([_is_valid(k, 0.1) for k in keys]) < 0.13
     from nnpes.schema import ConfigError
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("active_*.yaml"))

@@ -12,10 +12,10 @@ already in the store, so no finished oracle call is repeated and no label is los
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -173,7 +173,9 @@ def _read_structures(path: str) -> list[Atoms]:
 
 
 def _is_valid(key: str, fraction: float) -> bool:
-    return (zlib.crc32(key.encode()) % 10_000) < fraction * 10_000
+    """Validation membership from a hash of the label key: stable across resumes and iterations.
+    (A cryptographic hash: crc32 of short similar keys is far from uniform.)"""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12 < fraction
 
 
 # ---- the loop ----------------------------------------------------------------------------------
