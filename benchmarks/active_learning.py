@@ -233,14 +233,14 @@ def run(system: str, workdir: Path, quick: bool, target: float, overrides=()) ->
     # (a) active learning with enhanced sampling
     run_dir = workdir / "al_run"
     state = run_loop(cfg_dict, run_dir, resume=(run_dir / "state.json").exists())
-    from nnpes.active.ensemble import load_ensemble
     from nnpes.active.oracle import LabelStore
 
-    last = max(run_dir.glob("iter_*/ensemble"))
-    ens_a = load_ensemble(last)
     store = LabelStore(run_dir / "labels.jsonl")
     labels_a = store.atoms("ok")
     n = len(labels_a)
+    # The loop's last committee has not seen the last iteration's labels; for a fair comparison every
+    # strategy's committee is trained the same way (cold start, same settings) on its n labels.
+    ens_a = train_committee(cfg, labels_a)
 
     # (b) the same number of labels from unbiased 300 K oracle MD
     frames_b = unbiased_md_frames(initial, system, n, steps=400 if quick else 4000,
