@@ -103,7 +103,7 @@ def child(n_devices: int, batch_size: int, repeats: int, molecule_name: str) -> 
 
     def dp_step(params, opt_state, graphs, weights):
         return update(params, opt_state, lambda p: stacked_loss_and_pred(
-            lambda g: pot.energy_forces_stress({**rest, "params": p}, g, False), graphs, weights)[0])
+            lambda q, g: pot.energy_forces_stress({**rest, "params": q}, g, False), p, graphs, weights, mesh=mesh)[0])
 
     out = {"devices": n_devices, "batch_size": batch_size, "platform": jax.devices()[0].platform}
     mesh = make_mesh(n_devices)

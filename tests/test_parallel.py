@@ -117,14 +117,19 @@ def test_one_shard_loss_and_grads_equal_plain_step():
         return total_loss(pot.energy_forces_stress({**rest, "params": p}, plain_graph, False), plain_graph, w)
 
     def sharded(p):
-        return stacked_loss_and_pred(lambda g: pot.energy_forces_stress({**rest, "params": p}, g, False), stacked, w)[0]
+        return stacked_loss_and_pred(lambda q, g: pot.energy_forces_stress({**rest, "params": q}, g, False), p, stacked, w)[0]
+
+    def on_mesh(p):  # the shard_map path
+        return stacked_loss_and_pred(lambda q, g: pot.energy_forces_stress({**rest, "params": q}, g, False), p, stacked,
+                                     w, mesh=mesh)[0]
 
     l0, g0 = jax.jit(jax.value_and_grad(plain))(pot.params["params"])
-    l1, g1 = jax.jit(jax.value_and_grad(sharded))(pot.params["params"])
     assert float(l0) > 0
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-12)
-    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-14)
+    for fn in (sharded, on_mesh):
+        l1, g1 = jax.jit(jax.value_and_grad(fn))(pot.params["params"])
+        np.testing.assert_allclose(float(l1), float(l0), rtol=1e-12)
+        for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-14)
 
 
 def test_mesh_and_member_errors():
@@ -221,7 +226,7 @@ def _worker(out_path: str) -> None:
 
     def dp_step(params, opt_state, graphs, weights):
         return update(params, opt_state, lambda p: stacked_loss_and_pred(
-            lambda g: pot.energy_forces_stress({**rest, "params": p}, g, False), graphs, weights)[0])
+            lambda q, g: pot.energy_forces_stress({**rest, "params": q}, g, False), p, graphs, weights, mesh=mesh)[0])
 
     def to_dev(g):
         return jax.tree_util.tree_map(

@@ -244,22 +244,44 @@ def real_graphs(stacked: jraph.GraphsTuple) -> int:
 # ---- the step -----------------------------------------------------------------------------------
 
 
-def stacked_loss_and_pred(efs: Callable, graphs: jraph.GraphsTuple, weights, *, kind: str = "mse",
-                          delta: float = 0.01, energy_per_atom: bool = True):
+def stacked_loss_and_pred(efs: Callable, params, graphs: jraph.GraphsTuple, weights, *, kind: str = "mse",
+                          delta: float = 0.01, energy_per_atom: bool = True, mesh: Mesh | None = None):
     """Loss of a stacked batch (leading axis D) as the weighted mean over all its real structures,
     Σ_d Σ_k c_k ℓ_k / Σ_d Σ_k c_k: the same number as ``training.loss.total_loss`` on the undivided
-    batch. ``efs(graph) -> pred`` is the energy/forces/stress function of one padded sub-batch.
-    Returns (loss, stacked predictions)."""
+    batch. ``efs(params, graph) -> pred`` is the energy/forces/stress function of one padded
+    sub-batch; ``params`` (a PyTree, replicated) and ``weights`` are passed through explicitly so
+    that they enter ``shard_map`` as replicated inputs. Returns (loss, stacked predictions).
+
+    With ``mesh`` the per-device work runs under ``shard_map``: each device evaluates its own
+    sub-batch as a plain (un-vmapped) graph and the two sums are ``psum``-ed; without it, ``vmap``
+    over the leading axis (any placement). Both give the same numbers; ``shard_map`` avoids the
+    batched gathers/scatters that ``vmap`` makes of the model's index operations."""
     from nnpes.training.loss import loss_terms
 
-    def one(graph):
-        pred = efs(graph)
+    def one(params, weights, graph):
+        pred = efs(params, graph)
         t = loss_terms(pred, graph, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
         per_graph = weights["energy"] * t["energy"] + weights["forces"] * t["forces"] + weights["stress"] * t["stress"]
         return jnp.sum(t["mask"] * per_graph), jnp.sum(t["mask"]), pred
 
-    num, den, pred = jax.vmap(one)(graphs)
-    return jnp.sum(num) / jnp.maximum(jnp.sum(den), 1e-12), pred
+    def local(params, weights, graphs):
+        if graphs.n_node.shape[0] == 1:  # one sub-batch here: evaluate it as a plain graph
+            num, den, pred = one(params, weights, jax.tree_util.tree_map(lambda x: x[0], graphs))
+            return num, den, jax.tree_util.tree_map(lambda x: x[None], pred)
+        num, den, pred = jax.vmap(one, in_axes=(None, None, 0))(params, weights, graphs)
+        return jnp.sum(num), jnp.sum(den), pred
+
+    if mesh is None:
+        num, den, pred = local(params, weights, graphs)
+        return num / jnp.maximum(den, 1e-12), pred
+
+    def sharded(params, weights, graphs):
+        num, den, pred = local(params, weights, graphs)
+        loss = jax.lax.psum(num, AXIS) / jnp.maximum(jax.lax.psum(den, AXIS), 1e-12)
+        return loss, pred
+
+    rep, spec = PartitionSpec(), PartitionSpec(AXIS)
+    return jax.shard_map(sharded, mesh=mesh, in_specs=(rep, rep, spec), out_specs=(rep, spec))(params, weights, graphs)
 
 
 def stacked_error_sums(pred, graphs: jraph.GraphsTuple) -> dict:
