@@ -6,9 +6,10 @@
     F = energy_fn.force_fn(R, neighbor=nbrs)            # (N,3) eV/Å  (= nnpes.md.force_fn(energy_fn))
     E, F = energy_fn.energy_and_forces(R, neighbor=nbrs)   # one forward + backward pass
 
-The neighbour list holds pairs out to cutoff + skin; edges beyond the model's cutoff are masked
-here (the model sees exactly the pairs a host list at the cutoff would give), so a model never has
-to zero them itself. Cell and pbc are fixed for the run (NVE/NVT).
+The neighbour list holds pairs out to cutoff + skin; the pairs within the model's cutoff are
+compacted into ``layout.model_capacity`` slots before the model runs (the model sees exactly the
+pairs a host list at the cutoff would give, and does no work on the skin shell). If more pairs are
+inside than slots, the energy is NaN (never silently wrong) and ``update`` flags the overflow. Cell and pbc are fixed for the run (NVE/NVT).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from nnpes.md.neighbors import NeighborFn, NeighborList, neighbor_list_fn
+from nnpes.md.neighbors import NeighborFn, NeighborList, model_pair_mask, neighbor_list_fn
 
 # Keyword arguments that jax-md's integrators pass to energy functions; they do not change the energy.
 _JAX_MD_KWARGS = {"kT", "mass", "t", "dt"}
@@ -63,16 +64,30 @@ class EnergyFn:
         params = self.params if params is None else params
         positions = jnp.asarray(positions).astype(self.dtype)
         pos = jnp.concatenate([positions, jnp.zeros((1, 3), self.dtype)])
-        senders, receivers = neighbor.senders, neighbor.receivers
-        vectors = pos[senders] - pos[receivers] + neighbor.shifts.astype(self.dtype) @ self.cell
-        sq = jnp.sum(vectors * vectors, -1)
-        edge_mask = (receivers < self.n_atoms) & (sq < self.cutoff**2)
+        if neighbor.layout.n_atoms != self.n_atoms:
+            raise ValueError(f"neighbour list is for {neighbor.layout.n_atoms} atoms, positions have {self.n_atoms}")
+        n = self.n_atoms
+        inside = model_pair_mask(positions, self.cell, neighbor)
+        # Compact the pairs within the cutoff into the model's slots (order kept: sorted by
+        # receiver, padding last), so the model does no work on the skin shell.
+        capacity = neighbor.layout.model_capacity
+        (idx,) = jnp.nonzero(inside, size=capacity, fill_value=inside.shape[0])
+        real = idx < inside.shape[0]
+        idx = jnp.minimum(idx, inside.shape[0] - 1)
+        senders = jnp.where(real, neighbor.senders[idx], n)
+        receivers = jnp.where(real, neighbor.receivers[idx], n)
+        shifts = jnp.where(real[:, None], neighbor.shifts[idx], 0).astype(self.dtype)
+        vectors = pos[senders] - pos[receivers] + shifts @ self.cell
+        edge_mask = real
         vectors = jnp.where(edge_mask[:, None], vectors, 0.0)
         e = self.potential.module.apply(
             params, vectors, self.species, senders, receivers, edge_mask, self.node_mask,
             self.node_graph, self.n_node,
         )
-        return e[: self.n_atoms]
+        # More pairs inside the cutoff than slots: some were dropped, so the energy is wrong. Make
+        # that loud (NaN) rather than silent; ``update`` at these positions also flags the overflow.
+        overflow = jnp.sum(inside) > capacity
+        return jnp.where(overflow, jnp.nan, e[:n])
 
     def __call__(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
         unknown = set(kwargs) - _JAX_MD_KWARGS
