@@ -274,7 +274,7 @@ def run(system: str, workdir: Path, quick: bool, target: float, overrides=()) ->
     return result
 
 
-def committee_speed(k: int = 4, n_structures: int = 32, repeats: int = 7) -> dict:
+def committee_speed(k: int = 4, n_structures: int = 32, repeats: int = 15) -> dict:
     """Committee evaluation: one vmapped jitted call over K members vs K calls of the members'
     own jitted predict, on rMD17 aspirin (21 atoms), standard NequIP, float32. Median of repeats
     after warm-up, results pulled to numpy (which blocks until ready)."""

@@ -362,15 +362,23 @@ def load_ensemble(path) -> Ensemble:
     return Ensemble(template, variables, nu=float(meta["nu"]), std_scale=float(meta["std_scale"]))
 
 
-def _chunks(graphs, max_nodes: int = 4096, max_graphs: int = 64):
-    chunk, nodes = [], 0
+# Per jitted committee call. The K members multiply every per-edge intermediate by K, and large
+# per-edge arrays run at memory speed on CPU (see benchmarks/README.md), so the edge cap is smaller
+# than a single potential's.
+MAX_EDGES_PER_CALL = 1024
+
+
+def _chunks(graphs, max_nodes: int = 4096, max_graphs: int = 64, max_edges: int | None = None):
+    max_edges = MAX_EDGES_PER_CALL if max_edges is None else max_edges
+    chunk, nodes, edges = [], 0, 0
     for g in graphs:
-        k = int(g.n_node[0])
-        if chunk and (nodes + k > max_nodes or len(chunk) >= max_graphs):
+        k, e = int(g.n_node[0]), int(g.n_edge[0])
+        if chunk and (nodes + k > max_nodes or edges + e > max_edges or len(chunk) >= max_graphs):
             yield chunk
-            chunk, nodes = [], 0
+            chunk, nodes, edges = [], 0, 0
         chunk.append(g)
         nodes += k
+        edges += e
     if chunk:
         yield chunk
 
