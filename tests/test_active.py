@@ -576,3 +576,24 @@ def test_shipped_configs_parse_and_bad_keys_are_named(tmp_path):
     bad = loop_config(tmp_path, select={"lo": 0.5, "hi": 0.1})
     with pytest.raises(ConfigError, match="lo < hi"):
         load_config(bad)
+
+
+def test_select_falls_back_to_the_least_uncertain_failed_frames(tmp_path):
+    from nnpes.active.loop import ActiveLearning, _write_frames
+
+    cfg = loop_config(tmp_path, select={"lo": 0.01, "hi": 0.1, "max_per_iteration": 2, "method": "fps"})
+    al = ActiveLearning(cfg, tmp_path / "run", oracle=CountingOracle(tmp_path / "calls.txt"), log=None)
+    frames = []
+    for k, eps in enumerate([0.5, 0.2, 0.9, 0.3]):  # every frame beyond hi
+        a = cu_cluster(30 + k)
+        a.info["al_eps"] = eps
+        frames.append(a)
+    _write_frames(al.iter_dir() / "pool.extxyz", frames)
+    assert al.stage_select() == "label"
+    sel = json.loads((al.iter_dir() / "selection.json").read_text())
+    assert sel["fallback_to_failed"] and sel["indices"] == [1, 3] and sel["fractions"]["failed"] == 1.0
+    cfg["select"] = {**cfg["select"], "fallback_to_failed": False}
+    al = ActiveLearning(cfg, tmp_path / "run2", oracle=CountingOracle(tmp_path / "calls.txt"), log=None)
+    _write_frames(al.iter_dir() / "pool.extxyz", frames)
+    al.stage_select()
+    assert json.loads((al.iter_dir() / "selection.json").read_text())["indices"] == []

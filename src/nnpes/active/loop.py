@@ -27,7 +27,7 @@ from ase import Atoms
 from nnpes.active.ensemble import Ensemble, FitConfig, load_ensemble
 from nnpes.active.explore import ExploreConfig, explore
 from nnpes.active.oracle import LabelStore, label, make_executor, make_oracle
-from nnpes.active.selection import NAMES, classify, fractions, select, structure_descriptor
+from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
 from nnpes.models.config import ModelConfig
 from nnpes.schema import ConfigError, from_dict
 
@@ -71,6 +71,9 @@ class SelectSection:
     max_per_iteration: int = 20
     method: str = "fps"  # fps | cv_bins | top | random
     n_bins: int = 10
+    # With no candidate at all but failed frames (a model so poor that every trajectory stops at
+    # once), label the failed frames with the lowest ε instead of repeating the same iteration.
+    fallback_to_failed: bool = True
 
     def validate(self, path="select"):
         if not self.lo < self.hi:
@@ -140,6 +143,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _write_frames(path: Path, frames: list[Atoms]) -> None:
     import ase.io
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     clean = []
     for a in frames:
@@ -339,13 +343,18 @@ class ActiveLearning:
         cv = np.array([a.info["al_cv"] for a in pool]) if s.method == "cv_bins" and len(pool) else None
         chosen = select(eps, s.lo, s.hi, s.max_per_iteration, method=s.method, descriptors=desc, cv=cv,
                         n_bins=s.n_bins, seed=self.cfg.seed + i) if len(pool) else np.zeros(0, int)
+        fallback = False
+        if len(chosen) == 0 and s.fallback_to_failed and np.any(codes == FAILED):
+            failed = np.flatnonzero(codes == FAILED)
+            chosen = failed[np.argsort(eps[failed], kind="stable")[: s.max_per_iteration]]
+            fallback = True
         converged = len(pool) > 0 and frac["accurate"] >= self.cfg.stop.accurate_fraction
         sel = {"indices": [int(k) for k in chosen], "keys": [f"it{i}-p{int(k)}" for k in chosen],
                "counts": {NAMES[c]: int(np.sum(codes == c)) for c in NAMES}, "fractions": frac,
-               "n_pool": len(pool), "converged": bool(converged)}
+               "n_pool": len(pool), "converged": bool(converged), "fallback_to_failed": fallback}
         _atomic_write_text(self.iter_dir() / "selection.json", json.dumps(sel, indent=1))
         self.log(f"iteration {i}: accurate {frac['accurate']:.2f} candidate {frac['candidate']:.2f} "
-                 f"failed {frac['failed']:.2f}; selected {len(chosen)}")
+                 f"failed {frac['failed']:.2f}; selected {len(chosen)}" + (" (no candidates: lowest-ε failed frames)" if fallback else ""))
         return "label"
 
     def stage_label(self) -> str:
