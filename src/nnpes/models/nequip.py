@@ -20,13 +20,17 @@ paths and radial weights.
 Two implementations of the same architecture:
   * l_max = 1 (the standard size): the paths are written out as dot, cross and scaled-vector
     products with r̂, the radial weights multiplied in the same expression, one gather of sender
-    features and one receiver-sorted ``segment_sum`` per layer (see /work/shared/PERFORMANCE.md).
+    features per layer (see /work/shared/PERFORMANCE.md). Above ``block_above`` edges the
+    per-edge work runs as a ``lax.scan`` over blocks of ``edge_chunk`` edges, rematerialised in the backward pass (``sum_messages``): faster on CPU for large
+    systems and O(N + block) memory; there the radial MLP runs once per unordered pair
+    (``radial_per_pair``, nequip_ops.py) and both messages of a pair come from it.
   * any l_max (or ``implementation: e3nn``): e3nn-jax spherical harmonics, ``tensor_product``,
     ``flax.Linear`` and ``gate``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from nnpes.models import register
+from nnpes.models.nequip_ops import edge_pairs
 from nnpes.models.radial import bessel_basis, polynomial_envelope, safe_norm
 
 ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh}
@@ -56,11 +61,19 @@ class NequIPHParams:
     polynomial_p: int = 6  # envelope exponent
     activation: Literal["silu", "tanh"] = "silu"  # on even scalars (odd scalars: tanh)
     implementation: Literal["auto", "e3nn"] = "auto"  # auto: explicit l ≤ 1 kernels when l_max == 1
+    # Large systems (more than block_above edges): per-edge work in blocks of edge_chunk edges
+    # (lax.scan, remat), radial MLP once per unordered pair (r_ij = r_ji). Measured faster there
+    # (540-atom water 1.9×) and slower for small batches (training on molecules), hence the threshold.
+    edge_chunk: int | None = 1024  # edges per block; null: never block
+    block_above: int = 16384  # edges
+    radial_per_pair: bool = True  # in the blocked path
 
     def __post_init__(self):
         for name in ("num_layers", "features", "num_bessel", "radial_mlp_width", "polynomial_p"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.edge_chunk is not None and self.edge_chunk < 2:
+            raise ValueError(f"model.edge_chunk must be ≥ 2 (edges per block) or null, got {self.edge_chunk}")
         if self.l_max < 0 or self.radial_mlp_depth < 0:
             raise ValueError("model.l_max and model.radial_mlp_depth must be ≥ 0")
         if self.polynomial_p < 2:
@@ -68,8 +81,8 @@ class NequIPHParams:
 
 
 class RadialMLP(nn.Module):
-    """(E, n_basis) enveloped basis → (E, out) weights. No biases and silu(0) = 0: zero basis in,
-    zero weights out, so weights are smooth and vanish with the envelope at r_cut."""
+    """Holds the radial MLP's kernels (params ``hidden_k/kernel``, ``out/kernel``) and returns them
+    as a list, so the per-edge work can run as a pure function inside ``lax.scan``/``lax.cond``."""
 
     width: int
     depth: int
@@ -77,11 +90,48 @@ class RadialMLP(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, basis):
-        x = basis
-        for k in range(self.depth):
-            x = jax.nn.silu(nn.Dense(self.width, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name=f"hidden_{k}")(x))
-        return nn.Dense(self.out, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name="out")(x)
+    def __call__(self, n_basis: int) -> list:
+        sizes = [n_basis] + [self.width] * self.depth + [self.out]
+        names = [f"hidden_{k}" for k in range(self.depth)] + ["out"]
+        init = nn.initializers.lecun_normal()
+        return [
+            self.param(name, lambda key, shape: {"kernel": init(key, shape, self.dtype)}, (a, b))["kernel"]
+            for name, a, b in zip(names, sizes[:-1], sizes[1:])
+        ]
+
+
+def radial_mlp(kernels: list, basis):
+    """(E, n_basis) enveloped basis → (E, out) weights. No biases and silu(0) = 0: zero basis in,
+    zero weights out, so weights are smooth and vanish with the envelope at r_cut."""
+    x = basis
+    for k in kernels[:-1]:
+        x = jax.nn.silu(x @ k)
+    return x @ kernels[-1]
+
+
+def sum_messages(fn, chunk: int | None, consts, n_node: int, *edge_arrays, indices_are_sorted=False):
+    """(N, D) Σ of per-edge messages over their target nodes. fn(consts, *edge_arrays) returns a
+    list of (targets (B,) int, messages (B, D)).
+
+    Above ``chunk`` rows the sum runs as a ``lax.scan`` over blocks of ``chunk`` rows,
+    rematerialised in the backward pass: per-edge intermediates stay block-sized (in cache, and
+    memory O(N + chunk) rather than O(E)). Rows are padded to whole blocks with zeros (zero
+    basis → zero radial weights → zero message)."""
+    n_rows = edge_arrays[0].shape[0]
+    if chunk is None or n_rows <= chunk:
+        return sum(jax.ops.segment_sum(m, t, n_node, indices_are_sorted=indices_are_sorted) for t, m in fn(consts, *edge_arrays))
+    n_blocks = -(-n_rows // chunk)
+    pad = n_blocks * chunk - n_rows
+    blocks = [jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape((n_blocks, chunk) + x.shape[1:]) for x in edge_arrays]
+    body = jax.checkpoint(lambda xs: fn(consts, *xs))
+
+    def step(acc, xs):
+        for t, m in body(xs):
+            acc = acc.at[t].add(m, indices_are_sorted=indices_are_sorted)
+        return acc, None
+
+    width = jax.eval_shape(body, [x[0, :1] for x in blocks])[0][1].shape[-1]
+    return jax.lax.scan(step, jnp.zeros((n_node, width), consts[0].dtype), blocks)[0]
 
 
 def _edge_geometry(vectors, edge_mask, cutoff, hp):
@@ -144,6 +194,44 @@ class SpeciesLinear(nn.Module):
         return jnp.dot(xz, w)
 
 
+def _messages(h_j, unit, w, *, paths, inputs, outputs, c):
+    """Per-edge messages (E, Σ_out c(2l+1)) from sender features h_j (E, Σ_in c(2l+1)), unit
+    vectors (E, 3) and radial weights w (E, paths·c); each output irrep normalised by its number
+    of paths."""
+    w = w.reshape(w.shape[0], len(paths), c)
+    h_j = _unflatten(h_j, inputs, c)
+    r = unit[:, :, None]  # (E, 3, 1)
+    msg = {}
+    for k, (ir_in, ir_out, op) in enumerate(paths):
+        x, wk = h_j[ir_in], w[:, k]
+        if op == "id":
+            term = wk * x if ir_in[0] == 0 else wk[:, None] * x
+        elif op == "vec":
+            term = (wk * x)[:, None, :] * r
+        elif op == "dot":
+            term = wk * jnp.sum(x * r, axis=1)
+        else:  # cross
+            term = wk[:, None] * jnp.cross(x, r, axis=1)
+        term = term * _OP_SCALE[op]
+        msg[ir_out] = term if ir_out not in msg else msg[ir_out] + term
+    n_in = {ir: sum(p[1] == ir for p in paths) for ir in outputs}
+    return _flatten({ir: m / math.sqrt(n_in[ir]) for ir, m in msg.items()}, outputs)
+
+
+def _edge_messages(consts, unit, basis, senders, receivers, *, messages):
+    """One directed edge per row: the message j → i."""
+    h, kernels = consts
+    return [(receivers, messages(h[senders], unit, radial_mlp(kernels, basis)))]
+
+
+def _pair_messages(consts, unit, basis, senders, receivers, *, messages):
+    """One unordered pair per row (the edge i ← j with its reverse): both messages from one
+    evaluation of the radial MLP; the reverse edge's unit vector is −r̂."""
+    h, kernels = consts
+    w = radial_mlp(kernels, basis)
+    return [(receivers, messages(h[senders], unit, w)), (senders, messages(h[receivers], -unit, w))]
+
+
 class FastInteraction(nn.Module):
     """One NequIP layer with the l ≤ 1 paths written out. Features: dict (l, p) → array."""
 
@@ -153,7 +241,8 @@ class FastInteraction(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, feats, onehot, unit, basis, senders, receivers):
+    def __call__(self, feats, onehot, unit, basis, senders, receivers, pairs=None):
+        """``pairs`` (nequip_ops.EdgePairs) is used on the blocked path only."""
         hp, c, dt = self.hp, self.hp.features, self.dtype
         dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dt, param_dtype=dt, name=name)  # noqa: E731
         inputs = [ir for ir in _irreps(hp.parity) if ir in feats]
@@ -161,26 +250,24 @@ class FastInteraction(nn.Module):
         outputs = [ir for ir in _irreps(hp.parity) if any(p[1] == ir for p in paths)]
 
         h = {ir: dense(c, f"linear_1_{ir[0]}{'eo'[ir[1] < 0]}")(feats[ir]) for ir in inputs}
-        h_j = _unflatten(_flatten(h, inputs)[senders], inputs, c)  # one gather for all irreps
-        w = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, len(paths) * c, dt)(basis)
-        w = w.reshape(w.shape[0], len(paths), c)
-        r = unit[:, :, None]  # (E, 3, 1)
-        msg = {}
-        for k, (ir_in, ir_out, op) in enumerate(paths):
-            x, wk = h_j[ir_in], w[:, k]
-            if op == "id":
-                term = wk * x if ir_in[0] == 0 else wk[:, None] * x
-            elif op == "vec":
-                term = (wk * x)[:, None, :] * r
-            elif op == "dot":
-                term = wk * jnp.sum(x * r, axis=1)
-            else:  # cross
-                term = wk[:, None] * jnp.cross(x, r, axis=1)
-            term = term * _OP_SCALE[op]
-            msg[ir_out] = term if ir_out not in msg else msg[ir_out] + term
-        n_in = {ir: sum(p[1] == ir for p in paths) for ir in outputs}
-        msg = {ir: m / math.sqrt(n_in[ir]) for ir, m in msg.items()}
-        agg = jax.ops.segment_sum(_flatten(msg, outputs), receivers, onehot.shape[0], indices_are_sorted=True)
+        kernels = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, len(paths) * c, dt, name="RadialMLP_0")(basis.shape[1])
+        messages = functools.partial(_messages, paths=tuple(paths), inputs=tuple(inputs), outputs=tuple(outputs), c=c)
+        consts, n_node = (_flatten(h, inputs), kernels), onehot.shape[0]
+        per_edge = functools.partial(_edge_messages, messages=messages)
+        blocked = hp.edge_chunk is not None and unit.shape[0] > hp.block_above
+        chunk = hp.edge_chunk if blocked else None
+        edge_sum = lambda: sum_messages(  # noqa: E731
+            per_edge, chunk, consts, n_node, unit, basis, senders, receivers, indices_are_sorted=True
+        )
+        if pairs is None or not blocked:
+            agg = edge_sum()
+        else:  # one radial MLP row per pair; per-edge fallback if the pairing fails (nequip_ops)
+            per_pair = functools.partial(_pair_messages, messages=messages)
+            f = pairs.first
+            pair_sum = lambda: sum_messages(  # noqa: E731
+                per_pair, max(1, chunk // 2), consts, n_node, unit[f], basis[f], senders[f], receivers[f]
+            )
+            agg = jax.lax.cond(pairs.valid, pair_sum, edge_sum)
         agg = _unflatten(agg / self.avg_num_neighbors, outputs, c)
 
         gated = [ir for ir in outputs if ir[0] == 1]
@@ -225,7 +312,8 @@ class E3nnInteraction(nn.Module):
                 sh = e3nn.IrrepsArray(e3nn.Irreps([(1, (l, 1)) for l in range(1, hp.l_max + 1)]), sh.array)
             parts.append(e3nn.tensor_product(h_j, sh, filter_ir_out=hidden))
         msg = e3nn.concatenate(parts).regroup()
-        w = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, msg.irreps.num_irreps, self.dtype)(basis)
+        kernels = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, msg.irreps.num_irreps, self.dtype, name="RadialMLP_0")(basis.shape[1])
+        w = radial_mlp(kernels, basis)
         msg = msg * w
         agg = e3nn.IrrepsArray(msg.irreps, jax.ops.segment_sum(msg.array, receivers, species.shape[0], indices_are_sorted=True))
         agg = agg / self.avg_num_neighbors
@@ -260,12 +348,14 @@ class NequIP(nn.Module):
         onehot = jax.nn.one_hot(species, self.num_species, dtype=dt)
         embed = nn.Dense(c, use_bias=False, dtype=dt, param_dtype=dt, name="embedding")(onehot)
         if hp.l_max == 1 and hp.implementation == "auto":
+            blocked = hp.edge_chunk is not None and vectors.shape[0] > hp.block_above
+            pairs = edge_pairs(vectors, senders, receivers, edge_mask) if hp.radial_per_pair and blocked else None
             feats = {(0, 1): embed}
             for layer in range(hp.num_layers):
                 last = layer == hp.num_layers - 1
                 outputs = ((0, 1),) if last else tuple(_irreps(hp.parity))
                 feats = FastInteraction(hp, outputs, self.avg_num_neighbors, dt, name=f"layer_{layer}")(
-                    feats, onehot, unit, basis, senders, receivers
+                    feats, onehot, unit, basis, senders, receivers, pairs
                 )
             scalars = feats[(0, 1)]
         else:
