@@ -144,6 +144,28 @@ def test_mesh_and_member_errors():
     np.testing.assert_array_equal(np.asarray(out["w"]), np.ones((3, 2)))
 
 
+def test_training_options():
+    from nnpes.config import load_config
+    from nnpes.schema import ConfigError
+    from nnpes.training.parallel import training_mesh, with_matmul_precision
+
+    assert training_mesh(1) is None  # the plain single-device step
+    assert training_mesh("all").size == jax.device_count()
+    with pytest.raises(ValueError, match="devices"):
+        training_mesh(0)
+    base = {"data": {"train": "x.extxyz"}, "model": MODEL}
+    assert load_config(base).training.devices == 1
+    assert load_config({**base, "training": {"devices": "all"}}).training.devices == "all"
+    for bad in (0, "two"):
+        with pytest.raises(ConfigError, match="devices"):
+            load_config({**base, "training": {"devices": bad}})
+    with pytest.raises(ConfigError, match="matmul_precision"):
+        load_config({**base, "training": {"matmul_precision": "hihgest"}})
+    current = lambda: jax.config.jax_default_matmul_precision  # noqa: E731
+    assert with_matmul_precision(current, "highest")() == "highest"
+    assert with_matmul_precision(current, "default") is current
+
+
 # ---- four forced CPU devices (child process) ---------------------------------------------------
 
 
@@ -158,20 +180,24 @@ def four_devices(tmp_path_factory):
 
 
 def test_four_device_run_matches_one_device(four_devices):
+    """``nnpes.training.train`` with ``training.devices: 4`` against ``devices: 1`` (the plain step)
+    on the same data and seed: the same loss curve and final parameters within float tolerance.
+    10 training structures in batches of 4: the last batch (2 structures over 4 devices) is padded,
+    so had it been dropped the losses would differ."""
     r = four_devices
     assert r["device_count"] == 4
     assert r["batch_spec"] == ["data"] and r["batch_shard_rows"] == 1  # one sub-batch per device
     assert r["params_replicated"]
-    plain, one, four = (np.asarray(r["losses"][k]) for k in ("plain", "mesh1", "mesh4"))
-    assert plain.shape == (r["n_steps"],)
-    # it trained: the parameters moved
-    assert np.max(np.abs(np.subtract(r["params"]["plain"], r["params"]["initial"]))) > 1e-2
-    np.testing.assert_allclose(one, plain, rtol=1e-12)
-    np.testing.assert_allclose(four, plain, rtol=1e-9)
-    np.testing.assert_allclose(r["params"]["mesh4"], r["params"]["plain"], rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(r["params"]["mesh1"], r["params"]["plain"], rtol=1e-12, atol=1e-14)
-    # the last batch (2 structures over 4 devices) was padded, not dropped
-    assert r["structures_seen"] == r["structures_expected"]
+    assert "data parallel over 4 devices" in r["log4"] and "data parallel" not in r["log1"]
+    one, four = r["runs"]["1"], r["runs"]["4"]
+    assert len(one["train_loss"]) == r["epochs"]
+    for key in ("train_loss", "valid_loss", "valid_f_mae_meV_A"):
+        np.testing.assert_allclose(four[key], one[key], rtol=1e-9, err_msg=key)
+    # it trained (the loss moved between epochs), and the parameters agree
+    assert abs(one["train_loss"][-1] - one["train_loss"][0]) > 1e-6 * abs(one["train_loss"][0])
+    np.testing.assert_allclose(four["params"], one["params"], rtol=1e-8, atol=1e-12)
+    # one fixed sub-batch shape on the mesh: one compile (the 1-device loader pads to its buckets)
+    assert four["n_compiles"]["train"] == 1 and one["n_compiles"]["train"] >= 1
 
 
 def test_sharded_committee_matches(four_devices):
@@ -186,82 +212,51 @@ def test_sharded_committee_matches(four_devices):
 
 
 def _worker(out_path: str) -> None:
-    import optax
+    import csv
 
     jax.config.update("jax_enable_x64", True)
     from nnpes.active.ensemble import Ensemble
-    from nnpes.batching import batch, pad_graph
     from nnpes.potential import build_potential
-    from nnpes.training.loss import total_loss
-    from nnpes.training.parallel import (
-        data_parallel_step, make_mesh, real_graphs, replicate, shard_batch, shard_members, stacked_loss_and_pred,
-        sub_batch_shape,
-    )
+    from nnpes.training.parallel import make_mesh, replicate, shard_batch, shard_members
 
     assert jax.device_count() == 4, jax.devices()
-    structures = _structures(10)
-    graphs = _graphs(10)
-    pot = build_potential(MODEL, seed=0, dataset=structures)
-    rest = {k: v for k, v in pot.params.items() if k != "params"}
-    tx = optax.adam(2e-2)
-    w = {"energy": jnp.float64(1.0), "forces": jnp.float64(10.0), "stress": jnp.float64(0.0)}
-    batch_size, epochs = 4, 3
-    shape = (sum(sorted(int(g.n_node[0]) for g in graphs)[-batch_size:]) + 1,
-             sum(sorted(int(g.n_edge[0]) for g in graphs)[-batch_size:]), batch_size + 1)
+    from ase.io import write
 
-    def batches(epoch):
-        order = np.random.default_rng([0, epoch]).permutation(len(graphs))
-        for i in range(0, len(order), batch_size):
-            yield [graphs[j] for j in order[i:i + batch_size]]
+    from nnpes.potential import load_potential
+    from nnpes.training import train
 
-    def update(params, opt_state, loss_fn):
-        loss, g = jax.value_and_grad(loss_fn)(params)
-        upd, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, loss
+    structures = _structures(12)
+    graphs = _graphs(12)
+    tmp = Path(out_path).parent
+    write(tmp / "train.extxyz", structures)
+    epochs = 3
+    result = {"device_count": jax.device_count(), "runs": {}, "epochs": epochs}
 
-    @jax.jit
-    def plain_step(params, opt_state, graph, weights):
-        return update(params, opt_state, lambda p: total_loss(
-            pot.energy_forces_stress({**rest, "params": p}, graph, False), graph, weights))
+    # placement: one sub-batch per device, parameters on every device
+    mesh = make_mesh(4)
+    leaf = shard_batch(graphs[:6], mesh, jnp.float64).nodes[keys.POSITIONS]
+    result["batch_spec"] = list(leaf.sharding.spec)
+    result["batch_shard_rows"] = int(leaf.addressable_shards[0].data.shape[0])
+    result["params_replicated"] = all(
+        x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(replicate({"a": np.ones(3)}, mesh)))
 
-    def dp_step(params, opt_state, graphs, weights):
-        return update(params, opt_state, lambda p: stacked_loss_and_pred(
-            lambda q, g: pot.energy_forces_stress({**rest, "params": q}, g, False), p, graphs, weights, mesh=mesh)[0])
-
-    def to_dev(g):
-        return jax.tree_util.tree_map(
-            lambda x: jnp.asarray(x, jnp.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else jnp.asarray(x), g)
-
-    result = {"device_count": jax.device_count(), "losses": {}, "params": {}}
-    result["params"]["initial"] = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(pot.params["params"])]).tolist()
-    for name in ("plain", "mesh1", "mesh4"):
-        params = pot.params["params"]
-        opt_state = tx.init(params)
-        losses, seen = [], 0
-        if name != "plain":
-            mesh = make_mesh(int(name[-1]))
-            sub_shape = sub_batch_shape(graphs, batch_size, mesh.size)  # one shape: one compile
-            step = data_parallel_step(dp_step, mesh, batch_argnums=(2,))
-            params, opt_state = replicate((params, opt_state), mesh)
-        for epoch in range(epochs):
-            for chunk in batches(epoch):
-                if name == "plain":
-                    params, opt_state, loss = plain_step(params, opt_state, to_dev(pad_graph(batch(chunk), *shape)), w)
-                else:
-                    stacked = shard_batch(chunk, mesh, jnp.float64, shape=sub_shape)
-                    seen += real_graphs(stacked)
-                    if name == "mesh4" and not losses:
-                        leaf = stacked.nodes[keys.POSITIONS]
-                        result["batch_spec"] = list(leaf.sharding.spec)
-                        result["batch_shard_rows"] = int(leaf.addressable_shards[0].data.shape[0])
-                    params, opt_state, loss = step(params, opt_state, stacked, w)
-                losses.append(float(loss))
-        if name == "mesh4":
-            result["params_replicated"] = all(x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(params))
-            result["structures_seen"], result["structures_expected"] = seen, epochs * len(graphs)
-        result["losses"][name] = losses
-        result["params"][name] = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(params)]).tolist()
-    result["n_steps"], result["epochs"] = len(result["losses"]["plain"]), epochs
+    for devices in (1, 4):
+        config = {
+            "data": {"train": str(tmp / "train.extxyz"), "n_valid": 2},
+            "model": MODEL,
+            "training": {"seed": 0, "max_epochs": epochs, "batch_size": 4, "lr": 1e-2, "schedule": "constant",
+                         "ema_decay": 0.5, "progress": False, "devices": devices},
+            "output": {"plots": False},
+        }
+        run_dir = tmp / f"run{devices}"
+        res = train(config, run_dir, quiet=True)
+        rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+        pot = load_potential(res["model"])
+        run = {k: [float(r[k]) for r in rows] for k in ("train_loss", "valid_loss", "valid_f_mae_meV_A")}
+        run["params"] = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(pot.params["params"])]).tolist()
+        run["n_compiles"] = res["n_compiles"]
+        result["runs"][str(devices)] = run
+        result[f"log{devices}"] = (run_dir / "train.log").read_text()
 
     # committee of 4 members, one per device
     ens = Ensemble.build(MODEL, 4, seed=3, dataset=structures)

@@ -108,10 +108,15 @@ class TrainingConfig:
     ema_decay: float | None = _doc("EMA of parameters used for validation and saved (None: off)", default=0.99)
     early_stopping_patience: int | None = _doc("stop after this many epochs without validation improvement", default=None)
     progress: bool | None = _doc("tqdm progress bar (None: only on a terminal)", default=None)
+    # devices (nnpes.training.parallel)
+    devices: int | Literal["all"] = _doc("data-parallel devices: 1 = plain single-device step; N or 'all' = batch split over a mesh", default=1)
+    matmul_precision: Literal["default", "high", "highest"] = _doc("jax.default_matmul_precision of the steps; 'highest' = full float32 on GPUs (default there: TF32)", default="default")
 
     def validate(self, path="training"):
         if self.batch_size < 1:
             raise ConfigError(f"{path}.batch_size must be >= 1, got {self.batch_size}")
+        if self.devices != "all" and self.devices < 1:
+            raise ConfigError(f"{path}.devices must be >= 1 or 'all', got {self.devices}")
         if self.max_epochs < 0:
             raise ConfigError(f"{path}.max_epochs must be >= 0")
         if self.lr <= 0:

@@ -26,6 +26,7 @@ import yaml
 
 from nnpes.config import Config, load_config
 from nnpes.graph import atoms_to_graph
+from nnpes.training import parallel
 from nnpes.training.checkpoint import load_checkpoint, save_checkpoint
 from nnpes.training.loss import error_sums, total_loss
 from nnpes.training.metrics import CSVLog, add_sums, plot_learning_curve, reduce_sums
@@ -80,14 +81,21 @@ class _Log:
             print(msg, file=sys.stderr, flush=True)
 
 
-def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict, schedule):
+def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict, schedule, mesh=None):
     kind, delta, per_atom = tcfg.loss, tcfg.huber_delta, tcfg.energy_per_atom
     ema_decay = 0.0 if tcfg.ema_decay is None else tcfg.ema_decay
+    sums_fn = error_sums
 
     def loss_and_pred(params, variables, graph, weights):
         v = {**variables, "params": params}
+        if mesh is not None:  # stacked sub-batches, one per device (nnpes.training.parallel)
+            return parallel.stacked_loss_and_pred(lambda v_, g: pot.energy_forces_stress(v_, g, compute_stress=use_stress),
+                                                  v, graph, weights, kind=kind, delta=delta, energy_per_atom=per_atom, mesh=mesh)
         pred = pot.energy_forces_stress(v, graph, compute_stress=use_stress)
         return total_loss(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=per_atom), pred
+
+    if mesh is not None:
+        sums_fn = parallel.stacked_error_sums
 
     def train_step(variables, opt_state, ema, step, graph, weights, lr_scale):
         counter["train"] += 1  # trace time only: counts compilations
@@ -98,19 +106,25 @@ def _make_steps(pot, tx, tcfg, use_stress: bool, counter: dict, schedule):
         params = optax.apply_updates(params, updates)
         ema = ema_update(ema, params, ema_decay, step)
         lr = schedule(step) * lr_scale  # the rate this step used (logged)
-        return {**variables, "params": params}, opt_state, ema, loss, error_sums(pred, graph), lr
+        return {**variables, "params": params}, opt_state, ema, loss, sums_fn(pred, graph), lr
 
     def eval_step(variables, params, graph, weights):
         counter["eval"] += 1
         loss, pred = loss_and_pred(params, variables, graph, weights)
-        return loss, error_sums(pred, graph)
+        return loss, sums_fn(pred, graph)
 
-    return jax.jit(train_step), jax.jit(eval_step)
+    precision = tcfg.matmul_precision
+    if mesh is not None:
+        return (parallel.with_matmul_precision(parallel.data_parallel_step(train_step, mesh, batch_argnums=(4,)), precision),
+                parallel.with_matmul_precision(parallel.data_parallel_step(eval_step, mesh, batch_argnums=(2,)), precision))
+    return parallel.with_matmul_precision(jax.jit(train_step), precision), parallel.with_matmul_precision(jax.jit(eval_step), precision)
 
 
 def _n_real(graph) -> int:
     """Real graphs in a padded batch (jraph convention: trailing empty graphs and the one before
     them, which owns the padding nodes, are padding)."""
+    if np.ndim(graph.n_node) == 2:  # stacked sub-batches (data parallel)
+        return parallel.real_graphs(graph)
     n_node = np.asarray(graph.n_node)
     trailing_empty = len(n_node) - len(np.trim_zeros(n_node, "b"))
     return int(len(n_node) - trailing_empty - 1)
@@ -149,6 +163,16 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     train_loader = _loader(train_graphs, tcfg, tcfg.batch_size, True, tcfg.seed)
     valid_loader = _loader(valid_graphs, tcfg, tcfg.valid_batch_size or tcfg.batch_size, False, 0) if valid_graphs else None
     steps_per_epoch = _n_batches(train_loader)
+    mesh = parallel.training_mesh(tcfg.devices)
+    put = (lambda g: _to_device(g, dtype)) if mesh is None else (lambda g: parallel.shard_batch(g, mesh, dtype))
+    if mesh is not None:  # each global batch → one equal-shape sub-batch per device
+        train_loader = parallel.ShardedLoader(
+            train_loader, mesh.size, parallel.sub_batch_shape(train_graphs, tcfg.batch_size, mesh.size))
+        if valid_loader is not None:
+            vbs = tcfg.valid_batch_size or tcfg.batch_size
+            valid_loader = parallel.ShardedLoader(valid_loader, mesh.size, parallel.sub_batch_shape(valid_graphs, vbs, mesh.size))
+        log(f"data parallel over {mesh.size} devices ({jax.process_count()} process(es)): "
+            f"{', '.join(str(d) for d in mesh.devices.flat)}")
     log(f"setup {time.perf_counter() - t0:.1f} s; {steps_per_epoch} steps/epoch; model {cfg.model.name} "
         f"({sum(x.size for x in jax.tree_util.tree_leaves(pot.params['params']))} parameters), dtype {cfg.model.dtype}")
 
@@ -174,8 +198,12 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     state["ema"] = jax.tree_util.tree_map(jnp.asarray, state["ema"])
     state["opt_state"] = jax.tree_util.tree_map(jnp.asarray, state["opt_state"])
 
+    if mesh is not None:
+        for key in ("variables", "ema", "opt_state"):
+            state[key] = parallel.replicate(state[key], mesh)
+
     counter = {"train": 0, "eval": 0}
-    train_step, eval_step = _make_steps(pot, tx, tcfg, use_stress, counter, lr_schedule(tcfg, steps_per_epoch))
+    train_step, eval_step = _make_steps(pot, tx, tcfg, use_stress, counter, lr_schedule(tcfg, steps_per_epoch), mesh)
     csv_log = CSVLog(run_dir / "metrics.csv", resume_epoch=int(state["epoch"]))
     progress = sys.stderr.isatty() if tcfg.progress is None else tcfg.progress
 
@@ -201,7 +229,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
         for graph in batches:
             n = _n_real(graph)
             variables, opt_state, ema, loss, s, lr = train_step(
-                variables, opt_state, ema, jnp.asarray(step, dtype), _to_device(graph, dtype), weights, lr_scale)
+                variables, opt_state, ema, jnp.asarray(step, dtype), put(graph), weights, lr_scale)
             step += 1
             loss_sum += float(loss) * n
             n_graphs += n
@@ -215,7 +243,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
             vs, vloss, vn = None, 0.0, 0
             for graph in valid_loader:
                 n = _n_real(graph)
-                loss, s = eval_step(variables, ema, _to_device(graph, dtype), weights)
+                loss, s = eval_step(variables, ema, put(graph), weights)
                 vloss += float(loss) * n
                 vn += n
                 vs = add_sums(vs, s)
