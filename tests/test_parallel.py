@@ -200,6 +200,36 @@ def test_four_device_run_matches_one_device(four_devices):
     assert four["n_compiles"]["train"] == 1 and one["n_compiles"]["train"] >= 1
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_match_one(four_devices, tmp_path):
+    """Multi-process: two processes with two CPU devices each, joined through jax.distributed
+    (the README's NNPES_COORDINATOR environment), train on a 4-device global mesh and end where the
+    single-process 4-device run ends."""
+    port = _free_port()
+    procs = []
+    for pid in (0, 1):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+                   NNPES_COORDINATOR=f"localhost:{port}", NNPES_NUM_PROCESSES="2", NNPES_PROCESS_ID=str(pid))
+        procs.append(subprocess.Popen([sys.executable, __file__, "multihost", four_devices["data"],
+                                       str(tmp_path / f"p{pid}.json")], env=env, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-4000:]
+    want = four_devices["runs"]["4"]
+    for pid in (0, 1):
+        got = json.loads((tmp_path / f"p{pid}.json").read_text())
+        assert got["process_count"] == 2 and got["device_count"] == 4
+        np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-9)
+        np.testing.assert_allclose(got["params"], want["params"], rtol=1e-8, atol=1e-12)
+
+
 def test_sharded_committee_matches(four_devices):
     r = four_devices["committee"]
     assert r["spec"] == ["data"] and r["members_per_device"] == 1
@@ -211,9 +241,42 @@ def test_sharded_committee_matches(four_devices):
 # ---- the child process --------------------------------------------------------------------------
 
 
-def _worker(out_path: str) -> None:
+def _train_run(data, run_dir, devices, epochs: int) -> dict:
+    """``nnpes.training.train`` on the test data; loss curve, final (EMA) parameters, compiles."""
     import csv
 
+    from nnpes.potential import load_potential
+    from nnpes.training import train
+
+    config = {
+        "data": {"train": str(data), "n_valid": 2},
+        "model": MODEL,
+        "training": {"seed": 0, "max_epochs": epochs, "batch_size": 4, "lr": 1e-2, "schedule": "constant",
+                     "ema_decay": 0.5, "progress": False, "devices": devices},
+        "output": {"plots": False},
+    }
+    res = train(config, run_dir, quiet=True)
+    rows = list(csv.DictReader(open(Path(run_dir) / "metrics.csv")))
+    pot = load_potential(res["model"])
+    run = {k: [float(r[k]) for r in rows] for k in ("train_loss", "valid_loss", "valid_f_mae_meV_A")}
+    run["params"] = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(pot.params["params"])]).tolist()
+    run["n_compiles"] = res["n_compiles"]
+    run["process_count"], run["device_count"] = jax.process_count(), jax.device_count()
+    return run
+
+
+def _multihost_worker(data: str, out_path: str) -> None:
+    """One of two processes (2 CPU devices each) joined by jax.distributed through the
+    NNPES_COORDINATOR / NNPES_NUM_PROCESSES / NNPES_PROCESS_ID environment, as the README says."""
+    jax.config.update("jax_enable_x64", True)
+    run = _train_run(data, Path(out_path).parent / f"run_p{os.environ['NNPES_PROCESS_ID']}", "all", EPOCHS)
+    Path(out_path).write_text(json.dumps(run))
+
+
+EPOCHS = 3
+
+
+def _worker(out_path: str) -> None:
     jax.config.update("jax_enable_x64", True)
     from nnpes.active.ensemble import Ensemble
     from nnpes.potential import build_potential
@@ -222,14 +285,11 @@ def _worker(out_path: str) -> None:
     assert jax.device_count() == 4, jax.devices()
     from ase.io import write
 
-    from nnpes.potential import load_potential
-    from nnpes.training import train
-
     structures = _structures(12)
     graphs = _graphs(12)
     tmp = Path(out_path).parent
     write(tmp / "train.extxyz", structures)
-    epochs = 3
+    epochs = EPOCHS
     result = {"device_count": jax.device_count(), "runs": {}, "epochs": epochs}
 
     # placement: one sub-batch per device, parameters on every device
@@ -241,22 +301,10 @@ def _worker(out_path: str) -> None:
         x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(replicate({"a": np.ones(3)}, mesh)))
 
     for devices in (1, 4):
-        config = {
-            "data": {"train": str(tmp / "train.extxyz"), "n_valid": 2},
-            "model": MODEL,
-            "training": {"seed": 0, "max_epochs": epochs, "batch_size": 4, "lr": 1e-2, "schedule": "constant",
-                         "ema_decay": 0.5, "progress": False, "devices": devices},
-            "output": {"plots": False},
-        }
         run_dir = tmp / f"run{devices}"
-        res = train(config, run_dir, quiet=True)
-        rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-        pot = load_potential(res["model"])
-        run = {k: [float(r[k]) for r in rows] for k in ("train_loss", "valid_loss", "valid_f_mae_meV_A")}
-        run["params"] = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(pot.params["params"])]).tolist()
-        run["n_compiles"] = res["n_compiles"]
-        result["runs"][str(devices)] = run
+        result["runs"][str(devices)] = _train_run(tmp / "train.extxyz", run_dir, devices, epochs)
         result[f"log{devices}"] = (run_dir / "train.log").read_text()
+    result["data"] = str(tmp / "train.extxyz")
 
     # committee of 4 members, one per device
     ens = Ensemble.build(MODEL, 4, seed=3, dataset=structures)
@@ -276,3 +324,5 @@ def _worker(out_path: str) -> None:
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
     _worker(sys.argv[2])
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "multihost":
+    _multihost_worker(sys.argv[2], sys.argv[3])

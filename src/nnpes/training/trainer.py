@@ -139,6 +139,8 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
 
     cfg: Config = config if isinstance(config, Config) else load_config(config, overrides)
     tcfg = cfg.training
+    if tcfg.devices != 1:  # a multi-process run must join before JAX touches a device
+        parallel.maybe_initialize_distributed()
     run_dir = Path(run_dir or cfg.output.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     latest = run_dir / LATEST
