@@ -481,6 +481,8 @@ assert errors.min() < 1e-6 * max(1.0, abs(ref["forces"][i, c]))
 
 def main():
     for name, cells in NB.items():
+        for k, cell in enumerate(cells):  # stable ids: regenerating gives the same file
+            cell["id"] = f"{name[:2]}-{k:02d}"
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"},

@@ -20,7 +20,7 @@ SMALL = {
     "02_custom_md.ipynb": dict(MODEL_DIR="does-not-exist", N_BLOCKS=4, BLOCK=10,
                                MODEL={"name": "nequip", "num_layers": 1, "features": 4, "radial_mlp_width": 8,
                                       "num_bessel": 4, "cutoff": 4.0}),
-    "03_active_learning.ipynb": dict(ORACLE="emt", MOLECULE="CH3CH2OH", ITERATIONS=2, COMMITTEE=2, EPOCHS=2,
+    "03_active_learning.ipynb": dict(ORACLE="emt", MOLECULE="CH3CH2OH", ITERATIONS=1, COMMITTEE=2, EPOCHS=2,
                                      INITIAL_PER_START=4, STEPS=20, TEMPERATURES=[300.0], MAX_PER_ITERATION=2,
                                      MODEL={"name": "behler_parrinello", "hidden": [4], "cutoff": 4.0}),
     "04_physics_checks.ipynb": dict(N_ANGLES=7, FD_STEPS=[1e-2, 1e-3, 1e-4],
