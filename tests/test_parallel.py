@@ -278,12 +278,12 @@ EPOCHS = 3
 
 def _worker(out_path: str) -> None:
     jax.config.update("jax_enable_x64", True)
+    from ase.io import write
+
     from nnpes.active.ensemble import Ensemble
-    from nnpes.potential import build_potential
     from nnpes.training.parallel import make_mesh, replicate, shard_batch, shard_members
 
     assert jax.device_count() == 4, jax.devices()
-    from ase.io import write
 
     structures = _structures(12)
     graphs = _graphs(12)
