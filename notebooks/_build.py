@@ -148,7 +148,9 @@ and we check that both conserve the total energy.
 """),
     code("""
 # Parameters
-MODEL_DIR = "runs/01_quickstart/model"   # a trained model; if absent, a fresh MODEL is built
+MODEL_DIR = "runs/01_quickstart/model"   # a trained model (notebook 01); if absent, see TRAIN_IF_MISSING
+TRAIN_IF_MISSING = True   # train MODEL briefly on rMD17 ethanol into runs/02_model; False: untrained MODEL
+DATA = "../../shared/data/rmd17/rmd17_ethanol_train_01.npz"
 MODEL = {"name": "nequip", "num_layers": 2, "features": 8, "radial_mlp_width": 16, "cutoff": 4.0}
 DT = 0.5            # fs
 N_BLOCKS = 40       # energy recorded after each block
@@ -169,10 +171,22 @@ jax.config.update("jax_enable_x64", DTYPE == "float64")
 import nnpes
 from nnpes.md import kinetic_energy, maxwell_boltzmann, md_functions, ACCEL
 
+if not Path(MODEL_DIR).exists() and TRAIN_IF_MISSING and Path(DATA).exists():
+    from nnpes.training import train
+
+    result = train({"data": {"train": DATA, "energy_unit": "kcal/mol", "index": ":250", "n_valid": 50},
+                    "model": {**MODEL, "elements": ["H", "C", "O"]},
+                    "training": {"max_epochs": 40, "batch_size": 8, "schedule": "cosine", "progress": False},
+                    "output": {"plots": False}}, "runs/02_model", resume=Path("runs/02_model").exists(), quiet=True)
+    MODEL_DIR = result["model"]
 if Path(MODEL_DIR).exists():
     pot = nnpes.load_potential(MODEL_DIR)
-else:  # any smooth model conserves energy; an untrained one is enough to show the machinery
+else:
+    # An untrained model is smooth, so NVE still conserves its energy, but it has no repulsion:
+    # atoms fall onto each other within ~100 fs and the steep region needs a smaller DT. Keep it short.
+    print("no trained model: using an untrained one for a short run")
     pot = nnpes.build_potential({**MODEL, "elements": ["H", "C", "O"], "dtype": DTYPE})
+    N_BLOCKS = min(N_BLOCKS, 4)
 if pot.config.dtype != DTYPE:  # same parameters, integrated in DTYPE
     cfg = {**pot.to_config()["model"], "dtype": DTYPE}
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64 if DTYPE == "float64" else jnp.float32), pot.params)

@@ -17,7 +17,7 @@ SMALL = {
     "01_quickstart.ipynb": dict(N_TRAIN=16, N_VALID=4, N_TEST=16, EPOCHS=2, BATCH_SIZE=4,
                                 MODEL={"name": "nequip", "num_layers": 1, "features": 4, "radial_mlp_width": 8,
                                        "num_bessel": 4, "cutoff": 4.0}),
-    "02_custom_md.ipynb": dict(MODEL_DIR="does-not-exist", N_BLOCKS=4, BLOCK=10,
+    "02_custom_md.ipynb": dict(MODEL_DIR="does-not-exist", TRAIN_IF_MISSING=False, N_BLOCKS=4, BLOCK=10,
                                MODEL={"name": "nequip", "num_layers": 1, "features": 4, "radial_mlp_width": 8,
                                       "num_bessel": 4, "cutoff": 4.0}),
     "03_active_learning.ipynb": dict(ORACLE="emt", MOLECULE="CH3CH2OH", ITERATIONS=1, COMMITTEE=2, EPOCHS=2,
