@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,11 +22,12 @@ import yaml
 from ase import Atoms
 
 from nnpes import keys
-from nnpes.batching import batch, pad_graph, pad_to_bucket, to_device
+from nnpes.batching import batch, pad_to_bucket, to_device
 from nnpes.graph import atoms_to_graph, edge_vectors, node_graph_index
 from nnpes.models import get_model
 from nnpes.models.config import ModelConfig, parse_model_config
 from nnpes.models.energy import EnergyModel
+from nnpes.files import atomic_write, yaml_safe
 from nnpes.schema import ConfigError
 
 
@@ -242,14 +242,14 @@ class Potential:
         """Full config: ``{"nnpes_version": ..., "model": {...}}`` (a valid build_potential input)."""
         from nnpes import __version__
 
-        return {"nnpes_version": __version__, "model": _plain(self.config.to_dict())}
+        return {"nnpes_version": __version__, "model": yaml_safe(self.config.to_dict())}
 
     def save(self, path) -> Path:
         """Write a directory with ``config.yaml`` and ``params.msgpack``; each file atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / PARAMS_FILE, flax.serialization.to_bytes(self.params))
-        _atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
+        atomic_write(path / PARAMS_FILE, flax.serialization.to_bytes(self.params))
+        atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
         return path
 
 
@@ -265,12 +265,16 @@ _MAX_EDGES_PER_CALL = 2048
 _MAX_GRAPHS_PER_CALL = 64
 
 
-def _chunks(graphs):
+def _chunks(graphs, max_nodes: int | None = None, max_edges: int | None = None, max_graphs: int | None = None):
+    """Consecutive groups of single-structure graphs that fit one jitted call's budget."""
+    max_nodes = _MAX_NODES_PER_CALL if max_nodes is None else max_nodes
+    max_edges = _MAX_EDGES_PER_CALL if max_edges is None else max_edges
+    max_graphs = _MAX_GRAPHS_PER_CALL if max_graphs is None else max_graphs
     chunk, nodes, edges = [], 0, 0
     for g in graphs:
         n, e = int(g.n_node[0]), int(g.n_edge[0])
-        full = nodes + n > _MAX_NODES_PER_CALL or edges + e > _MAX_EDGES_PER_CALL
-        if chunk and (full or len(chunk) >= _MAX_GRAPHS_PER_CALL):
+        full = nodes + n > max_nodes or edges + e > max_edges
+        if chunk and (full or len(chunk) >= max_graphs):
             yield chunk
             chunk, nodes, edges = [], 0, 0
         chunk.append(g)
@@ -288,31 +292,6 @@ def _pad_for_predict(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
 def _to_device(graph: jraph.GraphsTuple, dtype) -> jraph.GraphsTuple:
     """``nnpes.batching.to_device``; other modules import this name."""
     return to_device(graph, dtype)
-
-
-def _plain(x):
-    """YAML-safe copy: tuples → lists, numpy scalars → Python."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _model_section(config) -> ModelConfig:

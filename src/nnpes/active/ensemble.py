@@ -27,7 +27,8 @@ from nnpes import keys
 from nnpes.active.uncertainty import calibrate_scale, committee_measures
 from nnpes.batching import batch, pad_graph
 from nnpes.graph import atoms_to_graph, node_graph_index
-from nnpes.potential import Potential, build_potential, energy_forces_stress
+from nnpes.files import atomic_write
+from nnpes.potential import Potential, _chunks, build_potential, energy_forces_stress
 
 ENSEMBLE_FILE = "ensemble.msgpack"
 META_FILE = "ensemble.json"
@@ -192,7 +193,7 @@ class Ensemble:
         periodic = [bool(np.all(a.pbc)) for a in atoms_list]
         stress = any(periodic) if compute_stress is None else bool(compute_stress)
         results = []
-        for chunk in _chunks([atoms_to_graph(a, self.cutoff) for a in atoms_list]):
+        for chunk in _chunks([atoms_to_graph(a, self.cutoff) for a in atoms_list], max_edges=MAX_EDGES_PER_CALL):
             graph = _to_device(_pad(batch(chunk)), self.dtype)
             out = jax.tree_util.tree_map(np.asarray, self._compiled(stress)(self.variables, graph, self.std_scale))
             node0 = 0
@@ -333,14 +334,13 @@ class Ensemble:
     def save(self, path) -> Path:
         """Directory with ``config.yaml``, ``ensemble.msgpack`` (stacked variables) and
         ``ensemble.json`` (size, nu, std_scale); each file written atomically."""
-        from nnpes.potential import _atomic_write
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / ENSEMBLE_FILE, flax.serialization.to_bytes(self.variables))
-        _atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.template.to_config(), sort_keys=False).encode())
+        atomic_write(path / ENSEMBLE_FILE, flax.serialization.to_bytes(self.variables))
+        atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.template.to_config(), sort_keys=False).encode())
         meta = {"size": self.size, "nu": self.nu, "std_scale": self.std_scale}
-        _atomic_write(path / META_FILE, json.dumps(meta).encode())
+        atomic_write(path / META_FILE, json.dumps(meta).encode())
         return path
 
 
@@ -366,19 +366,4 @@ def load_ensemble(path) -> Ensemble:
 # per-edge arrays run at memory speed on CPU (see benchmarks/README.md), so the edge cap is smaller
 # than a single potential's.
 MAX_EDGES_PER_CALL = 1024
-
-
-def _chunks(graphs, max_nodes: int = 4096, max_graphs: int = 64, max_edges: int | None = None):
-    max_edges = MAX_EDGES_PER_CALL if max_edges is None else max_edges
-    chunk, nodes, edges = [], 0, 0
-    for g in graphs:
-        k, e = int(g.n_node[0]), int(g.n_edge[0])
-        if chunk and (nodes + k > max_nodes or edges + e > max_edges or len(chunk) >= max_graphs):
-            yield chunk
-            chunk, nodes, edges = [], 0, 0
-        chunk.append(g)
-        nodes += k
-        edges += e
-    if chunk:
-        yield chunk
 

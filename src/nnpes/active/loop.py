@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -28,6 +28,7 @@ from nnpes.active.ensemble import Ensemble, FitConfig, load_ensemble
 from nnpes.active.explore import ExploreConfig, explore
 from nnpes.active.oracle import LabelStore, label, make_executor, make_oracle
 from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
+from nnpes.files import atomic_write_text, yaml_safe
 from nnpes.models.config import ModelConfig
 from nnpes.schema import ConfigError, from_dict
 
@@ -133,13 +134,6 @@ def load_config(config) -> ActiveConfig:
 # ---- small atomic file helpers -----------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    from nnpes.potential import _atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, text.encode())
-
-
 def _write_frames(path: Path, frames: list[Atoms]) -> None:
     import ase.io
 
@@ -215,7 +209,7 @@ class ActiveLearning:
     def _commit(self, stage: str) -> None:
         self._hook(self.state["stage"], "done")
         self.state["stage"] = stage
-        _atomic_write_text(self.run_dir / STATE_FILE, json.dumps(self.state, indent=1))
+        atomic_write_text(self.run_dir / STATE_FILE, json.dumps(self.state, indent=1))
         self._hook(stage, "committed")
 
     def _hook(self, stage, when):
@@ -316,7 +310,7 @@ class ActiveLearning:
         if self.cfg.data.test:
             metrics["test"] = ens.errors(_read_structures(self.cfg.data.test))
         ens.save(self.iter_dir() / "ensemble")
-        _atomic_write_text(self.iter_dir() / "train.json", json.dumps(metrics, indent=1))
+        atomic_write_text(self.iter_dir() / "train.json", json.dumps(metrics, indent=1))
         self.log(f"iteration {i}: trained on {len(train)} labels ({'warm' if warm else 'cold'} start) {metrics.get('valid', '')}")
         return "explore"
 
@@ -326,7 +320,7 @@ class ActiveLearning:
         ecfg = ExploreConfig(**{**asdict(self.cfg.explore), "stop_above": self.cfg.select.hi})
         frames, trajs = explore(ens, self.starts(), ecfg, seed=self.cfg.seed + 7919 * (i + 1))
         _write_frames(self.iter_dir() / "pool.extxyz", frames)
-        _atomic_write_text(self.iter_dir() / "trajectories.json", json.dumps([asdict(t) for t in trajs], indent=1))
+        atomic_write_text(self.iter_dir() / "trajectories.json", json.dumps([asdict(t) for t in trajs], indent=1))
         self.log(f"iteration {i}: explored {len(trajs)} trajectories, {len(frames)} frames, "
                  f"{sum(t.stopped for t in trajs)} stopped at the upper trust level")
         return "select"
@@ -352,7 +346,7 @@ class ActiveLearning:
         sel = {"indices": [int(k) for k in chosen], "keys": [f"it{i}-p{int(k)}" for k in chosen],
                "counts": {NAMES[c]: int(np.sum(codes == c)) for c in NAMES}, "fractions": frac,
                "n_pool": len(pool), "converged": bool(converged), "fallback_to_failed": fallback}
-        _atomic_write_text(self.iter_dir() / "selection.json", json.dumps(sel, indent=1))
+        atomic_write_text(self.iter_dir() / "selection.json", json.dumps(sel, indent=1))
         self.log(f"iteration {i}: accurate {frac['accurate']:.2f} candidate {frac['candidate']:.2f} "
                  f"failed {frac['failed']:.2f}; selected {len(chosen)}" + (" (no candidates: lowest-ε failed frames)" if fallback else ""))
         return "label"
@@ -417,15 +411,6 @@ def run(config, run_dir, *, resume: bool = False, **kwargs) -> dict:
     # Keep the config next to the run so a resume uses the same settings.
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
-        _atomic_write_text(cfg_path, yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False))
+        atomic_write_text(cfg_path, yaml.safe_dump(yaml_safe(asdict(cfg)), sort_keys=False))
     return ActiveLearning(cfg, run_dir, **kwargs).run()
 
-
-def _plain(x: Any):
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x

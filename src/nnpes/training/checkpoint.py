@@ -9,12 +9,13 @@ per save. Restoring needs a template state of the same structure (a freshly init
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import serialization
+
+from nnpes.files import atomic_write
 
 
 def save_checkpoint(path: str | Path, state) -> None:
@@ -23,17 +24,7 @@ def save_checkpoint(path: str | Path, state) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     host = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
     data = serialization.msgpack_serialize(serialization.to_state_dict(host))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data)
 
 
 def load_checkpoint(path: str | Path, template):

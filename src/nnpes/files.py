@@ -1,0 +1,51 @@
+"""Crash-safe file writes and YAML-safe values, shared by everything that saves state.
+
+A file is written to a temporary name in the same directory, fsync'ed, and moved over the old one
+with ``os.replace`` (atomic on POSIX), then the directory is fsync'ed: a ``kill -9`` at any moment
+leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (creates parent directories)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, text.encode())
+
+
+def yaml_safe(x):
+    """A copy that ``yaml.safe_dump`` accepts: tuples → lists, numpy scalars → Python."""
+    if isinstance(x, dict):
+        return {str(k): yaml_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [yaml_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
