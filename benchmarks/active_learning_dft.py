@@ -16,6 +16,7 @@ Both are scored as committee-mean force MAE on the same fixed subset of rMD17 te
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/active_learning_dft.py verify
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/active_learning_dft.py reference --workdir runs/al_dft
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/active_learning_dft.py active --workdir runs/al_dft
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/active_learning_dft.py compare --workdir runs/al_dft
     python benchmarks/active_learning_dft.py figure --workdir runs/al_dft
 
 ``figure`` writes benchmarks/figures/al_dft_ethanol_pyscf.png and prints the table.
@@ -154,6 +155,32 @@ def active(workdir: Path, k: int, n_initial: int, per_iter: int, iterations: int
     return out
 
 
+def compare(workdir: Path, k: int, epochs: int, n_test: int, batch_size: int, sizes: list[int]) -> dict:
+    """Separate label choice from training budget: cold-train the committee with the reference's fit
+    settings on (a) the first n AL labels (PySCF) and (b) n random rMD17 train frames (ORCA)."""
+    from nnpes.active.ensemble import Ensemble
+    from nnpes.active.oracle import LabelStore
+
+    al_labels = LabelStore(workdir / "al_run/labels.jsonl").atoms("ok")
+    pool = read(TRAIN, ":950")
+    test = test_subset(n_test)
+    out_path = workdir / "compare.json"
+    rows = json.loads(out_path.read_text()) if out_path.exists() else []  # earlier sizes are kept
+    for n in sizes:
+        for name, frames in (("active_learning_labels", al_labels[:n]),
+                             ("random_rmd17_frames", [pool[i] for i in np.random.default_rng(n).choice(950, n, replace=False)])):
+            ens = Ensemble.build(MODEL, k, seed=0, dataset=frames)
+            t0 = time.perf_counter()
+            ens = ens.fit(frames, fit_config(epochs, batch_size=batch_size))
+            err = ens.errors(test)
+            rows = [r for r in rows if (r["labels"], r["n"]) != (name, len(frames))]
+            rows.append({"labels": name, "n": len(frames), "epochs": epochs, "train_seconds": time.perf_counter() - t0,
+                         "test_forces_mae": err["forces_mae"], "test_forces_rmse": err["forces_rmse"]})
+            print(json.dumps(rows[-1]), flush=True)
+            out_path.write_text(json.dumps(sorted(rows, key=lambda r: (r["labels"], r["n"])), indent=1))
+    return {"rows": rows}
+
+
 def figure(workdir: Path) -> str:
     import matplotlib
 
@@ -168,11 +195,18 @@ def figure(workdir: Path) -> str:
     ax.plot(calls, mae, "o-", label=f"active learning, PySCF oracle (K={al['K']})")
     ax.axhline(1e3 * ref["test_forces_mae"], color="k", ls="--",
                label=f"same committee, {ref['n_train']} rMD17 frames")
+    cmp_path = workdir / "compare.json"
+    cmp_rows = json.loads(cmp_path.read_text()) if cmp_path.exists() else []
+    for name, marker, lab in (("active_learning_labels", "s", "AL labels, retrained like the reference"),
+                              ("random_rmd17_frames", "^", "random rMD17 frames, trained like the reference")):
+        pts = [(r["n"], 1e3 * r["test_forces_mae"]) for r in cmp_rows if r["labels"] == name]
+        if pts:
+            ax.plot(*zip(*pts), marker, ls="none", label=lab)
     ax.set_xlabel("PySCF PBE/def2-SVP oracle calls")
     ax.set_ylabel("force MAE on rMD17 test (meV/Å)")
     ax.set_yscale("log")
     ax.set_title("ethanol, NequIP 2×16, committee mean")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=120)
@@ -182,6 +216,11 @@ def figure(workdir: Path) -> str:
                      f"{1e3 * p['test_forces_rmse']:.0f} |")
     lines.append(f"| reference: {ref['n_train']} rMD17 frames | {ref['n_train']} | {1e3 * ref['test_forces_mae']:.0f} | "
                  f"{1e3 * ref['test_forces_rmse']:.0f} |")
+    if cmp_rows:
+        lines += ["", "| labels | n | epochs (as reference) | force MAE (meV/Å) | force RMSE (meV/Å) |", "|---|---|---|---|---|"]
+        for r in cmp_rows:
+            lines.append(f"| {r['labels']} | {r['n']} | {r['epochs']} | {1e3 * r['test_forces_mae']:.0f} | "
+                         f"{1e3 * r['test_forces_rmse']:.0f} |")
     return "\n".join(lines)
 
 
@@ -190,7 +229,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="PySCF forces vs the rMD17 labels")
     v.add_argument("--n", type=int, default=3)
-    for name in ("reference", "active", "figure"):
+    for name in ("reference", "active", "compare", "figure"):
         s = sub.add_parser(name)
         s.add_argument("--workdir", default="runs/al_dft")
         s.add_argument("--k", type=int, default=3)
@@ -198,6 +237,10 @@ def main(argv=None) -> int:
     r = sub.choices["reference"]
     r.add_argument("--epochs", type=int, default=60)
     r.add_argument("--batch-size", type=int, default=8)
+    c = sub.choices["compare"]
+    c.add_argument("--epochs", type=int, default=300)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--sizes", type=int, nargs="+", default=[45, 95])
     a = sub.choices["active"]
     a.add_argument("--n-initial", type=int, default=5)
     a.add_argument("--per-iter", type=int, default=10)
@@ -216,6 +259,8 @@ def main(argv=None) -> int:
     elif args.cmd == "active":
         print(json.dumps(active(workdir, args.k, args.n_initial, args.per_iter, args.iterations, args.epochs,
                                 args.warm_epochs, args.n_test, args.steps), indent=1))
+    elif args.cmd == "compare":
+        compare(workdir, args.k, args.epochs, args.n_test, args.batch_size, args.sizes)
     else:
         print(figure(workdir))
     return 0
