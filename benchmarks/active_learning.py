@@ -233,7 +233,7 @@ def run(system: str, workdir: Path, quick: bool, target: float, overrides=()) ->
     # (a) active learning with enhanced sampling
     run_dir = workdir / "al_run"
     state = run_loop(cfg_dict, run_dir, resume=(run_dir / "state.json").exists())
-    from nnpes.active.oracle import LabelStore
+    from nnpes.oracle import LabelStore
 
     store = LabelStore(run_dir / "labels.jsonl")
     labels_a = store.atoms("ok")

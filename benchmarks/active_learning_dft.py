@@ -1,7 +1,7 @@
 """DFT-level active learning (issue 6): PySCF PBE/def2-SVP oracle on ethanol, scored on rMD17.
 
 rMD17 ethanol is labelled at PBE/def2-SVP (ORCA); PySCF RKS PBE/def2-SVP with density fitting
-(``nnpes.active.oracle.PySCFOracle``) reproduces its forces to ~0.3 meV/Å (``verify``), so an AL
+(``nnpes.oracle.PySCFOracle``) reproduces its forces to ~0.3 meV/Å (``verify``), so an AL
 committee trained only on PySCF labels can be scored on the rMD17 test frames (forces).
 
 Two arms, same committee (K members, same NequIP size, same fit settings except epochs):
@@ -66,7 +66,7 @@ def fit_config(epochs: int, seed: int = 0, batch_size: int = 4):
 
 def verify(n: int) -> dict:
     """PySCF forces against the rMD17 labels on n test frames (meV/Å) and seconds per call."""
-    from nnpes.active.oracle import PySCFOracle
+    from nnpes.oracle import PySCFOracle
 
     oracle, rows = PySCFOracle(), []
     for a in read(TEST, f":{n}"):
@@ -105,7 +105,7 @@ def active(workdir: Path, k: int, n_initial: int, per_iter: int, iterations: int
 
     from nnpes.active.ensemble import load_ensemble
     from nnpes.active.loop import run as run_loop
-    from nnpes.active.oracle import LabelStore
+    from nnpes.oracle import LabelStore
 
     workdir.mkdir(parents=True, exist_ok=True)
     # Starting geometries: n_initial rMD17 train frames spread over the series, positions only (their
@@ -159,7 +159,7 @@ def compare(workdir: Path, k: int, epochs: int, n_test: int, batch_size: int, si
     """Separate label choice from training budget: cold-train the committee with the reference's fit
     settings on (a) the first n AL labels (PySCF) and (b) n random rMD17 train frames (ORCA)."""
     from nnpes.active.ensemble import Ensemble
-    from nnpes.active.oracle import LabelStore
+    from nnpes.oracle import LabelStore
 
     al_labels = LabelStore(workdir / "al_run/labels.jsonl").atoms("ok")
     pool = read(TRAIN, ":950")

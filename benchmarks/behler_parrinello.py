@@ -18,10 +18,10 @@ import jraph
 import numpy as np
 
 from nnpes import keys
-from nnpes.batching import batch, pad_graph
+from nnpes.graph import batch, pad_graph
 from nnpes.data import read_structures
 from nnpes.graph import atoms_to_graph, edge_vectors
-from nnpes.models.config import parse_model_config
+from nnpes.config.model import parse_model_config
 from nnpes.models.symmetry_functions import acsf
 from nnpes.potential import Potential, init_params, make_module
 

@@ -70,7 +70,7 @@ def system(name: str):
 def build_model(cutoff: float):
     import jax
 
-    from nnpes.models.config import parse_model_config
+    from nnpes.config.model import parse_model_config
     from nnpes.potential import init_params, make_module, species_table
 
     cfg = parse_model_config({"name": "nequip", "elements": ELEMENTS, "cutoff": cutoff})
@@ -108,7 +108,7 @@ def timed(fn, args, repeats: int):
 
 
 def run_inference(name: str, cutoff: float, repeats: int) -> dict:
-    from nnpes.batching import pad_graph
+    from nnpes.graph import pad_graph
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import energy_forces_stress
 
@@ -129,7 +129,7 @@ def run_train_step(cutoff: float, repeats: int) -> dict:
     import optax
 
     from nnpes import keys
-    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import batch, pad_graph
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import energy_forces_stress
 

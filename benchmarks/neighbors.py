@@ -17,9 +17,9 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
-from nnpes.batching import GraphLoader
+from nnpes.graph import GraphLoader
 from nnpes.graph import atoms_to_graph
-from nnpes.neighbors import neighbor_list
+from nnpes.graph.neighbors import neighbor_list
 
 CUTOFF = 5.0  # Å
 ASPIRIN = "/work/shared/data/rmd17/rmd17_aspirin_train_01.npz"

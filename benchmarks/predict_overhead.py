@@ -20,10 +20,10 @@ import time
 import jax
 import numpy as np
 
-from nnpes.batching import batch
+from nnpes.graph import batch
 from nnpes.data import read_structures
 from nnpes.graph import atoms_to_graph
-from nnpes.potential import _pad_for_predict, _to_device, build_potential
+from nnpes.potential import build_potential
 
 ASPIRIN = "/work/shared/data/rmd17/rmd17_aspirin_train_01.npz"
 
@@ -51,7 +51,7 @@ def main():
     atoms = frames[0].copy()
     atoms.calc = None
 
-    graph = _to_device(_pad_for_predict(batch([atoms_to_graph(atoms, pot.cutoff)])), pot.dtype)
+    graph = pot.device_graph(atoms)
     fn = jax.jit(lambda p, g: pot.energy_forces_stress(p, g, False))
     bare = median_ms(lambda: jax.block_until_ready(fn(pot.params, graph)), args.repeats)
     predict = median_ms(lambda: pot.predict(atoms), args.repeats)

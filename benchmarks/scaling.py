@@ -78,7 +78,7 @@ def child(n_devices: int, batch_size: int, repeats: int, molecule_name: str) -> 
     import numpy as np
     import optax
 
-    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import batch, pad_graph
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import build_potential
     from nnpes.training.loss import total_loss

@@ -109,12 +109,12 @@ def test_committee_vmap_equals_loop_over_members(ensemble, dataset):
 
 
 def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset):
-    from nnpes.active import ensemble as ens_mod
+    from nnpes.potential import compiled
     from nnpes.active.ensemble import FitConfig
 
     fit = FitConfig(epochs=15, batch_size=4, learning_rate=1e-2, bootstrap=True, seed=3)
     def n_fit():
-        return sum(1 for key in ens_mod._CACHE if "fit" in key)
+        return sum(1 for key in compiled._CACHE if "fit" in key)
 
     n_before = n_fit()
     losses = []
@@ -228,7 +228,7 @@ def test_collective_variables_values_and_gradients():
 def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemble):
     from nnpes.active.biases import UncertaintyBias, WellTemperedMetaD, biased, distance, update_states
     from nnpes.active.explore import _member_fn
-    from nnpes.active.ensemble import _pad, _to_device
+    from nnpes.graph import pad_to_bucket, to_device
     from nnpes.graph import atoms_to_graph
 
     metad = WellTemperedMetaD((distance(0, 1),), (0.2,), height=0.1, pace=1, bias_factor=5.0, temperature=300.0, max_hills=4)
@@ -242,7 +242,7 @@ def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemb
     assert h[1] == pytest.approx(0.1 * np.exp(-0.1 / (units_kB() * 300 * 4)))
 
     atoms = cu_cluster(5)
-    graph = _to_device(_pad(atoms_to_graph(atoms, ensemble.cutoff)), jnp.float64)
+    graph = to_device(pad_to_bucket(atoms_to_graph(atoms, ensemble.cutoff)), jnp.float64)
     member = _member_fn(ensemble, ensemble.variables, graph)
     biases = (metad, UncertaintyBias(strength=0.3, width=0.01, n_atoms=len(atoms)))
     states = (state, ())
@@ -318,7 +318,7 @@ class CountingOracle:
             f.write(f"{atoms.positions[0, 0]:.12f}\n")
         n = sum(1 for _ in open(self.path))
         if self.fail_every and n % self.fail_every == 0:
-            from nnpes.active.oracle import OracleError
+            from nnpes.oracle import OracleError
 
             raise OracleError("SCF not converged (simulated)")
         a = atoms.copy()
@@ -327,7 +327,7 @@ class CountingOracle:
 
 
 def test_label_store_is_crash_safe_and_failures_are_recorded(tmp_path):
-    from nnpes.active.oracle import LabelStore, label
+    from nnpes.oracle import LabelStore, label_into_store as label
 
     store = LabelStore(tmp_path / "labels.jsonl")
     structures = [cu_cluster(s) for s in range(5)]
@@ -352,7 +352,7 @@ def test_label_store_is_crash_safe_and_failures_are_recorded(tmp_path):
 
 
 def test_calculator_oracle_stress_and_errors():
-    from nnpes.active.oracle import CalculatorOracle, make_oracle
+    from nnpes.oracle import CalculatorOracle, make_oracle
 
     oracle = make_oracle({"type": "calculator", "calculator": "ase.calculators.emt.EMT"})
     res = oracle(bulk("Cu", "fcc", a=3.7).repeat(2))
@@ -364,7 +364,7 @@ def test_calculator_oracle_stress_and_errors():
 
 def test_dask_executor_labels_in_parallel(tmp_path):
     distributed = pytest.importorskip("distributed", reason="the 'cluster' extra (distributed) is not installed")
-    from nnpes.active.oracle import CalculatorOracle, LabelStore, label
+    from nnpes.oracle import CalculatorOracle, LabelStore, label_into_store as label
 
     with distributed.Client(distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                                      dashboard_address=None)) as client:
@@ -379,7 +379,7 @@ def test_dask_executor_labels_in_parallel(tmp_path):
 
 
 def test_process_pool_executor_labels_and_records_a_failing_structure(tmp_path):
-    from nnpes.active.oracle import CalculatorOracle, LabelStore, label, make_executor
+    from nnpes.oracle import CalculatorOracle, LabelStore, label_into_store as label, make_executor
 
     store = LabelStore(tmp_path / "labels.jsonl")
     structures = [cu_cluster(0), Atoms("U", positions=[[0, 0, 0]])]  # EMT has no parameters for U
@@ -394,7 +394,7 @@ def test_pyscf_oracle_units():
     pytest.importorskip("pyscf", reason="pyscf (optional) is not installed")
     from ase.build import molecule
 
-    from nnpes.active.oracle import PySCFOracle
+    from nnpes.oracle import PySCFOracle
 
     h2 = molecule("H2")
     res = PySCFOracle(basis="sto-3g", xc="PBE")(h2)
@@ -520,7 +520,7 @@ def test_kill_9_during_labelling_then_resume_from_the_cli(tmp_path):
 
     import yaml
 
-    from nnpes.active.oracle import LabelStore
+    from nnpes.oracle import LabelStore
 
     cfg = loop_config(tmp_path, oracle={"calculator": "test_active.SlowEMT"}, stop={"max_iterations": 1},
                       explore={"steps": 10, "temperatures": [300.0]}, committee={"epochs": 2})
@@ -562,7 +562,7 @@ def test_shipped_configs_parse_and_bad_keys_are_named(tmp_path):
     # the validation split by key hash is close to the asked fraction for the loop's key patterns
     keys = [f"it{i}-p{j}" for i in range(10) for j in range(60)] + [f"init-{s}-{j}" for s in range(4) for j in range(50)]
     assert 0.07 < np.mean([_is_valid(k, 0.1) for k in keys]) < 0.13
-    from nnpes.schema import ConfigError
+    from nnpes.config.schema import ConfigError
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("active_*.yaml"))
     assert configs

@@ -15,7 +15,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from nnpes import keys
-from nnpes.batching import (
+from nnpes.models.inputs import model_inputs
+from nnpes.graph import (
     Buckets,
     GraphLoader,
     batch,
@@ -25,7 +26,7 @@ from nnpes.batching import (
     plan_batches,
     to_device,
 )
-from nnpes.graph import atoms_to_graph, edge_vectors, node_graph_index
+from nnpes.graph import atoms_to_graph, edge_vectors
 from nnpes.models.energy import EnergyModel
 from nnpes.potential import energy_forces_stress
 
@@ -73,10 +74,7 @@ def model():
 
     @jax.jit
     def init(g):
-        species = jnp.asarray(table)[g.nodes[keys.NUMBERS]]
-        vectors = edge_vectors(g.nodes[keys.POSITIONS], g.globals[keys.CELL], g)
-        params = module.init(jax.random.PRNGKey(0), vectors, species, g.senders, g.receivers,
-                             jraph.get_edge_padding_mask(g), jraph.get_node_padding_mask(g), node_graph_index(g), g.n_node)
+        params = module.init(jax.random.PRNGKey(0), model_inputs(g, table))
         return jax.tree_util.tree_map(lambda x: x + 0.1, params)  # offset and e0 non-zero too
 
     params = init(to_device(pad_to_bucket(batch(graphs)), jnp.float64))

@@ -16,14 +16,15 @@ from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
 from nnpes import keys
-from nnpes.batching import batch, pad_graph
-from nnpes.graph import atoms_to_graph, edge_vectors, node_graph_index
+from nnpes.models.inputs import model_inputs
+from nnpes.graph import batch, pad_graph
+from nnpes.graph import atoms_to_graph
 from nnpes.models import get_model
-from nnpes.models.config import parse_model_config
+from nnpes.config.model import parse_model_config
 from nnpes.models.symmetry_functions import ACSFSpec, acsf, cutoff_function
-from nnpes.neighbors import neighbor_list
+from nnpes.graph.neighbors import neighbor_list
 from nnpes.potential import Potential, energy_forces_stress, load_potential, make_module, species_table
-from nnpes.schema import ConfigError
+from nnpes.config.schema import ConfigError
 
 CUTOFF = 4.0  # Å
 ELEMENTS = ["H", "C", "O"]
@@ -141,15 +142,6 @@ def padded(atoms_list) -> jraph.GraphsTuple:
     return pad_graph(batch([atoms_to_graph(a, CUTOFF) for a in atoms_list]), *PAD)
 
 
-def model_inputs(table, graph):
-    """The inner-model arguments, exactly as ``nnpes.potential.per_atom_energies`` builds them."""
-    em = jraph.get_edge_padding_mask(graph)
-    vec = jnp.where(em[:, None], edge_vectors(graph.nodes[keys.POSITIONS], graph.globals[keys.CELL], graph), 0.0)
-    species = jnp.maximum(jnp.asarray(table)[graph.nodes[keys.NUMBERS]], 0)
-    return (vec, species, graph.senders, graph.receivers, em, jraph.get_node_padding_mask(graph),
-            node_graph_index(graph), graph.n_node)
-
-
 @pytest.fixture(scope="module")
 def cfg():
     return parse_model_config({"name": "behler_parrinello", "elements": ELEMENTS, "cutoff": CUTOFF, "dtype": "float64", **HP})
@@ -165,14 +157,14 @@ def model(cfg):
     train = ethanol_frames(6, seed=1)
     graphs = [padded(train[:3]), padded(train[3:])]
     # Jitted init: same variables as nnpes.potential.init_params, a third of its (eager) compile time.
-    init = jax.jit(lambda key, g: module.init(key, *model_inputs(table, g)))
+    init = jax.jit(lambda key, g: module.init(key, model_inputs(g, table)))
     variables = init(jax.random.PRNGKey(3), to_device(graphs[0]))
     variables = get_model("behler_parrinello").calibrate(module, variables, graphs)
 
     @jax.jit
     def evaluate(v, g):
         out = energy_forces_stress(module, table, v, g, compute_stress=False)
-        _, state = module.apply(v, *model_inputs(table, g), mutable=["intermediates"])
+        _, state = module.apply(v, model_inputs(g, table), mutable=["intermediates"])
         (out["x"],) = state["intermediates"]["inner"]["normalised_descriptors"]
         return out
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nnpes.config import check_config, load_config, template
-from nnpes.schema import ConfigError
+from nnpes.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 # training configs (other shipped configs, e.g. active learning, have their own sections and tests)

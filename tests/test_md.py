@@ -17,8 +17,8 @@ from nnpes.md import (
     run_md, run_steps, velocity_verlet,
 )
 from nnpes.models import MODELS, register
-from nnpes.models.config import ModelConfig
-from nnpes.neighbors import neighbor_list
+from nnpes.config.model import ModelConfig
+from nnpes.graph.neighbors import neighbor_list
 from nnpes.potential import Potential, init_params, make_module
 
 CUTOFF = 4.0  # Å

@@ -8,7 +8,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from nnpes import keys
 from nnpes.graph import atoms_to_graph
-from nnpes.neighbors import neighbor_list
+from nnpes.graph.neighbors import neighbor_list
 
 
 def _random_cell(rng, kind):

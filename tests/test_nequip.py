@@ -12,13 +12,13 @@ import pytest
 from ase import Atoms
 from scipy.spatial.transform import Rotation
 
-from nnpes.batching import pad_graph
+from nnpes.graph import pad_graph
 from nnpes.graph import atoms_to_graph
-from nnpes.models.config import parse_model_config
+from nnpes.config.model import parse_model_config
 from nnpes.models.nequip_ops import edge_pairs
 from nnpes.models.radial import bessel_basis, polynomial_envelope, safe_norm
 from nnpes.potential import energy_forces_stress, init_params, make_module, species_table
-from nnpes.schema import ConfigError
+from nnpes.config.schema import ConfigError
 
 CUTOFF = 3.5
 N_NODE, N_EDGE = 12, 160

@@ -58,7 +58,7 @@ def _graphs(n: int, seed: int = 0):
 
 
 def test_split_batch_pads_never_drops():
-    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import batch, pad_graph
     from nnpes.training.parallel import split_batch, unpad
 
     graphs = _graphs(5)
@@ -96,7 +96,7 @@ def test_split_batch_balances_and_checks_shape():
 
 def test_one_shard_loss_and_grads_equal_plain_step():
     """D = 1: the stacked loss (and its gradient) is the plain ``total_loss`` of the batch."""
-    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import batch, pad_graph
     from nnpes.potential import build_potential
     from nnpes.training.loss import total_loss
     from nnpes.training.parallel import make_mesh, shard_batch, stacked_loss_and_pred
@@ -146,7 +146,7 @@ def test_mesh_and_member_errors():
 
 def test_training_options():
     from nnpes.config import load_config
-    from nnpes.schema import ConfigError
+    from nnpes.config.schema import ConfigError
     from nnpes.training.parallel import training_mesh, with_matmul_precision
 
     assert training_mesh(1) is None  # the plain single-device step

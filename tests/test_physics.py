@@ -22,10 +22,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from scipy.spatial.transform import Rotation
 
 import _toy_model  # noqa: F401  (registers "_toy")
-from nnpes.batching import batch, pad_graph
+from nnpes.graph import batch, pad_graph
 from nnpes.graph import atoms_to_graph
 from nnpes.models import MODELS, _import_builtin
-from nnpes.potential import _to_device, build_potential
+from nnpes.graph import to_device
+from nnpes.potential import build_potential
 
 ELEMENTS = ["H", "C", "O"]
 CUTOFF = 3.0  # Å
@@ -73,7 +74,7 @@ def random_cell(rng, n=2, length=2.6, min_dist=0.9) -> Atoms:
 
 
 def min_image_distance(atoms: Atoms) -> float:
-    from nnpes.neighbors import neighbor_list
+    from nnpes.graph.neighbors import neighbor_list
 
     nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF)
     v = atoms.positions[nl.senders] - atoms.positions[nl.receivers] + nl.shifts @ atoms.cell.array
@@ -141,7 +142,7 @@ class Evaluator:
         return out
 
     def _run(self, chunk):
-        padded = _to_device(pad_graph(batch(chunk), *PAD), self.pot.dtype)
+        padded = to_device(pad_graph(batch(chunk), *PAD), self.pot.dtype)
         res = jax.tree_util.tree_map(np.asarray, self.fn(self.pot.params, padded))
         results, node0 = [], 0
         for g, graph in enumerate(chunk):

@@ -17,8 +17,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 import _toy_model  # noqa: F401  (registers "_toy")
 from nnpes.models import MODELS, register
 from nnpes.potential import build_potential, load_potential
-from nnpes.schema import ConfigError
-from nnpes.stats import compute_stats
+from nnpes.config.schema import ConfigError
+from nnpes.graph.stats import compute_stats
 
 ELEMENTS = ["H", "C", "O"]
 TOY = {"name": "_toy", "elements": ELEMENTS, "cutoff": 3.0}
@@ -129,14 +129,14 @@ def test_dataset_sets_e0_scale_neighbours_and_runs_calibrate():
 
 
 def test_dtype_switches_the_whole_potential(toy64):
-    from nnpes.potential import _pad_for_predict, _to_device
+    from nnpes.graph import pad_to_bucket, to_device
     from nnpes.graph import atoms_to_graph
 
     pot32 = build_potential(TOY)
-    g = _pad_for_predict(atoms_to_graph(molecule(0), 3.0))
+    g = pad_to_bucket(atoms_to_graph(molecule(0), 3.0))
     for pot, dtype in ((pot32, np.float32), (toy64, np.float64)):
         assert all(np.asarray(x).dtype == dtype for x in jax.tree_util.tree_leaves(pot.params))
-        out = jax.eval_shape(pot.energy_forces_stress, pot.params, _to_device(g, pot.dtype))
+        out = jax.eval_shape(pot.energy_forces_stress, pot.params, to_device(g, pot.dtype))
         assert all(v.dtype == dtype for v in out.values()), out
 
 

@@ -1,4 +1,4 @@
-"""nnpes.stats.compute_stats: E0 least squares, force RMS, average neighbour count."""
+"""nnpes.graph.stats.compute_stats: E0 least squares, force RMS, average neighbour count."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from nnpes.data import DataError, read_structures
-from nnpes.stats import compute_stats
+from nnpes.graph.stats import compute_stats
 
 E0_TRUE = {"H": -13.6, "C": -1029.5, "O": -2041.0}
 

@@ -121,7 +121,7 @@ def _labelled_graphs():
 
 
 def test_loss_matches_formula_and_ignores_padding():
-    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import batch, pad_graph
     from nnpes.training.loss import total_loss
 
     graphs = _labelled_graphs()
@@ -158,7 +158,7 @@ def test_loss_matches_formula_and_ignores_padding():
 
 
 def test_loss_masks_missing_labels_and_huber():
-    from nnpes.batching import batch, pad_graph
+    from nnpes.graph import batch, pad_graph
     from nnpes.training.loss import total_loss
 
     graphs = _labelled_graphs()
@@ -328,7 +328,7 @@ def test_oracle_xtb_forces_are_minus_energy_gradient(tmp_path):
 
     from nnpes.data import read_structures
     from nnpes.oracle import label
-    from nnpes.quickstart import generate_ethanol
+    from nnpes.workflows.quickstart import generate_ethanol
 
     water = molecule("H2O")
     shifted = water.copy()

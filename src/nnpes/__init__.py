@@ -9,7 +9,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 from nnpes import keys  # noqa: E402,F401
 from nnpes.graph import atoms_to_graph  # noqa: E402,F401
-from nnpes.neighbors import neighbor_list  # noqa: E402,F401
+from nnpes.graph.neighbors import neighbor_list  # noqa: E402,F401
 
 # Heavier entry points load on first use, so `import nnpes` stays quick for the CLI.
 _LAZY = {

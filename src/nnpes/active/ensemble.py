@@ -25,17 +25,17 @@ from ase import Atoms
 
 from nnpes import keys
 from nnpes.active.uncertainty import calibrate_scale, committee_measures
-from nnpes.batching import batch, pad_graph
-from nnpes.graph import atoms_to_graph, node_graph_index
+from nnpes.config.active import FitConfig
+from nnpes.data.labels import reference_labels
 from nnpes.files import atomic_write
-from nnpes.potential import Potential, _chunks, build_potential, energy_forces_stress
+from nnpes.graph import atoms_to_graph, batch, node_graph_index, pad_graph, to_device
+from nnpes.potential import Potential, build_potential, energy_forces_stress
+from nnpes.potential.compiled import cached, model_key
+from nnpes.potential.predict import OUTPUT_LAYOUT, predict_structures
 
 ENSEMBLE_FILE = "ensemble.msgpack"
 META_FILE = "ensemble.json"
 CONFIG_FILE = "config.yaml"
-# Compiled functions keyed by the model config (which determines module and species table), so a
-# reloaded or warm-started committee reuses what was compiled before instead of recompiling.
-_CACHE: dict = {}
 STD_KEYS = ("force_std", "rel_force_std", "max_force_std", "max_rel_force_std", "energy_std_per_atom")
 
 
@@ -46,37 +46,6 @@ def stack_variables(variables: Sequence) -> dict:
 
 def unstack_variables(stacked, k: int) -> dict:
     return jax.tree_util.tree_map(lambda x: x[k], stacked)
-
-
-def _pad(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
-    """A few padded shapes for prediction: the batching module's buckets when present."""
-    try:
-        from nnpes.batching import pad_to_bucket
-    except ImportError:  # pragma: no cover - until batching.pad_to_bucket lands
-        from nnpes.potential import _pad_for_predict as pad_to_bucket
-    return pad_to_bucket(graph)
-
-
-def _to_device(graph, dtype):
-    try:
-        from nnpes.batching import to_device
-    except ImportError:  # pragma: no cover - until batching.to_device lands
-        from nnpes.potential import _to_device as to_device
-    return to_device(graph, dtype)
-
-
-@dataclass
-class FitConfig:
-    """Committee training hyperparameters (the ``committee:`` config section, minus ``size``)."""
-
-    epochs: int = 50
-    batch_size: int = 4
-    learning_rate: float = 3e-3
-    final_learning_rate_ratio: float = 0.1  # cosine decay to lr·ratio over the fit
-    energy_weight: float = 1.0
-    forces_weight: float = 100.0
-    bootstrap: bool = True
-    seed: int = 0
 
 
 @dataclass
@@ -139,11 +108,9 @@ class Ensemble:
         """A copy with new stacked variables sharing the compiled functions."""
         return Ensemble(self.template, variables, self.nu, self.std_scale)
 
-    def cache_key(self, *extra):
-        # The model config determines the module (flax modules with mutable dataclass fields are
-        # not hashable), so it keys the compiled functions.
-        config = json.dumps(self.template.to_config()["model"], sort_keys=True, default=str)
-        return (config, self.nu) + extra
+    def cache_key(self, *extra) -> tuple:
+        """Key of this committee's compiled functions in ``nnpes.potential.compiled``."""
+        return model_key(self.template.module, self.config.elements) + ("committee", self.nu) + extra
 
     # ---- evaluation --------------------------------------------------------------------------
 
@@ -170,14 +137,11 @@ class Ensemble:
         return fn
 
     def _compiled(self, compute_stress: bool):
-        key = self.cache_key("eval", compute_stress)
-        if key not in _CACHE:
-            _CACHE[key] = jax.jit(self.committee_fn(compute_stress))
-        return _CACHE[key]
+        return cached(self.cache_key("eval", compute_stress), lambda: jax.jit(self.committee_fn(compute_stress)))
 
     def calculator(self, **kwargs):
         """An ase Calculator on the committee mean (energy, forces, stress, per-atom energies)."""
-        from nnpes.calculator import NNPESCalculator
+        from nnpes.potential.calculator import NNPESCalculator
 
         return NNPESCalculator(self, **kwargs)
 
@@ -190,45 +154,22 @@ class Ensemble:
         atoms_list = [atoms] if single else list(atoms)
         for k, a in enumerate(atoms_list):
             self.template.check_elements(a, None if single else k)
-        periodic = [bool(np.all(a.pbc)) for a in atoms_list]
-        stress = any(periodic) if compute_stress is None else bool(compute_stress)
-        results = []
-        for chunk in _chunks([atoms_to_graph(a, self.cutoff) for a in atoms_list], max_edges=MAX_EDGES_PER_CALL):
-            graph = _to_device(_pad(batch(chunk)), self.dtype)
-            out = jax.tree_util.tree_map(np.asarray, self._compiled(stress)(self.variables, graph, self.std_scale))
-            node0 = 0
-            for g, gr in enumerate(chunk):
-                n = int(gr.n_node[0])
-                nodes = slice(node0, node0 + n)
-                res = {
-                    "energy": float(out["energy"][g]),
-                    "forces": out["forces"][nodes].astype(np.float64),
-                    "energies": out["energies"][nodes].astype(np.float64),
-                    "member_energy": out["member_energy"][:, g].astype(np.float64),
-                    "member_forces": out["member_forces"][:, nodes].astype(np.float64),
-                    "force_std": out["force_std"][nodes].astype(np.float64),
-                    "rel_force_std": out["rel_force_std"][nodes].astype(np.float64),
-                }
-                for key in ("max_force_std", "max_rel_force_std", "energy_std_per_atom"):
-                    res[key] = float(out[key][g])
-                if stress and periodic[len(results)]:
-                    res["stress"] = out["stress"][g].astype(np.float64)
-                results.append(res)
-                node0 += n
+        stress = any(bool(np.all(a.pbc)) for a in atoms_list) if compute_stress is None else bool(compute_stress)
+        fn = self._compiled(stress)
+        results = predict_structures(lambda g: fn(self.variables, g, self.std_scale), atoms_list, self.cutoff,
+                                     self.dtype, layout=COMMITTEE_LAYOUT, max_edges=MAX_EDGES_PER_CALL)
         return results[0] if single else results
 
     def errors(self, atoms_list: Sequence[Atoms]) -> dict:
         """Committee-mean errors against the labels: energy MAE/RMSE (eV/atom), force component
         MAE/RMSE (eV/Å), and the mean ``max_force_std`` (eV/Å) for comparison."""
-        from nnpes.graph import _labels
-
         atoms_list = list(atoms_list)
         if not atoms_list:
             return {}
         preds = self.predict(atoms_list)
         de, df, eps = [], [], []
         for a, p in zip(atoms_list, preds):
-            energy, forces, _ = _labels(a)
+            energy, forces, _ = reference_labels(a)
             if energy is not None:
                 de.append((p["energy"] - energy) / len(a))
             if forces is not None:
@@ -246,8 +187,6 @@ class Ensemble:
     def calibrate(self, atoms_list: Sequence[Atoms]) -> float:
         """Fit ``std_scale`` so the per-atom force standard deviation matches the per-atom force
         error |F̄ − F_ref| on labelled (validation) structures; returns the scale."""
-        from nnpes.graph import _labels
-
         saved, self.std_scale = self.std_scale, 1.0
         try:
             preds = self.predict(list(atoms_list))
@@ -255,7 +194,7 @@ class Ensemble:
             self.std_scale = saved
         std, err = [], []
         for a, p in zip(atoms_list, preds):
-            _, forces, _ = _labels(a)
+            _, forces, _ = reference_labels(a)
             if forces is None:
                 continue
             std.append(p["force_std"])
@@ -304,10 +243,8 @@ class Ensemble:
             params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
             return params, opt_state, loss
 
-        key = self.cache_key("fit", fit.energy_weight, fit.forces_weight)
-        if key not in _CACHE:
-            _CACHE[key] = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0, None)))
-        step = _CACHE[key]
+        step = cached(self.cache_key("fit", fit.energy_weight, fit.forces_weight),
+                      lambda: jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0, None))))
         params = self.variables["params"]
         rest = {k: v for k, v in self.variables.items() if k != "params"}
         opt_state = jax.vmap(opt.init)(params)
@@ -318,7 +255,7 @@ class Ensemble:
             losses = []
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
-                graph = _to_device(pad_graph(batch([graphs[i] for i in idx]), *shape), dtype)
+                graph = to_device(pad_graph(batch([graphs[i] for i in idx]), *shape), dtype)
                 w = np.zeros((K, shape[2]))
                 w[:, : len(idx)] = boot[:, idx]
                 lr = jnp.asarray(schedule(n_step), dtype)
@@ -367,3 +304,9 @@ def load_ensemble(path) -> Ensemble:
 # than a single potential's.
 MAX_EDGES_PER_CALL = 1024
 
+# Where each committee output lives, for splitting a batch per structure (see OUTPUT_LAYOUT).
+COMMITTEE_LAYOUT = {
+    **OUTPUT_LAYOUT, "member_energy": ("graph", 1), "member_forces": ("node", 1), "force_std": ("node", 0),
+    "rel_force_std": ("node", 0), "max_force_std": ("graph", 0), "max_rel_force_std": ("graph", 0),
+    "energy_std_per_atom": ("graph", 0),
+}

@@ -12,7 +12,7 @@ Positions are Cartesian and never wrapped, so collective variables see continuou
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -23,39 +23,13 @@ from ase import Atoms
 
 from nnpes import keys
 from nnpes.active.biases import UncertaintyBias, biased, update_states
-from nnpes.active.ensemble import _CACHE, Ensemble, _pad, _to_device
+from nnpes.active.ensemble import Ensemble
+from nnpes.config.active import ExploreConfig
 from nnpes.active.uncertainty import force_std
-from nnpes.graph import atoms_to_graph
+from nnpes.graph import atoms_to_graph, pad_to_bucket, to_device
+from nnpes.potential.compiled import cached
 from nnpes.md.integrators import KB, kinetic_energy, langevin, maxwell_boltzmann
 from nnpes.potential import per_atom_energies
-
-
-@dataclass
-class ExploreConfig:
-    """The ``explore:`` section. Temperatures in K, times in fs, friction in 1/fs."""
-
-    temperatures: list[float] = field(default_factory=lambda: [300.0])
-    steps: int = 1000  # per trajectory
-    timestep: float = 0.5  # fs
-    friction: float = 0.02  # 1/fs
-    stride: int = 10  # record a frame every `stride` steps
-    chunk: int = 50  # steps per jitted call between neighbour-list rebuilds
-    skin: float = 1.0  # Å
-    measure: str = "max_force_std"  # or max_rel_force_std: the ε compared with the trust levels
-    stop_above: float | None = None  # ε (eV/Å or 1) beyond which a trajectory stops; the loop sets select.hi
-    metadynamics: dict | None = None  # {cvs: [...], sigma: [...], height, pace, bias_factor}
-    uncertainty_bias: dict | None = None  # {strength: eV, width: eV}
-    seed: int = 0
-
-    def validate(self, path: str = "explore"):
-        from nnpes.schema import ConfigError
-
-        if self.measure not in ("max_force_std", "max_rel_force_std"):
-            raise ConfigError(f"{path}.measure: expected max_force_std or max_rel_force_std, got {self.measure!r}")
-        if self.steps < 1 or self.stride < 1 or self.chunk < 1:
-            raise ConfigError(f"{path}: steps, stride and chunk must be ≥ 1")
-        if not self.temperatures or min(self.temperatures) < 0:
-            raise ConfigError(f"{path}.temperatures: give one or more temperatures ≥ 0 K")
 
 
 def make_biases(cfg: ExploreConfig, n_atoms: int, temperature: float) -> tuple:
@@ -186,9 +160,7 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
             ck = ensemble.cache_key("explore", json.dumps(asdict(cfg), sort_keys=True, default=str),
                                     len(start) if cfg.uncertainty_bias else 0,
                                     float(temperature) if cfg.metadynamics else 0.0)
-            if ck not in _CACHE:
-                _CACHE[ck] = (_make_chunk(ensemble, biases, cfg), biases)
-            run, biases = _CACHE[ck]
+            run, biases = cached(ck, lambda: (_make_chunk(ensemble, biases, cfg), biases))
             rng = np.random.default_rng([seed, s_idx, t_idx])
             key = jax.random.PRNGKey(int(rng.integers(2**31)))
             masses = start.get_masses()
@@ -199,11 +171,11 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
             cfg_rebuilds = 0
             while done < cfg.steps and not stopped:
                 now = Atoms(start.numbers, positions=x, cell=start.cell, pbc=start.pbc)
-                graph = _pad(atoms_to_graph(now, ensemble.cutoff + cfg.skin))
+                graph = pad_to_bucket(atoms_to_graph(now, ensemble.cutoff + cfg.skin))
                 n_pad = graph.nodes[keys.POSITIONS].shape[0]
                 pad = lambda a: np.concatenate([a, np.zeros((n_pad - len(a),) + a.shape[1:])])
                 m_pad = np.concatenate([masses, np.ones(n_pad - len(masses))])
-                out = run(ensemble.variables, _to_device(graph, dtype), jnp.asarray(pad(x), dtype),
+                out = run(ensemble.variables, to_device(graph, dtype), jnp.asarray(pad(x), dtype),
                           jnp.asarray(pad(v), dtype), jnp.asarray(m_pad, dtype), jnp.asarray(temperature, dtype), key,
                           states, jnp.asarray(done, jnp.int32), jnp.asarray(cfg.steps - done, jnp.int32),
                           jnp.asarray(ensemble.std_scale, dtype))
@@ -243,10 +215,3 @@ def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, 
                 v = np.asarray(v_d, np.float64)[: len(start)]
             trajectories.append(Trajectory(s_idx, float(temperature), done, stopped, max_eps))
     return frames, trajectories
-
-
-def explore_config(data: dict | None) -> ExploreConfig:
-    from nnpes.schema import from_dict
-
-    return from_dict(ExploreConfig, data or {}, "explore")
-

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -24,111 +24,16 @@ import numpy as np
 import yaml
 from ase import Atoms
 
-from nnpes.active.ensemble import Ensemble, FitConfig, load_ensemble
-from nnpes.active.explore import ExploreConfig, explore
-from nnpes.active.oracle import LabelStore, label, make_executor, make_oracle
+from nnpes.active.ensemble import Ensemble, load_ensemble
+from nnpes.active.explore import explore
+from nnpes.oracle import LabelStore, label_into_store, make_executor, make_oracle
 from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
 from nnpes.files import atomic_write_text, yaml_safe
-from nnpes.models.config import ModelConfig
-from nnpes.schema import ConfigError, from_dict
+from nnpes.config.active import ExploreConfig, FitConfig, load_config
 
 STAGES = ("init", "train", "explore", "select", "label", "done")
 STATE_FILE = "state.json"
 LABELS_FILE = "labels.jsonl"
-
-
-@dataclass
-class DataSection:
-    initial: str | None = None  # labelled structures (any nnpes.data format); optional
-    starts: str | None = None  # starting structures for exploration (ase-readable); default: initial
-    max_starts: int = 4
-    test: str | None = None  # labelled held-out set, reported every iteration
-    valid_fraction: float = 0.1  # of all labels, chosen by a hash of the label key (stable on resume)
-    # With no initial set (or to add to it): label `initial_per_start` rattled copies of each start.
-    initial_per_start: int = 0
-    initial_rattle: float = 0.05  # Å
-
-
-@dataclass
-class CommitteeSection:
-    size: int = 4
-    epochs: int = 50  # first iteration
-    warm_epochs: int | None = None  # later iterations when warm_start (default: epochs)
-    batch_size: int = 4
-    learning_rate: float = 3e-3
-    final_learning_rate_ratio: float = 0.1
-    energy_weight: float = 1.0
-    forces_weight: float = 100.0
-    bootstrap: bool = True
-    warm_start: bool = True
-    calibrate: bool = False  # fit std_scale on the validation labels each iteration
-    nu: float = 1.0  # eV/Å, for max_rel_force_std
-
-
-@dataclass
-class SelectSection:
-    lo: float = 0.05  # eV/Å (or 1 for max_rel_force_std): below is accurate
-    hi: float = 0.5  # at or above is failed; exploration stops a trajectory here
-    max_per_iteration: int = 20
-    method: str = "fps"  # fps | cv_bins | top | random
-    n_bins: int = 10
-    # With no candidate at all but failed frames (a model so poor that every trajectory stops at
-    # once), label the failed frames with the lowest ε instead of repeating the same iteration.
-    fallback_to_failed: bool = True
-
-    def validate(self, path="select"):
-        if not self.lo < self.hi:
-            raise ConfigError(f"{path}: trust levels need lo < hi, got lo={self.lo}, hi={self.hi}")
-        if self.method not in ("fps", "cv_bins", "top", "random"):
-            raise ConfigError(f"{path}.method: {self.method!r} is not one of fps, cv_bins, top, random")
-
-
-@dataclass
-class ExecutorSection:
-    kind: str = "process"  # serial | thread | process | dask
-    workers: int | None = None
-    address: str | None = None  # dask scheduler
-
-
-@dataclass
-class StopSection:
-    max_iterations: int = 10
-    accurate_fraction: float = 0.95  # stop when this fraction of explored frames is accurate
-    max_oracle_calls: int | None = None  # the oracle budget, including initial labels
-
-
-@dataclass
-class ActiveConfig:
-    model: dict = field(default_factory=dict)
-    data: DataSection = field(default_factory=DataSection)
-    committee: CommitteeSection = field(default_factory=CommitteeSection)
-    explore: ExploreConfig = field(default_factory=ExploreConfig)
-    select: SelectSection = field(default_factory=SelectSection)
-    oracle: dict = field(default_factory=lambda: {"type": "tblite", "method": "GFN2-xTB"})
-    executor: ExecutorSection = field(default_factory=ExecutorSection)
-    stop: StopSection = field(default_factory=StopSection)
-    seed: int = 0
-
-
-def load_config(config) -> ActiveConfig:
-    """dict or YAML path → validated ActiveConfig (unknown keys name themselves)."""
-    if isinstance(config, ActiveConfig):
-        return config
-    if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} not found")
-        config = yaml.safe_load(path.read_text()) or {}
-    cfg = from_dict(ActiveConfig, dict(config), "")
-    if not cfg.model:
-        raise ConfigError("model: the active-learning config needs a model section")
-    if cfg.data.initial is None and cfg.data.initial_per_start == 0:
-        raise ConfigError("data: give data.initial (labelled structures) or data.initial_per_start > 0")
-    if cfg.select.method == "cv_bins" and not cfg.explore.metadynamics:
-        raise ConfigError("select.method: cv_bins bins the metadynamics collective variables; add explore.metadynamics or use fps")
-    if cfg.data.initial is None and cfg.data.starts is None:
-        raise ConfigError("data: give data.starts (or data.initial) for exploration to start from")
-    return cfg
 
 
 # ---- small atomic file helpers -----------------------------------------------------------------
@@ -265,7 +170,7 @@ class ActiveLearning:
             structures, keys, meta = [p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked]
         executor, own = self._executor_for_labels()
         try:
-            return label(structures, keys, self.oracle, self.store, executor, on_result=self.hooks.get("label"), meta=meta)
+            return label_into_store(structures, keys, self.oracle, self.store, executor, on_result=self.hooks.get("label"), meta=meta)
         finally:
             if own:
                 executor.shutdown(wait=True)
@@ -331,8 +236,8 @@ class ActiveLearning:
         eps = np.array([a.info["al_eps"] for a in pool], np.float64)
         codes = classify(eps, s.lo, s.hi) if len(pool) else np.zeros(0, int)
         frac = fractions(codes)
-        elements = self.cfg.model["elements"]
-        cutoff = float(self.cfg.model.get("cutoff", ModelConfig.cutoff))
+        elements = self.cfg.model.elements
+        cutoff = self.cfg.model.cutoff
         desc = np.stack([structure_descriptor(a, elements, cutoff) for a in pool]) if s.method == "fps" and len(pool) else None
         cv = np.array([a.info["al_cv"] for a in pool]) if s.method == "cv_bins" and len(pool) else None
         chosen = select(eps, s.lo, s.hi, s.max_per_iteration, method=s.method, descriptors=desc, cv=cv,
@@ -411,6 +316,6 @@ def run(config, run_dir, *, resume: bool = False, **kwargs) -> dict:
     # Keep the config next to the run so a resume uses the same settings.
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
-        atomic_write_text(cfg_path, yaml.safe_dump(yaml_safe(asdict(cfg)), sort_keys=False))
+        atomic_write_text(cfg_path, yaml.safe_dump(yaml_safe(cfg.to_dict()), sort_keys=False))
     return ActiveLearning(cfg, run_dir, **kwargs).run()
 

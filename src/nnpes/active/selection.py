@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from nnpes.neighbors import neighbor_list
+from nnpes.graph.neighbors import neighbor_list
 
 ACCURATE, CANDIDATE, FAILED = 0, 1, 2
 NAMES = {ACCURATE: "accurate", CANDIDATE: "candidate", FAILED: "failed"}

@@ -15,7 +15,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from nnpes import keys
-from nnpes.neighbors import neighbor_list
+from nnpes.data.labels import raw_labels
+from nnpes.graph.neighbors import neighbor_list
 
 LABELS = (keys.ENERGY, keys.FORCES, keys.STRESS)
 MAX_Z = len(chemical_symbols) - 1  # 118; Z = 0 is ase's dummy "X"
@@ -34,26 +35,6 @@ class DataError(ValueError):
 
     def __reduce__(self):  # survive pickling (multiprocessing data loaders)
         return (type(self), (self.source, self.problem, self.frame))
-
-
-def raw_labels(atoms: Atoms) -> dict:
-    """The energy/forces/stress a frame carries, unconverted and unreshaped (absent → missing key).
-
-    Same precedence as ``nnpes.graph._labels``: ``info['energy']``/``info['stress']`` override the
-    calculator, ``arrays['forces']`` is used when the calculator has none.
-    """
-    out = {}
-    results = getattr(atoms.calc, "results", None) or {}
-    energy = results.get("energy", results.get("free_energy"))
-    energy = atoms.info.get(keys.ENERGY, energy)
-    forces = results.get("forces")
-    if forces is None:
-        forces = atoms.arrays.get(keys.FORCES)
-    stress = atoms.info.get(keys.STRESS, results.get("stress"))
-    for name, value in ((keys.ENERGY, energy), (keys.FORCES, forces), (keys.STRESS, stress)):
-        if value is not None:
-            out[name] = value
-    return out
 
 
 def _as_float_array(value, what: str, source, frame) -> np.ndarray:

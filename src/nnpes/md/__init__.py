@@ -14,11 +14,11 @@ from nnpes.md.integrators import (
     run_steps, temperature, velocity_verlet,
 )
 from nnpes.md.io import THERMO_COLUMNS, ThermoLog, TrajectoryWriter, read_thermo
-from nnpes.md.neighbors import NeighborFn, NeighborList, bucket_size, neighbor_list_fn
+from nnpes.graph.verlet import NeighborFn, VerletList, bucket_size, neighbor_list_fn
 from nnpes.md.run import MDResult, make_integrator, run_md
 
 __all__ = [
-    "ACCEL", "EnergyFn", "Integrator", "MDFunctions", "MDResult", "MDState", "NeighborFn", "NeighborList",
+    "ACCEL", "EnergyFn", "Integrator", "MDFunctions", "MDResult", "MDState", "NeighborFn", "VerletList",
     "THERMO_COLUMNS", "ThermoLog", "TrajectoryWriter", "bucket_size", "check_elements", "force_fn",
     "kinetic_energy", "langevin", "make_integrator", "maxwell_boltzmann", "md_functions",
     "neighbor_list_fn", "nose_hoover_chain", "read_thermo", "run_md", "run_steps", "temperature",

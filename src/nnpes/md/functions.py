@@ -21,21 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from nnpes.md.neighbors import NeighborFn, NeighborList, model_pair_mask, neighbor_list_fn
+from nnpes.graph.verlet import NeighborFn, VerletList, model_pair_mask, neighbor_list_fn
+from nnpes.models.inputs import ModelInputs
+from nnpes.potential.predict import check_structure
 
 # Keyword arguments that jax-md's integrators pass to energy functions; they do not change the energy.
 _JAX_MD_KWARGS = {"kT", "mass", "t", "dt"}
 
 
 def check_elements(potential, atoms: Atoms, source: str = "structure") -> None:
-    """ValueError naming the elements of ``atoms`` that ``potential`` does not know."""
-    unknown = sorted(set(atoms.get_chemical_symbols()) - set(potential.config.elements))
-    if unknown:
-        raise ValueError(
-            f"{source}: element(s) {unknown} not in the model's elements {list(potential.config.elements)}"
-        )
-    if len(atoms) == 0:
-        raise ValueError(f"{source}: structure has no atoms")
+    """ValueError naming the elements of ``atoms`` that ``potential`` does not know (or an empty
+    or non-finite structure)."""
+    try:
+        check_structure(atoms, potential.config.elements)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 class EnergyFn:
@@ -57,7 +57,7 @@ class EnergyFn:
         self.n_node = jnp.asarray([n, 1], jnp.int32)
         self.cell = jnp.asarray(np.asarray(atoms.cell.array, np.float64), self.dtype)
 
-    def per_atom_energies(self, positions, neighbor: NeighborList, params=None):
+    def per_atom_energies(self, positions, neighbor: VerletList, params=None):
         """(N,) eV."""
         if neighbor is None:
             raise TypeError("energy_fn needs neighbor=nbrs (from neighbor_fn.allocate / update)")
@@ -80,27 +80,26 @@ class EnergyFn:
         vectors = pos[senders] - pos[receivers] + shifts @ self.cell
         edge_mask = real
         vectors = jnp.where(edge_mask[:, None], vectors, 0.0)
-        e = self.potential.module.apply(
-            params, vectors, self.species, senders, receivers, edge_mask, self.node_mask,
-            self.node_graph, self.n_node,
-        )
+        inputs = ModelInputs(vectors, self.species, senders, receivers, edge_mask, self.node_mask,
+                             self.node_graph, self.n_node)
+        e = self.potential.module.apply(params, inputs)
         # More pairs inside the cutoff than slots: some were dropped, so the energy is wrong. Make
         # that loud (NaN) rather than silent; ``update`` at these positions also flags the overflow.
         overflow = jnp.sum(inside) > capacity
         return jnp.where(overflow, jnp.nan, e[:n])
 
-    def __call__(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
+    def __call__(self, positions, neighbor: VerletList = None, params=None, **kwargs):
         unknown = set(kwargs) - _JAX_MD_KWARGS
         if unknown:
             raise TypeError(f"energy_fn got unexpected keyword arguments {sorted(unknown)}")
         return jnp.sum(self.per_atom_energies(positions, neighbor, params))
 
-    def energy_and_forces(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
+    def energy_and_forces(self, positions, neighbor: VerletList = None, params=None, **kwargs):
         """(() eV, (N,3) eV/Å) from one pass."""
         e, g = jax.value_and_grad(self.__call__)(positions, neighbor, params, **kwargs)
         return e, -g
 
-    def force_fn(self, positions, neighbor: NeighborList = None, params=None, **kwargs):
+    def force_fn(self, positions, neighbor: VerletList = None, params=None, **kwargs):
         """(N,3) eV/Å, −∂E/∂R."""
         return self.energy_and_forces(positions, neighbor, params, **kwargs)[1]
 

@@ -25,7 +25,7 @@ MODELS: dict[str, "ModelSpec"] = {}
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    hparams: type  # dataclass of the model's hyperparameters (validated by nnpes.schema)
+    hparams: type  # dataclass of the model's hyperparameters (validated by nnpes.config.schema)
     build: Callable  # build(hparams, model_config) -> flax.linen.Module
     # Optional: calibrate(module, variables, padded_graphs) -> variables, run by build_potential when a
     # training set is given (e.g. descriptor normalisation). Non-trainable values live in a flax
@@ -48,10 +48,10 @@ def register(name: str, hparams: type, calibrate: Callable | None = None):
 def get_model(name: str) -> ModelSpec:
     _import_builtin()
     if name not in MODELS:
-        import difflib
+        from nnpes.config.schema import closest
 
-        close = difflib.get_close_matches(name, list(MODELS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest(name, MODELS)
+        hint = f"; did you mean {close!r}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint}; registered: {sorted(MODELS)}")
     return MODELS[name]
 

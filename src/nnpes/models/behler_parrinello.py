@@ -28,7 +28,7 @@ own element's output. For the few elements of a molecular data set this is faste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import flax.linen as nn
@@ -38,26 +38,22 @@ import jraph
 import numpy as np
 
 from nnpes import keys
-from nnpes.graph import edge_vectors
+from nnpes.models.inputs import model_inputs, species_table
 from nnpes.models import register
 from nnpes.models.symmetry_functions import ACSFSpec, acsf
-from nnpes.schema import ConfigError
-
-
-def _doc(text: str, **kw):
-    return field(metadata={"doc": text}, **kw)  # shown by `nnpes config template`
+from nnpes.config.schema import ConfigError, doc
 
 
 @dataclass
 class BPHParams:
-    hidden: list[int] = _doc("hidden widths of each element's MLP", default_factory=lambda: [32, 32])
-    activation: Literal["tanh", "silu"] = _doc("MLP activation", default="tanh")
-    n_radial: int = _doc("G2 Gaussians per neighbour element", default=8)
-    radial_r_min: float = _doc("first G2 centre R_s, Å (centres spaced evenly up to cutoff)", default=0.5)
-    radial_eta: float | None = _doc("G2 width η, Å⁻² (null: 1/(2Δ²) from the centre spacing Δ)", default=None)
-    angular_etas: list[float] = _doc("G5 radial decay η, Å⁻²", default_factory=lambda: [0.01, 0.1])
-    zetas: list[int] = _doc("G5 angular exponents ζ (positive integers)", default_factory=lambda: [1, 2, 4])
-    lambdas: list[float] = _doc("G5 λ, each -1 or 1", default_factory=lambda: [-1.0, 1.0])
+    hidden: list[int] = doc("hidden widths of each element's MLP", default_factory=lambda: [32, 32])
+    activation: Literal["tanh", "silu"] = doc("MLP activation", default="tanh")
+    n_radial: int = doc("G2 Gaussians per neighbour element", default=8)
+    radial_r_min: float = doc("first G2 centre R_s, Å (centres spaced evenly up to cutoff)", default=0.5)
+    radial_eta: float | None = doc("G2 width η, Å⁻² (null: 1/(2Δ²) from the centre spacing Δ)", default=None)
+    angular_etas: list[float] = doc("G5 radial decay η, Å⁻²", default_factory=lambda: [0.01, 0.1])
+    zetas: list[int] = doc("G5 angular exponents ζ (positive integers)", default_factory=lambda: [1, 2, 4])
+    lambdas: list[float] = doc("G5 λ, each -1 or 1", default_factory=lambda: [-1.0, 1.0])
 
     def validate(self, path: str = "model"):
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -130,23 +126,13 @@ class BehlerParrinello(nn.Module):
         return jnp.where(node_mask, e, 0.0)
 
 
-def _species_table(numbers) -> np.ndarray:
-    table = np.full(119, -1, np.int32)
-    table[np.asarray(numbers)] = np.arange(len(numbers), dtype=np.int32)
-    table[0] = 0
-    return table
-
-
 def _graph_descriptors(inner: BehlerParrinello, table, graph: jraph.GraphsTuple):
-    """(N, D) raw descriptors, (N,) species, (N,) node mask of one padded graph."""
+    """(N, D) raw descriptors and (N,) species of one padded graph."""
     dtype = jnp.dtype(inner.dtype)
-    edge_mask = jraph.get_edge_padding_mask(graph)
-    pos = jnp.asarray(graph.nodes[keys.POSITIONS], dtype)
-    cell = jnp.asarray(graph.globals[keys.CELL], dtype)
-    vectors = jnp.where(edge_mask[:, None], edge_vectors(pos, cell, graph), 0.0)
-    species = jnp.maximum(table[graph.nodes[keys.NUMBERS]], 0)
-    g = inner.descriptors(vectors, species, graph.senders, graph.receivers, edge_mask)
-    return g, species, jraph.get_node_padding_mask(graph)
+    graph = graph._replace(nodes={**graph.nodes, keys.POSITIONS: jnp.asarray(graph.nodes[keys.POSITIONS], dtype)},
+                           globals={**graph.globals, keys.CELL: jnp.asarray(graph.globals[keys.CELL], dtype)})
+    x = model_inputs(graph, table)
+    return inner.descriptors(x.vectors, x.species, x.senders, x.receivers, x.edge_mask), x.species
 
 
 def calibrate_bp(module, variables, padded_graphs):
@@ -156,7 +142,7 @@ def calibrate_bp(module, variables, padded_graphs):
     that is constant for an element gets std 1 (it then normalises to 0)."""
     inner = module.inner
     n_el, size = inner.spec.n_species, inner.spec.size
-    table = _species_table(inner.numbers)
+    table = species_table(inner.numbers)
     fn = jax.jit(lambda g: _graph_descriptors(inner, jnp.asarray(table), g))
     count = np.zeros(n_el)
     mean = np.zeros((n_el, size))
@@ -167,7 +153,7 @@ def calibrate_bp(module, variables, padded_graphs):
         unknown = sorted(set(numbers[node_mask].tolist()) - set(inner.numbers))
         if unknown:
             raise ValueError(f"calibrate_bp: graph {k} has atomic numbers {unknown} not in the model's elements {list(inner.numbers)}")
-        g, species, _ = fn(graph)
+        g, species = fn(graph)
         g, species = np.asarray(g, np.float64), np.asarray(species)
         for s in range(n_el):
             rows = g[node_mask & (species == s)]

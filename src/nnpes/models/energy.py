@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from nnpes.models.inputs import ModelInputs
 
 
 class EnergyModel(nn.Module):
@@ -22,12 +23,13 @@ class EnergyModel(nn.Module):
     scale_init: float = 1.0
 
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask, node_graph, n_node):
+    def __call__(self, inputs: ModelInputs):
+        vectors, species, node_mask = inputs.vectors, inputs.species, inputs.node_mask
         n_el = len(self.e0_init)
         e0 = self.param("e0", lambda _: jnp.asarray(self.e0_init, vectors.dtype))
         scale = self.param("scale", lambda _: jnp.full((n_el,), self.scale_init, vectors.dtype))
         offset = self.param("offset", lambda _: jnp.zeros((), vectors.dtype))
-        e_i = self.inner(vectors, species, senders, receivers, edge_mask, node_mask)
-        atoms_in_graph = jnp.maximum(n_node[node_graph], 1).astype(vectors.dtype)
+        e_i = self.inner(vectors, species, inputs.senders, inputs.receivers, inputs.edge_mask, node_mask)
+        atoms_in_graph = jnp.maximum(inputs.n_node[inputs.node_graph], 1).astype(vectors.dtype)
         e = scale[species] * e_i + e0[species] + offset / atoms_in_graph
         return jnp.where(node_mask, e, 0.0)

@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nnpes.config.schema import ConfigError
 from nnpes.models import register
 from nnpes.models.nequip_ops import edge_pairs
 from nnpes.models.radial import bessel_basis, polynomial_envelope, safe_norm
@@ -68,16 +69,16 @@ class NequIPHParams:
     block_above: int = 16384  # edges
     radial_per_pair: bool = True  # in the blocked path
 
-    def __post_init__(self):
+    def validate(self, path: str = "model"):
         for name in ("num_layers", "features", "num_bessel", "radial_mlp_width", "polynomial_p"):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be ≥ 1, got {getattr(self, name)}")
+                raise ConfigError(f"{path}.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.edge_chunk is not None and self.edge_chunk < 2:
-            raise ValueError(f"model.edge_chunk must be ≥ 2 (edges per block) or null, got {self.edge_chunk}")
+            raise ConfigError(f"{path}.edge_chunk must be ≥ 2 (edges per block) or null, got {self.edge_chunk}")
         if self.l_max < 0 or self.radial_mlp_depth < 0:
-            raise ValueError("model.l_max and model.radial_mlp_depth must be ≥ 0")
+            raise ConfigError(f"{path}.l_max and {path}.radial_mlp_depth must be ≥ 0")
         if self.polynomial_p < 2:
-            raise ValueError(f"model.polynomial_p must be ≥ 2 for a smooth cutoff, got {self.polynomial_p}")
+            raise ConfigError(f"{path}.polynomial_p must be ≥ 2 for a smooth cutoff, got {self.polynomial_p}")
 
 
 class RadialMLP(nn.Module):

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from nnpes.graph import _labels
+from nnpes.data.labels import reference_labels
 
 
 def _stats(err: np.ndarray) -> dict:
@@ -28,7 +28,7 @@ def predict_and_compare(potential, atoms_list: Sequence[Atoms]) -> dict:
     preds = potential.predict(list(atoms_list))
     rows = {k: [] for k in ("e_ref", "e_pred", "n_atoms", "f_ref", "f_pred", "f_symbol", "s_ref", "s_pred")}
     for atoms, p in zip(atoms_list, preds):
-        e, f, s = _labels(atoms)
+        e, f, s = reference_labels(atoms)
         if e is not None:
             rows["e_ref"].append(float(e))
             rows["e_pred"].append(p["energy"])

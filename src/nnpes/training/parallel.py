@@ -32,8 +32,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nnpes import keys
-from nnpes.batching import batch as batch_graphs
-from nnpes.batching import pad_graph
+from nnpes.graph import batch as batch_graphs
+from nnpes.graph import pad_graph
 
 AXIS = "data"
 

@@ -36,14 +36,14 @@ LATEST, BEST = "latest.ckpt", "best.ckpt"
 
 
 def _loader(graphs, tcfg, batch_size, shuffle, seed):
-    from nnpes.batching import GraphLoader
+    from nnpes.graph import GraphLoader
 
     return GraphLoader(graphs, batch_size=batch_size, max_nodes=tcfg.max_nodes, max_edges=tcfg.max_edges,
                        shuffle=shuffle, seed=seed)
 
 
 def _to_device(graph, dtype):
-    from nnpes.batching import to_device
+    from nnpes.graph import to_device
 
     return to_device(graph, dtype)
 

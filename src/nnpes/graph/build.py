@@ -4,7 +4,7 @@ A graph holds (see ``nnpes.keys`` for shapes and units):
   nodes   {positions, numbers, forces}
   edges   {shifts}
   globals {cell, pbc, energy, stress, has_energy, has_forces, has_stress, weight}
-  senders = neighbour j, receivers = centre i (see ``nnpes.neighbors``), sorted by receiver.
+  senders = neighbour j, receivers = centre i (see ``nnpes.graph.neighbors``), sorted by receiver.
 Labels that a structure lacks are zeros with the matching ``has_*`` flag set to 0.
 """
 
@@ -16,36 +16,15 @@ import numpy as np
 from ase import Atoms
 
 from nnpes import keys
-from nnpes.neighbors import neighbor_list
-
-
-def _labels(atoms: Atoms):
-    """Reference energy/forces/stress from an attached calculator (SinglePointCalculator) or info."""
-    energy = forces = stress = None
-    calc = atoms.calc
-    if calc is not None:
-        results = getattr(calc, "results", {})
-        energy = results.get("energy", results.get("free_energy"))
-        forces = results.get("forces")
-        stress = results.get("stress")
-    energy = atoms.info.get(keys.ENERGY, energy)
-    if forces is None and keys.FORCES in atoms.arrays:
-        forces = atoms.arrays[keys.FORCES]
-    stress = atoms.info.get(keys.STRESS, stress)
-    if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        if stress.shape == (6,):  # Voigt xx yy zz yz xz xy (ase order)
-            xx, yy, zz, yz, xz, xy = stress
-            stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-        stress = stress.reshape(3, 3)
-    return energy, forces, stress
+from nnpes.data.labels import reference_labels
+from nnpes.graph.neighbors import neighbor_list
 
 
 def atoms_to_graph(atoms: Atoms, cutoff: float, weight: float = 1.0) -> jraph.GraphsTuple:
     """One structure as an unpadded GraphsTuple (numpy arrays, float64 geometry)."""
     n = len(atoms)
     nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    energy, forces, stress = _labels(atoms)
+    energy, forces, stress = reference_labels(atoms)
     nodes = {
         keys.POSITIONS: np.asarray(atoms.positions, np.float64),
         keys.NUMBERS: np.asarray(atoms.numbers, np.int32),

@@ -17,6 +17,17 @@ class ConfigError(ValueError):
     """A configuration that cannot be used, with the offending key's dotted path."""
 
 
+def doc(text: str, **kw):
+    """A dataclass field with its comment (shown by ``nnpes config template``)."""
+    return dataclasses.field(metadata={"doc": text}, **kw)
+
+
+def closest(word, options, cutoff: float = 0.6) -> str | None:
+    """The option most like ``word`` (for "did you mean ...?" hints), or None."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -41,8 +52,8 @@ def _coerce(value: Any, tp, path: str):
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(value, allowed)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
@@ -96,8 +107,8 @@ def from_dict(cls, data: dict | None, path: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(fields)}"
+            close = closest(key, fields, cutoff=0.5)
+            hint = f"; did you mean {close!r}?" if close else f"; valid keys: {sorted(fields)}"
             where = f"{path}." if path else ""
             raise ConfigError(f"unknown key {where}{key!r}{hint}")
     kwargs = {}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ase.data import atomic_numbers
 
-from nnpes.schema import ConfigError, from_dict
+from nnpes.config.schema import ConfigError, closest, from_dict
 
 
 @dataclass
@@ -18,7 +17,7 @@ class ModelConfig:
     elements: list[str] = field(default_factory=list)  # chemical symbols, e.g. [H, C, O]
     cutoff: float = 5.0  # Å
     dtype: Literal["float32", "float64"] = "float32"
-    # None: taken from the training set's statistics (nnpes.stats), else these defaults:
+    # None: taken from the training set's statistics (nnpes.graph.stats), else these defaults:
     avg_num_neighbors: float | None = None  # default 1.0 without data
     e0: dict[str, float] | None = None  # eV per element; default 0
     scale: float | None = None  # eV, σ_Z initial value for every element; default 1.0
@@ -29,8 +28,8 @@ class ModelConfig:
             raise ConfigError(f"{path}.elements: list the chemical symbols the model knows, e.g. [H, C, O]")
         for s in self.elements:
             if s not in atomic_numbers or s == "X":
-                close = difflib.get_close_matches(s, list(atomic_numbers), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                close = closest(s, atomic_numbers)
+                hint = f" (did you mean {close!r}?)" if close else ""
                 raise ConfigError(f"{path}.elements: unknown element {s!r}{hint}")
         if len(set(self.elements)) != len(self.elements):
             raise ConfigError(f"{path}.elements: repeated element in {self.elements}")
@@ -71,8 +70,8 @@ def parse_model_config(data: dict | ModelConfig, path: str = "model") -> ModelCo
     hp_names = {f.name for f in dataclasses.fields(spec.hparams)}
     for key in rest:
         if key not in hp_names:
-            close = difflib.get_close_matches(key, sorted(hp_names | common_names), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest(key, sorted(hp_names | common_names), cutoff=0.5)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ConfigError(f"unknown key {path}.{key!r} for model {name!r}{hint}")
     hparams = from_dict(spec.hparams, rest, path)
     cfg = from_dict(ModelConfig, common, path)

@@ -5,7 +5,7 @@
     nbrs = neighbor_fn.update(R, nbrs)    # jittable; same as nbrs.update(R)
     if nbrs.did_buffer_overflow: nbrs = neighbor_fn.allocate(R_before, previous=nbrs)
 
-Edges follow ``nnpes.neighbors``: (receiver i, sender j, integer shift S) with
+Edges follow ``nnpes.graph.neighbors``: (receiver i, sender j, integer shift S) with
 vector_ij = R[j] - R[i] + S @ cell (Å), full list, sorted by receiver. The list holds every pair
 within cutoff + skin of the reference positions, so it stays valid while no atom has moved more
 than skin/2 since; ``update`` measures that displacement and rebuilds on device only then (a
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnpes.neighbors import neighbor_list as host_neighbor_list
+from nnpes.graph.neighbors import neighbor_list as host_neighbor_list
 
 _MAX_CANDIDATE_BLOCK = 1 << 21  # candidate pairs processed at once by a rebuild (memory bound)
 
@@ -74,7 +74,7 @@ class CellLayout:
 
 
 @flax.struct.dataclass
-class NeighborList:
+class VerletList:
     """A padded full neighbour list on device (a PyTree; jit and scan carry it).
 
     receivers, senders (capacity,) int32 (padding: the index N); shifts (capacity, 3) int32;
@@ -94,7 +94,7 @@ class NeighborList:
     max_model_pairs: jnp.ndarray
     layout: CellLayout = flax.struct.field(pytree_node=False)
 
-    def update(self, positions) -> "NeighborList":
+    def update(self, positions) -> "VerletList":
         return update_neighbor_list(positions, self)
 
     @property
@@ -175,7 +175,7 @@ def _layout(positions, cell, pbc, list_cutoff, skin, multiplier, capacity_floor=
     )
 
 
-def build_neighbor_list(positions, layout: CellLayout) -> NeighborList:
+def build_neighbor_list(positions, layout: CellLayout) -> VerletList:
     """Rebuild the list from scratch at ``positions`` (N,3) Å with the bins of ``layout`` (jittable)."""
     dtype = positions.dtype
     n = layout.n_atoms
@@ -237,7 +237,7 @@ def build_neighbor_list(positions, layout: CellLayout) -> NeighborList:
     # Bin shifts refer to wrapped positions; shifts in the list refer to the positions given.
     shifts = shift + (image[i] - image[jnp.minimum(j, n - 1)]).astype(jnp.int32)
     max_bin = jnp.max(counts).astype(jnp.int32)
-    return NeighborList(
+    return VerletList(
         receivers=jnp.where(real, i, n), senders=jnp.where(real, j, n),
         shifts=jnp.where(real[:, None], shifts, 0).astype(jnp.int32),
         reference_positions=positions,
@@ -247,7 +247,7 @@ def build_neighbor_list(positions, layout: CellLayout) -> NeighborList:
     )
 
 
-def model_pair_mask(positions, cell, nbrs: NeighborList):
+def model_pair_mask(positions, cell, nbrs: VerletList):
     """(capacity,) bool: list edges within the model cutoff at ``positions`` (padding False)."""
     n = nbrs.layout.n_atoms
     vec = positions[jnp.minimum(nbrs.senders, n - 1)] - positions[jnp.minimum(nbrs.receivers, n - 1)]
@@ -255,7 +255,7 @@ def model_pair_mask(positions, cell, nbrs: NeighborList):
     return (nbrs.receivers < n) & (jnp.sum(vec * vec, -1) < nbrs.layout.model_cutoff**2)
 
 
-def update_neighbor_list(positions, nbrs: NeighborList) -> NeighborList:
+def update_neighbor_list(positions, nbrs: VerletList) -> VerletList:
     """Rebuild only if some atom moved more than skin/2 since the last build (jittable); also
     flags an overflow if the pairs within the model cutoff at ``positions`` exceed their slots."""
     positions = jnp.asarray(positions)
@@ -271,7 +271,7 @@ def update_neighbor_list(positions, nbrs: NeighborList) -> NeighborList:
     return nbrs
 
 
-def _update(positions, nbrs: NeighborList) -> NeighborList:
+def _update(positions, nbrs: VerletList) -> VerletList:
     disp = positions - nbrs.reference_positions
     moved = jnp.max(jnp.sum(disp * disp, -1)) > (0.5 * nbrs.layout.skin) ** 2
 
@@ -299,7 +299,7 @@ def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_mu
         raise ValueError(f"capacity_multiplier must be >= 1, got {capacity_multiplier}")
     build = jax.jit(build_neighbor_list, static_argnums=1)
 
-    def allocate(positions, extra_capacity: int = 0, previous: NeighborList | None = None) -> NeighborList:
+    def allocate(positions, extra_capacity: int = 0, previous: VerletList | None = None) -> VerletList:
         """Size the buffers for ``positions`` (N,3) Å (and, after an overflow, for the counts
         ``previous`` needed), then build on device."""
         positions_np = np.asarray(positions, np.float64)

@@ -1,17 +1,14 @@
-"""Oracles (reference calculators), executors to run them in parallel, and the crash-safe store.
-
-An oracle is any picklable callable ``oracle(atoms) -> {"energy": eV, "forces": (N,3) eV/Å,
-optionally "stress": (3,3) eV/Å³ ase sign}``. It raises on failure (``OracleError`` for a known one
-such as an unconverged SCF); failures are recorded in the store and skipped, never fatal.
+"""Running oracles at scale and keeping every label: executors (serial, thread, process, Dask) and
+the crash-safe store.
 
 ``LabelStore`` is an append-only JSON-lines file: every result (or failure) is one line, written,
 flushed and fsynced before anything uses it, keyed by a request id so a resumed run never repeats
-a finished call. A line cut short by a crash is dropped when the store is opened.
+a finished call. A line cut short by a crash is dropped when the store is opened. Failures are
+recorded and skipped, never fatal.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import traceback
@@ -23,113 +20,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-
-class OracleError(RuntimeError):
-    """The oracle could not label a structure (SCF not converged, non-finite result, ...)."""
-
-
-def _import(path: str):
-    """'package.module.Name' or 'package.module:Name' → the object."""
-    module, _, name = path.replace(":", ".").rpartition(".")
-    if not module:
-        raise ValueError(f"oracle calculator {path!r}: give an import path like 'ase.calculators.emt.EMT'")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"oracle calculator {path!r} cannot be imported: {e}") from None
-
-
-def _check(results: dict, atoms: Atoms) -> dict:
-    e = float(results["energy"])
-    f = np.asarray(results["forces"], np.float64).reshape(len(atoms), 3)
-    if not np.isfinite(e) or not np.all(np.isfinite(f)):
-        raise OracleError("non-finite energy or forces")
-    out = {"energy": e, "forces": f}
-    if results.get("stress") is not None:
-        s = np.asarray(results["stress"], np.float64)
-        if s.shape == (6,):
-            xx, yy, zz, yz, xz, xy = s
-            s = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-        out["stress"] = s.reshape(3, 3)
-    return out
-
-
-class CalculatorOracle:
-    """Any ASE calculator by import path and keyword arguments, built fresh in the worker (so the
-    oracle pickles to a process pool or a Dask worker). Stress is computed for periodic cells."""
-
-    def __init__(self, calculator: str, kwargs: dict | None = None, env: dict | None = None):
-        self.calculator = calculator
-        self.kwargs = dict(kwargs or {})
-        self.env = dict(env or {})
-        _import(calculator)  # fail at configuration time, not in a worker
-
-    def __call__(self, atoms: Atoms) -> dict:
-        for k, v in self.env.items():
-            os.environ.setdefault(k, str(v))
-        a = atoms.copy()
-        a.calc = _import(self.calculator)(**self.kwargs)
-        res = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
-        if np.all(a.pbc):
-            res["stress"] = a.get_stress(voigt=False)
-        return _check(res, a)
-
-    def __repr__(self):
-        return f"CalculatorOracle({self.calculator!r}, {self.kwargs!r})"
-
-
-def tblite_oracle(method: str = "GFN2-xTB", **kwargs) -> CalculatorOracle:
-    """GFN2-xTB through tblite. xTB runs 10-100x slower with OpenMP threads here, so each call
-    asks for one thread (process-pool workers are started with ``OMP_NUM_THREADS=1`` too)."""
-    return CalculatorOracle("tblite.ase.TBLite", {"method": method, "verbosity": 0, **kwargs}, env={"OMP_NUM_THREADS": 1})
-
-
-class PySCFOracle:
-    """Kohn-Sham DFT with PySCF (default RKS PBE/def2-SVP with density fitting), molecules only.
-
-    PySCF works in Hartree and Bohr: E [eV] = E_h · Hartree, F [eV/Å] = −∇E [E_h/Bohr] · Hartree/Bohr.
-    An SCF that does not converge raises ``OracleError``."""
-
-    def __init__(self, xc: str = "PBE", basis: str = "def2-SVP", density_fit: bool = True, charge: int = 0,
-                 spin: int = 0, conv_tol: float = 1e-9, max_cycle: int = 100):
-        self.xc, self.basis, self.density_fit = xc, basis, density_fit
-        self.charge, self.spin, self.conv_tol, self.max_cycle = charge, spin, conv_tol, max_cycle
-
-    def __call__(self, atoms: Atoms) -> dict:
-        from ase.units import Bohr, Hartree
-        from pyscf import dft, gto
-
-        if np.any(atoms.pbc):
-            raise OracleError("PySCFOracle labels molecules only (pbc must be False)")
-        mol = gto.M(
-            atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-            unit="Angstrom", basis=self.basis, charge=self.charge, spin=self.spin, verbose=0,
-        )
-        mf = (dft.RKS(mol) if self.spin == 0 else dft.UKS(mol))
-        mf.xc, mf.conv_tol, mf.max_cycle = self.xc, self.conv_tol, self.max_cycle
-        if self.density_fit:
-            mf = mf.density_fit()
-        e_h = mf.kernel()
-        if not mf.converged:
-            raise OracleError(f"SCF not converged in {self.max_cycle} cycles")
-        grad = mf.nuc_grad_method().kernel()  # Ha/Bohr
-        return _check({"energy": e_h * Hartree, "forces": -np.asarray(grad) * Hartree / Bohr}, atoms)
-
-
-def make_oracle(spec: dict) -> Callable:
-    """From a config ``oracle:`` section: ``{type: calculator, calculator: path, kwargs: {...}}``,
-    ``{type: tblite, method: GFN2-xTB}`` or ``{type: pyscf, xc: PBE, basis: def2-SVP}``."""
-    spec = dict(spec)
-    kind = spec.pop("type", "calculator")
-    if kind == "calculator":
-        if "calculator" not in spec:
-            raise ValueError("oracle: type 'calculator' needs 'calculator: module.Class'")
-        return CalculatorOracle(spec.pop("calculator"), spec.pop("kwargs", None), spec.pop("env", None))
-    if kind == "tblite":
-        return tblite_oracle(**spec)
-    if kind == "pyscf":
-        return PySCFOracle(**spec)
-    raise ValueError(f"oracle.type {kind!r}: expected 'calculator', 'tblite' or 'pyscf'")
+from nnpes.files import fsync_dir
+from nnpes.oracle.oracles import OracleError, check_result
 
 
 # ---- executors -------------------------------------------------------------------------------
@@ -176,17 +68,6 @@ def make_executor(kind: str = "process", workers: int | None = None, address: st
 # ---- the store -------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LabelStore:
     """Append-only JSON-lines store of oracle results keyed by request id."""
 
@@ -195,7 +76,7 @@ class LabelStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch()
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._repair()
         self._records = self._read()
 
@@ -278,7 +159,7 @@ def _call(oracle, atoms):
         return None, f"{type(e).__name__}: {e}" + ("" if isinstance(e, OracleError) else "\n" + traceback.format_exc(limit=3))
 
 
-def label(structures: Sequence[Atoms], keys: Sequence[str], oracle: Callable, store: LabelStore,
+def label_into_store(structures: Sequence[Atoms], keys: Sequence[str], oracle: Callable, store: LabelStore,
           executor: Executor | None = None, on_result: Callable | None = None, meta: Sequence[dict] | None = None) -> dict:
     """Label the structures whose key is not yet in ``store`` through ``executor`` (serial when
     None). Each result is fsynced into the store as it arrives, before ``on_result(key)`` runs.
@@ -292,7 +173,7 @@ def label(structures: Sequence[Atoms], keys: Sequence[str], oracle: Callable, st
     def finish(key, atoms, m, result, error):
         if error is None:
             try:
-                result = _check(result, atoms)
+                result = check_result(result, atoms)
             except Exception as e:  # noqa: BLE001
                 result, error = None, f"bad oracle result: {type(e).__name__}: {e}"
         store.add_result(key, atoms, result, error, **m)

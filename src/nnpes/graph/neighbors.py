@@ -18,7 +18,7 @@ import numpy as np
 import vesin
 
 
-class NeighborList(NamedTuple):
+class HostNeighborList(NamedTuple):
     receivers: np.ndarray  # (E,) int32, centre atom i
     senders: np.ndarray  # (E,) int32, neighbour atom j
     shifts: np.ndarray  # (E, 3) int32, cell images of j
@@ -52,7 +52,7 @@ def neighbor_list(
     cell: np.ndarray | None,
     pbc,
     cutoff: float,
-) -> NeighborList:
+) -> HostNeighborList:
     """Full neighbour list within ``cutoff`` (Å), sorted by receiver.
 
     positions: (N, 3) Å; cell: (3, 3) Å rows = lattice vectors (ignored where pbc is False);
@@ -69,7 +69,7 @@ def neighbor_list(
     n = len(positions)
     if n == 0:
         empty = np.zeros(0, np.int32)
-        return NeighborList(empty, empty, np.zeros((0, 3), np.int32))
+        return HostNeighborList(empty, empty, np.zeros((0, 3), np.int32))
     box = _box_for_vesin(cell, pbc, positions)
     calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s = calc.compute(points=positions, box=box, periodic=pbc if pbc.any() else False, quantities="ijS")
@@ -77,4 +77,4 @@ def neighbor_list(
     # vesin's output is deterministic but not receiver-sorted; a stable int32 sort is ~4x cheaper
     # than a lexsort on (i, j) at 10^5 atoms and keeps the order reproducible.
     order = np.argsort(i, kind="stable")
-    return NeighborList(i[order], j[order].astype(np.int32), s[order].astype(np.int32))
+    return HostNeighborList(i[order], j[order].astype(np.int32), s[order].astype(np.int32))

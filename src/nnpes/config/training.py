@@ -1,0 +1,243 @@
+"""The top-level training config: sections ``data``, ``model``, ``training``, ``output``.
+
+One YAML file plus ``--set section.key=value`` overrides. Loading is strict (``nnpes.config.schema``):
+an unknown or mistyped key fails at load with the key's dotted path and the closest valid key.
+
+Relative data paths are resolved against the directory of the config file (like ``#include`` or
+docker-compose), so a config works from any working directory; a dict config resolves them
+against the current directory. Shipped configs in ``configs/`` therefore point at
+``../../shared/data/...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from nnpes.config.model import ModelConfig, parse_model_config
+from nnpes.config.schema import ConfigError, closest, doc, from_dict
+
+
+@dataclass
+class DataConfig:
+    train: str | list[str] = doc("file(s) with labelled structures (extxyz, .npz rMD17, .json mlearn, .db)", default="")
+    valid: str | None = doc("separate validation file; else split off the train file(s)", default=None)
+    test: str | None = doc("separate test file; else split off the train file(s) when n_test is set", default=None)
+    energy_unit: str = doc("unit of energies in the files, e.g. eV, kcal/mol (forces: unit/Å)", default="eV")
+    index: str = doc("ase-style frame selection applied to each file, e.g. ':' or ':1000'", default=":")
+    format: str | None = doc("ase.io format name when the extension is not enough", default=None)
+    n_train: int | float | None = doc("train count (int) or fraction (float); None: what remains", default=None)
+    n_valid: int | float = doc("validation count or fraction of the train file(s) (ignored if `valid` is set)", default=0.1)
+    n_test: int | float | None = doc("test count or fraction split off when `test` is not given", default=None)
+    split_seed: int = doc("seed of the random split", default=0)
+    train_indices: str | None = doc("index file (one integer per line) choosing the train frames; overrides the split", default=None)
+    valid_indices: str | None = doc("index file for the validation frames", default=None)
+    test_indices: str | None = doc("index file for the test frames", default=None)
+
+    def validate(self, path="data"):
+        if not self.train:
+            raise ConfigError(f"{path}.train: give the training data file(s)")
+        from nnpes.data.readers import ENERGY_UNITS
+
+        if self.energy_unit not in ENERGY_UNITS:
+            close = closest(self.energy_unit, ENERGY_UNITS)
+            hint = f" (did you mean {close!r}?)" if close else ""
+            raise ConfigError(f"{path}.energy_unit: {self.energy_unit!r} is not one of {list(ENERGY_UNITS)}{hint}")
+        for name in ("n_train", "n_valid", "n_test"):
+            v = getattr(self, name)
+            if isinstance(v, float) and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{path}.{name}: a float is a fraction in [0, 1], got {v}")
+            if isinstance(v, int) and v < 0:
+                raise ConfigError(f"{path}.{name}: must be >= 0, got {v}")
+
+    @property
+    def train_files(self) -> list[str]:
+        return [self.train] if isinstance(self.train, str) else list(self.train)
+
+
+@dataclass
+class WeightStage:
+    epoch: int = doc("from this epoch (0-based) on, use these loss weights", default=0)
+    energy_weight: float | None = None
+    forces_weight: float | None = None
+    stress_weight: float | None = None
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = doc("seed of parameter init and data order", default=0)
+    max_epochs: int = doc("stop after this many epochs", default=100)
+    max_time: float | None = doc("stop after this many seconds of training (wall clock, summed over resumes)", default=None)
+    batch_size: int = doc("structures per batch", default=5)
+    valid_batch_size: int | None = doc("structures per validation batch (default: batch_size)", default=None)
+    max_nodes: int | None = doc("cap on atoms per batch (None: from batch_size)", default=None)
+    max_edges: int | None = doc("cap on edges per batch", default=None)
+    # loss
+    loss: Literal["mse", "huber"] = doc("squared error or Huber per component", default="mse")
+    huber_delta: float = doc("Huber transition (in the loss term's units)", default=0.01)
+    energy_weight: float = doc("w_E", default=1.0)
+    forces_weight: float = doc("w_F", default=100.0)
+    stress_weight: float = doc("w_S (used only where stress labels exist)", default=0.0)
+    energy_per_atom: bool = doc("energy term uses (ΔE/N)², else ΔE²", default=True)
+    weight_schedule: list[WeightStage] = doc("later stages change loss weights, e.g. raise w_E late", default_factory=list)
+    # optimiser
+    optimizer: Literal["adam", "adamw", "amsgrad"] = doc("optax optimiser", default="adam")
+    lr: float = doc("peak learning rate", default=5e-3)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = doc("decoupled weight decay (adamw) on weight matrices only", default=0.0)
+    clip_norm: float | None = doc("clip the global gradient norm (None: off)", default=10.0)
+    schedule: Literal["constant", "cosine", "exponential", "plateau"] = doc("after warm-up", default="plateau")
+    warmup_epochs: float = doc("linear warm-up from 0 over this many epochs", default=0.0)
+    min_lr: float = doc("floor of cosine / plateau decay", default=1e-6)
+    decay_rate: float = doc("exponential: lr multiplied by this per epoch", default=0.98)
+    plateau_patience: int = doc("plateau: epochs without validation improvement before lr *= plateau_factor", default=10)
+    plateau_factor: float = 0.5
+    ema_decay: float | None = doc("EMA of parameters used for validation and saved (None: off)", default=0.99)
+    early_stopping_patience: int | None = doc("stop after this many epochs without validation improvement", default=None)
+    progress: bool | None = doc("tqdm progress bar (None: only on a terminal)", default=None)
+    # devices (nnpes.training.parallel)
+    devices: int | Literal["all"] = doc("data-parallel devices: 1 = plain single-device step; N or 'all' = batch split over a mesh", default=1)
+    matmul_precision: Literal["default", "high", "highest"] = doc("jax.default_matmul_precision of the steps; 'highest' = full float32 on GPUs (default there: TF32)", default="default")
+
+    def validate(self, path="training"):
+        if self.batch_size < 1:
+            raise ConfigError(f"{path}.batch_size must be >= 1, got {self.batch_size}")
+        if self.devices != "all" and self.devices < 1:
+            raise ConfigError(f"{path}.devices must be >= 1 or 'all', got {self.devices}")
+        if self.max_epochs < 0:
+            raise ConfigError(f"{path}.max_epochs must be >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"{path}.lr must be > 0, got {self.lr}")
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ConfigError(f"{path}.weight_decay: set optimizer: adamw for (decoupled) weight decay")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{path}.ema_decay must be in [0, 1), got {self.ema_decay}")
+        epochs = [s.epoch for s in self.weight_schedule]
+        if epochs != sorted(epochs):
+            raise ConfigError(f"{path}.weight_schedule: stages must be in increasing epoch order")
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = doc("where checkpoints, metrics.csv, plots and the model go (relative: to the cwd)", default="runs/run")
+    plots: bool = doc("parity plots and learning curve at the end", default=True)
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    output: OutputConfig
+    source: str | None = None  # the file the config came from
+    raw: dict = dataclasses.field(default_factory=dict)  # the dict after overrides
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.raw)
+
+
+SECTIONS = ("data", "model", "training", "output")
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """``["training.lr=1e-3", "model.elements=[H, O]"]``: values are parsed as YAML."""
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"override {item!r}: name the section, e.g. training.{parts[0]}=...")
+        if parts[0] not in SECTIONS:
+            close = closest(parts[0], SECTIONS)
+            hint = f"; did you mean {close!r}?" if close else ""
+            raise ConfigError(f"override {item!r}: unknown section {parts[0]!r}{hint}")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _parse_value(text: str):
+    """YAML, except that "1e-3" (a string to YAML 1.1) is the number it looks like."""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _resolve(path: str | None, base: Path) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> Config:
+    """Parse a YAML file or dict (plus overrides) into a checked ``Config``. Data paths come back
+    absolute. Existence of data files is checked by ``check_config`` (and training)."""
+    if isinstance(source, dict):
+        data, base, src = copy.deepcopy(source), Path.cwd(), None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        base, src = path.resolve().parent, str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src or 'config'}: expected a mapping with sections {list(SECTIONS)}")
+    data = apply_overrides(data, overrides)
+    for key in data:
+        if key not in SECTIONS:
+            close = closest(key, SECTIONS, cutoff=0.5)
+            hint = f"; did you mean {close!r}?" if close else f"; valid sections: {list(SECTIONS)}"
+            raise ConfigError(f"unknown section {key!r}{hint}")
+    if "data" not in data:
+        raise ConfigError("missing section 'data' (at least data.train)")
+    if "model" not in data:
+        raise ConfigError("missing section 'model' (at least model.name and model.elements)")
+    try:
+        dcfg = from_dict(DataConfig, data.get("data"), "data")
+        mcfg = parse_model_config(data.get("model") or {}, "model")
+        tcfg = from_dict(TrainingConfig, data.get("training"), "training")
+        ocfg = from_dict(OutputConfig, data.get("output"), "output")
+    except ConfigError as e:
+        raise ConfigError(f"{src}: {e}" if src else str(e)) from None
+    dcfg.train = [_resolve(p, base) for p in dcfg.train_files]
+    if len(dcfg.train) == 1:
+        dcfg.train = dcfg.train[0]
+    for name in ("valid", "test", "train_indices", "valid_indices", "test_indices"):
+        setattr(dcfg, name, _resolve(getattr(dcfg, name), base))
+    raw = copy.deepcopy(data)
+    raw["data"] = {**raw["data"], **{k: getattr(dcfg, k) for k in ("train", "valid", "test", "train_indices", "valid_indices", "test_indices") if getattr(dcfg, k) is not None}}
+    return Config(data=dcfg, model=mcfg, training=tcfg, output=ocfg, source=src, raw=raw)
+
+
+def check_config(source, overrides=None) -> Config:
+    """``load_config`` plus checks that need the file system: every data/index file exists."""
+    cfg = load_config(source, overrides)
+    d = cfg.data
+    for name, p in [("train", f) for f in d.train_files] + [
+        (n, getattr(d, n)) for n in ("valid", "test", "train_indices", "valid_indices", "test_indices")
+    ]:
+        if p is not None and not Path(p).exists():
+            where = f"{cfg.source}: " if cfg.source else ""
+            raise FileNotFoundError(f"{where}data.{name}: file {p!r} not found")
+    return cfg

@@ -1,0 +1,135 @@
+"""The Potential: the one object users hold (config + flax module + parameters)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.serialization
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from ase import Atoms
+
+from nnpes.config.model import ModelConfig
+from nnpes.files import atomic_write, yaml_safe
+from nnpes.models.energy import EnergyModel
+from nnpes.models.inputs import species_table
+from nnpes.potential.compiled import TraceCounted, cached, model_key
+from nnpes.potential.energy import energy_forces_stress
+from nnpes.potential.predict import check_structure, predict_structures
+
+PARAMS_FILE = "params.msgpack"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Potential:
+    """Config + module + parameters. Build with ``nnpes.build_potential`` or ``nnpes.load_potential``.
+
+    ``params`` is the full flax variables dict ({"params": ..., optionally "constants": ...}); only
+    ``params["params"]`` is trained.
+    """
+
+    config: ModelConfig
+    params: Any
+    module: EnergyModel = None
+
+    def __post_init__(self):
+        if self.module is None:
+            from nnpes.potential.build import make_module
+
+            self.module = make_module(self.config)
+        self.table = species_table(self.config.numbers)
+        module, table = self.module, self.table
+        self._compiled = cached(model_key(module, self.config.elements) + ("predict",), lambda: TraceCounted(
+            lambda v, g, stress: energy_forces_stress(module, table, v, g, stress), static_argnums=2))
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    @property
+    def elements(self) -> list[str]:
+        return list(self.config.elements)
+
+    @property
+    def dtype(self):
+        return jnp.float64 if self.config.dtype == "float64" else jnp.float32
+
+    @property
+    def n_compiles(self) -> int:
+        """How many times ``predict``'s jitted function has been traced (one per padded shape)."""
+        return self._compiled.n_traces
+
+    def energy_forces_stress(self, params, graph, compute_stress: bool = True) -> dict:
+        """Pure function of (variables, padded device graph); jit it yourself or use ``predict``."""
+        return energy_forces_stress(self.module, self.table, params, graph, compute_stress)
+
+    def device_graph(self, atoms):
+        """``atoms`` (one or a list) as a padded batch on the device in the model's dtype, at the
+        model's cutoff: the ``graph`` argument of ``energy_forces_stress``."""
+        from nnpes.graph.padding import device_graph
+
+        return device_graph(atoms, self.cutoff, self.dtype)
+
+    def replace(self, params) -> "Potential":
+        """A copy with new variables; shares the module and the compiled functions."""
+        new = copy.copy(self)
+        new.params = params
+        return new
+
+    # ---- prediction --------------------------------------------------------------------------
+
+    def check_elements(self, atoms: Atoms, index: int | None = None) -> None:
+        """ValueError naming an element the model does not know, an empty structure or a
+        non-finite position or cell (they would give NaN, not an error)."""
+        check_structure(atoms, self.config.elements, index)
+
+    def predict(self, atoms: Atoms | Sequence[Atoms], compute_stress: bool | None = None):
+        """Energy (eV), forces (N,3) eV/Å, per-atom ``energies`` (N,) eV and, for fully periodic
+        structures, ``stress`` (3,3) eV/Å³ (ase sign). One Atoms → dict; a list → list of dicts.
+
+        Structures are batched and padded to a few bucket shapes, so predicting many structures
+        of similar size compiles once. ``compute_stress=None``: only if some structure is periodic.
+        """
+        single = isinstance(atoms, Atoms)
+        atoms_list = [atoms] if single else list(atoms)
+        for k, a in enumerate(atoms_list):
+            self.check_elements(a, None if single else k)
+        if compute_stress is None:
+            compute_stress = any(bool(np.all(a.pbc)) for a in atoms_list)
+        results = predict_structures(lambda g: self._compiled(self.params, g, bool(compute_stress)),
+                                     atoms_list, self.cutoff, self.dtype)
+        return results[0] if single else results
+
+    def calculator(self, **kwargs):
+        """An ase Calculator (energy, free_energy, forces, stress, energies)."""
+        from nnpes.potential.calculator import NNPESCalculator
+
+        return NNPESCalculator(self, **kwargs)
+
+    def md_functions(self, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25):
+        """``neighbor_fn, energy_fn`` in jax-md's conventions for ``atoms``' species, cell and pbc
+        (skin Å); forces: ``energy_fn.force_fn``. See ``nnpes.md.md_functions``."""
+        from nnpes.md.functions import md_functions
+
+        return md_functions(self, atoms, skin=skin, capacity_multiplier=capacity_multiplier)
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def to_config(self) -> dict:
+        """Full config: ``{"nnpes_version": ..., "model": {...}}`` (a valid build_potential input)."""
+        from nnpes import __version__
+
+        return {"nnpes_version": __version__, "model": yaml_safe(self.config.to_dict())}
+
+    def save(self, path) -> Path:
+        """Write a directory with ``config.yaml`` and ``params.msgpack``; each file atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path / PARAMS_FILE, flax.serialization.to_bytes(self.params))
+        atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
+        return path

@@ -1,0 +1,97 @@
+"""The one prediction path for structures on the host: check, build graphs, group them into jitted
+calls of bounded size, pad each call to a fixed shape ladder, and split the outputs per structure.
+``Potential.predict`` and ``Ensemble.predict`` both run through ``predict_structures``."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jraph
+import numpy as np
+from ase import Atoms
+
+from nnpes.graph.build import atoms_to_graph
+from nnpes.graph.padding import batch, pad_to_bucket, to_device
+
+# At most this many nodes / edges / graphs per jitted call (a larger structure goes alone). On the
+# 2-core CPU, NequIP's time per aspirin frame rose once a call held more than ~2000 edges (per-edge
+# intermediates leave the cache) while BP kept gaining up to ~20 frames; see
+# benchmarks/predict_overhead.py.
+MAX_NODES_PER_CALL = 4096
+MAX_EDGES_PER_CALL = 2048
+MAX_GRAPHS_PER_CALL = 64
+
+# Where each output lives: (per "node" or per "graph", the axis that indexes nodes/graphs).
+OUTPUT_LAYOUT = {
+    "energy": ("graph", 0), "stress": ("graph", 0), "energies": ("node", 0), "forces": ("node", 0),
+}
+
+
+def check_structure(atoms: Atoms, elements: Sequence[str], index: int | None = None) -> None:
+    """ValueError for an element the model lacks, an empty structure or non-finite geometry."""
+    where = f"structure {index}: " if index is not None else ""
+    unknown = sorted(set(atoms.get_chemical_symbols()) - set(elements))
+    if unknown:
+        raise ValueError(f"{where}element(s) {unknown} not in the model's elements {list(elements)}")
+    if len(atoms) == 0:
+        raise ValueError(f"{where}structure has no atoms")
+    if not np.all(np.isfinite(atoms.positions)):
+        bad = np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1)).tolist()
+        raise ValueError(f"{where}non-finite positions for atoms {bad[:10]}")
+    if not np.all(np.isfinite(atoms.cell.array)):
+        raise ValueError(f"{where}non-finite cell {atoms.cell.array.tolist()}")
+
+
+def chunks(graphs: Sequence[jraph.GraphsTuple], max_nodes: int = MAX_NODES_PER_CALL,
+           max_edges: int = MAX_EDGES_PER_CALL, max_graphs: int = MAX_GRAPHS_PER_CALL) -> Iterator[list]:
+    """Consecutive groups of single-structure graphs that fit one jitted call's budget."""
+    chunk, nodes, edges = [], 0, 0
+    for g in graphs:
+        n, e = int(g.n_node[0]), int(g.n_edge[0])
+        full = nodes + n > max_nodes or edges + e > max_edges
+        if chunk and (full or len(chunk) >= max_graphs):
+            yield chunk
+            chunk, nodes, edges = [], 0, 0
+        chunk.append(g)
+        nodes += n
+        edges += e
+    if chunk:
+        yield chunk
+
+
+def padded_batches(graphs: Sequence[jraph.GraphsTuple], max_edges: int = MAX_EDGES_PER_CALL):
+    """(chunk, padded numpy batch) pairs for calls of bounded size (host arrays, float64)."""
+    for chunk in chunks(graphs, max_edges=max_edges):
+        yield chunk, pad_to_bucket(batch(chunk))
+
+
+def _split(out: dict, chunk: Sequence[jraph.GraphsTuple], layout: dict) -> list[dict]:
+    results, node0 = [], 0
+    for g, graph in enumerate(chunk):
+        n = int(graph.n_node[0])
+        res = {}
+        for key, (where, axis) in layout.items():
+            if key in out:
+                index = (slice(None),) * axis + ((slice(node0, node0 + n),) if where == "node" else (g,))
+                v = np.asarray(out[key][index], np.float64)
+                res[key] = float(v) if v.ndim == 0 else v
+        results.append(res)
+        node0 += n
+    return results
+
+
+def predict_structures(fn: Callable, atoms_list: Sequence[Atoms], cutoff: float, dtype, *,
+                       layout: dict = OUTPUT_LAYOUT, max_edges: int = MAX_EDGES_PER_CALL) -> list[dict]:
+    """``fn(padded device graph) -> dict`` over ``atoms_list``, one dict of float64 numpy outputs per
+    structure (``layout`` says which are per node and per graph). ``stress`` is kept only for fully
+    periodic structures."""
+    graphs = [atoms_to_graph(a, cutoff) for a in atoms_list]
+    results = []
+    for chunk, padded in padded_batches(graphs, max_edges):
+        out = jax.tree_util.tree_map(np.asarray, fn(to_device(padded, dtype)))
+        results.extend(_split(out, chunk, layout))
+    for atoms, res in zip(atoms_list, results):
+        if not np.all(atoms.pbc):
+            res.pop("stress", None)
+    return results
