@@ -64,6 +64,14 @@ def test_parity(model, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_o3_equivariance_e3nn(model, kind):
+    """Random rotation with inversion, through e3nn-jax's assert_equivariant."""
+    if getattr(model.pot.config.hparams, "parity", True) is False:
+        pytest.skip(f"{model.name} is configured SE(3)-only (parity: false)")
+    testing.check_o3_equivariance(model, make_structure(kind, 11))
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_periodic_images_and_permutation(model, kind):
     atoms = make_structure(kind, 13)
     testing.check_permutation(model, atoms)
@@ -136,6 +144,8 @@ def test_battery_catches_a_model_that_is_not_rotation_invariant(broken):
     atoms = make_structure("molecule", 11)
     with pytest.raises(AssertionError, match=r"_rotating invariance: E not rotation invariant .*max \|Δ\| = "):
         testing.check_invariance(broken["_rotating"], atoms)
+    with pytest.raises(AssertionError, match=r"_rotating O\(3\) equivariance"):
+        testing.check_o3_equivariance(broken["_rotating"], atoms)
     testing.check_permutation(broken["_rotating"], atoms)  # only rotations are broken
     with pytest.raises(AssertionError, match="_rotating invariance"):
         testing.run_battery("_rotating", seed=1)

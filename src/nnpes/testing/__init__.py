@@ -15,7 +15,7 @@ and the size of the violation. No pytest needed.
 
 from nnpes.testing.battery import run_battery  # noqa: F401
 from nnpes.testing.checks import (  # noqa: F401
-    assert_close, check_equivariance, check_forces, check_invariance, check_parity, check_periodic_images,
+    assert_close, check_equivariance, check_forces, check_invariance, check_o3_equivariance, check_parity, check_periodic_images,
     check_permutation, check_stress,
 )
 from nnpes.testing.evaluator import PAD, Evaluator, battery_config, battery_evaluator  # noqa: F401

@@ -15,8 +15,9 @@ def _symmetry(ev, seed):
         atoms = make_structure(kind, seed + 11)
         checks.check_invariance(ev, atoms)
         checks.check_equivariance(ev, atoms)
-        if getattr(ev.pot.config.hparams, "parity", True) is not False:  # SE(3)-only models skip it
+        if getattr(ev.pot.config.hparams, "parity", True) is not False:  # SE(3)-only models skip these
             checks.check_parity(ev, make_structure(kind, seed + 12))
+            checks.check_o3_equivariance(ev, atoms)
         checks.check_permutation(ev, make_structure(kind, seed + 13))
         if kind in PERIODIC_KINDS:
             checks.check_periodic_images(ev, make_structure(kind, seed + 13))

@@ -126,3 +126,31 @@ def check_stress(pot, atoms: Atoms, h: float = 1e-5, tol: float = 1e-6) -> None:
     assert_close(f"{ev.name} stress", "σ not symmetric (eV/Å³)", s, s.T, atol=1e-12)
     err = np.abs(s_fd - s_voigt).max() / np.abs(s_voigt).max()
     assert err < tol, f"{ev.name} stress: σ differs from finite differences by {err:.2e} (relative, tolerance {tol:g})\n{s_voigt}\n{s_fd}"
+
+
+def check_o3_equivariance(pot, atoms: Atoms, seed: int = 0, atol: float = 1e-9, rtol: float = 1e-10) -> None:
+    """E and F under a random rotation combined with inversion, through e3nn-jax's
+    ``assert_equivariant``: positions (N, 3) and cell vectors (3, 3) as "1o", E as "0e", F as "1o".
+    (σ is covered by ``check_equivariance``.) For E(3) models; skip it for SE(3)-only ones."""
+    import e3nn_jax as e3nn
+    import jax
+    from e3nn_jax.utils import assert_equivariant
+
+    ev = as_evaluator(pot)
+    periodic = bool(atoms.pbc.any())
+
+    def energy_forces(positions, *cell):
+        a = transformed(atoms, positions=np.asarray(positions.array))
+        if periodic:
+            a.cell = np.asarray(cell[0].array)
+        (res,) = ev([a])
+        # One flat array, E then F row by row: assert_equivariant transforms a single IrrepsArray.
+        return e3nn.IrrepsArray(f"0e + {len(atoms)}x1o", np.concatenate([[res["energy"]], res["forces"].ravel()]))
+
+    args = [e3nn.IrrepsArray("1o", np.asarray(atoms.positions, np.float64))]
+    if periodic:
+        args.append(e3nn.IrrepsArray("1o", np.asarray(atoms.cell.array, np.float64)))
+    try:
+        assert_equivariant(energy_forces, jax.random.PRNGKey(seed), *args, atol=atol, rtol=rtol)
+    except AssertionError as err:
+        raise AssertionError(f"{ev.name} O(3) equivariance (e3nn assert_equivariant): E or F violate it\n{err}") from None
