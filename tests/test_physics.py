@@ -156,3 +156,10 @@ def test_battery_catches_forces_that_are_not_minus_grad_energy(broken):
     with pytest.raises(AssertionError, match=r"_detached forces: F differs from −dE/dR by"):
         testing.check_forces(broken["_detached"], atoms)
     testing.check_invariance(broken["_detached"], atoms)  # symmetric, only its forces are wrong
+
+
+def test_checks_accept_a_potential_and_name_the_violation():
+    pot = testing.battery_evaluator("_toy", seed=2).pot
+    testing.check_forces(pot, make_structure("cell", 14))  # a Potential: wrapped in its own Evaluator
+    with pytest.raises(AssertionError, match=r"^demo: E \(eV\): max \|Δ\| = 1\.000e-03 \(tolerance atol=1e-09, rtol=0\)$"):
+        testing.assert_close("demo", "E (eV)", [1.001], [1.0], atol=1e-9)
