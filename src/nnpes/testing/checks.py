@@ -49,10 +49,11 @@ def check_equivariance(pot, atoms: Atoms, rotations=None) -> None:
     ev = as_evaluator(pot)
     rots = _rotations(rotations)
     base, *rest = ev([atoms] + [transformed(atoms, rot=r) for r in rots])
+    check = f"{ev.name} equivariance"
     for res, rot in zip(rest, rots):
-        assert_close(f"{ev.name} equivariance", "F not rotation equivariant (eV/Å)", res["forces"], base["forces"] @ rot.T, atol=1e-9)
+        assert_close(check, "F not rotation equivariant (eV/Å)", res["forces"], base["forces"] @ rot.T, atol=1e-9)
         if atoms.pbc.any():
-            assert_close(f"{ev.name} equivariance", "stress not equivariant (eV/Å³)", res["stress"], rot @ base["stress"] @ rot.T, atol=1e-9)
+            assert_close(check, "stress not equivariant (eV/Å³)", res["stress"], rot @ base["stress"] @ rot.T, atol=1e-9)
 
 
 def check_parity(pot, atoms: Atoms) -> None:
@@ -125,7 +126,8 @@ def check_stress(pot, atoms: Atoms, h: float = 1e-5, tol: float = 1e-6) -> None:
     s_voigt = np.array([s[i, j] for i, j in VOIGT])
     assert_close(f"{ev.name} stress", "σ not symmetric (eV/Å³)", s, s.T, atol=1e-12)
     err = np.abs(s_fd - s_voigt).max() / np.abs(s_voigt).max()
-    assert err < tol, f"{ev.name} stress: σ differs from finite differences by {err:.2e} (relative, tolerance {tol:g})\n{s_voigt}\n{s_fd}"
+    assert err < tol, (f"{ev.name} stress: σ differs from finite differences by {err:.2e} "
+                       f"(relative, tolerance {tol:g})\n{s_voigt}\n{s_fd}")
 
 
 def check_o3_equivariance(pot, atoms: Atoms, seed: int = 0, atol: float = 1e-9, rtol: float = 1e-10) -> None:
