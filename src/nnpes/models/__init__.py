@@ -58,4 +58,4 @@ def get_model(name: str) -> ModelSpec:
 
 def _import_builtin():
     # Importing the modules runs their @register decorators.
-    from nnpes.models import behler_parrinello, nequip  # noqa: F401
+    from nnpes.models import behler_parrinello, mace, nequip  # noqa: F401
