@@ -1,0 +1,182 @@
+"""MACE: the symmetric contraction, the physics battery, the config template and every front end
+(predict, save/load, ASE calculator with stress, MD functions, committee, training).
+
+Tiny models (4 channels, max_ell 2) so each configuration compiles in seconds."""
+
+import csv
+import dataclasses
+import functools
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from ase.build import bulk
+
+from nnpes import testing
+from nnpes.config import template
+from nnpes.config.model import parse_model_config
+from nnpes.config.schema import ConfigError
+from nnpes.models.mace import MACEHParams
+from nnpes.models.mace_ops import coupling, symmetric_contraction
+from nnpes.potential import build_potential, load_potential
+from nnpes.testing import make_structure
+
+SMALL = {"num_channels": 4, "max_ell": 2, "correlation": 3, "radial_mlp": [8], "num_bessel": 4, "mlp_irreps": "4x0e"}
+A_IRREPS, B_IRREPS = "0e+1o+2e", "0e+1o"
+
+
+# ---- the symmetric contraction ---------------------------------------------------------------
+
+
+def _contract(a, order, seed=0):
+    """B (N, C, D) of one correlation order with random per-node weights; a (N, C, d) array."""
+    cp = coupling(A_IRREPS, B_IRREPS, order)
+    w = jax.random.normal(jax.random.PRNGKey(seed), (a.shape[0], cp.coefficients.shape[1], a.shape[1]), a.dtype)
+    return symmetric_contraction(a, [w], [cp])
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_contraction_rotates_as_its_irreps_and_is_homogeneous(order):
+    """B(D(g) A) = D(g) B(A) for rotations with and without inversion; B(tA) = t^ν B(A); B(0) = 0."""
+    a = jax.random.normal(jax.random.PRNGKey(order), (3, 2, e3nn.Irreps(A_IRREPS).dim), jnp.float64)
+    fn = lambda x: e3nn.IrrepsArray(B_IRREPS, _contract(x.array, order))  # noqa: E731
+    x = e3nn.IrrepsArray(A_IRREPS, a)
+    b = fn(x).array
+    assert np.abs(b).max() > 1e-3
+    for sign in (1.0, -1.0):
+        rot = sign * e3nn.rand_matrix(jax.random.PRNGKey(10 + order), (), jnp.float64)
+        np.testing.assert_allclose(fn(x.transform_by_matrix(rot)).array, fn(x).transform_by_matrix(rot).array, atol=1e-12)
+    e3nn.utils.assert_equivariant(fn, jax.random.PRNGKey(0), x, atol=1e-10, rtol=1e-10)
+    np.testing.assert_allclose(_contract(2.0 * a, order), 2.0**order * b, rtol=1e-12, atol=1e-12)
+    assert np.all(np.asarray(_contract(jnp.zeros_like(a), order)) == 0.0)  # padding nodes: exactly zero
+
+
+def test_coupling_is_cached_and_reduces_a_vector_square_to_its_norm():
+    """ν = 2 of one vector onto 0e: the only invariant is |A|² (one path, equal weights)."""
+    assert coupling("1o", "0e", 2) is coupling("1o", "0e", 2)
+    cp = coupling("1o", "0e", 2)
+    assert cp.coefficients.shape == (3, 1, 1)  # monomials A_x², A_y², A_z²; cross terms vanish
+    c = cp.coefficients[:, 0, 0]
+    np.testing.assert_allclose(c, c[0])
+    a = np.array([[[1.0, -2.0, 0.5]]])
+    b = symmetric_contraction(jnp.asarray(a), [jnp.ones((1, 1, 1))], [cp])
+    np.testing.assert_allclose(b[0, 0, 0], c[0] * np.sum(a**2), rtol=1e-12)
+
+
+# ---- the physics battery and the configuration -----------------------------------------------
+
+
+def test_physics_battery_in_float64():
+    assert testing.run_battery("mace", hparams=SMALL) == ["symmetry", "derivatives", "locality", "padding", "no_recompile"]
+
+
+def test_template_comments_every_mace_key():
+    text = template("mace", ["H", "C"])
+    model = yaml.safe_load(text)["model"]
+    lines = {line.split(":")[0].strip(): line for line in text.splitlines() if line.startswith("  ")}
+    for f in dataclasses.fields(MACEHParams):
+        assert f.name in model, f.name
+        assert "#" in lines[f.name], f"{f.name} has no comment"
+    cfg = parse_model_config(model)
+    assert cfg.hparams == MACEHParams() and cfg.hparams.hidden == e3nn.Irreps("128x0e+128x1o")
+    assert (MACEHParams().num_interactions, MACEHParams().max_ell, MACEHParams().correlation) == (2, 3, 3)
+
+
+def test_hidden_irreps_and_bad_hyperparameters_are_named():
+    cfg = parse_model_config({"name": "mace", "elements": ["H"], "hidden_irreps": "8x0e+8x1o+8x2e"})
+    assert cfg.hparams.channels == 8 and cfg.hparams.hidden.lmax == 2
+    for bad, key in [({"hidden_irreps": "8x0e+4x1o"}, "hidden_irreps"), ({"hidden_irreps": "8x0e+8x1e"}, "hidden_irreps"),
+                     ({"correlation": 0}, "correlation"), ({"mlp_irreps": "16x1o"}, "mlp_irreps"),
+                     ({"num_polynomial_cutoff": 1}, "num_polynomial_cutoff"), ({"corelation": 2}, "correlation")]:
+        with pytest.raises(ConfigError, match=key):
+            parse_model_config({"name": "mace", "elements": ["H"], **bad})
+
+
+@pytest.mark.parametrize("correlation", [1, 2, 3])
+def test_every_correlation_order_builds(correlation):
+    pot = build_potential({"name": "mace", "elements": ["H", "C", "O"], "cutoff": 3.0, **SMALL, "correlation": correlation,
+                           "num_interactions": 1})
+    out = pot.predict(make_structure("molecule", 3))
+    assert np.isfinite(out["energy"]) and np.abs(out["forces"]).max() > 0
+    assert {x.dtype for x in jax.tree_util.tree_leaves(pot.params)} == {jnp.dtype(jnp.float32)}
+
+
+# ---- front ends ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _potential():
+    data = testing.labelled_dataset()
+    return build_potential({"name": "mace", "elements": ["H", "C", "O"], "cutoff": 3.0, "dtype": "float64", **SMALL},
+                           seed=2, dataset=data)
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    pot = _potential()
+    structures = [make_structure("molecule", 5), make_structure("cell", 6)]
+    pot.save(tmp_path / "pot")
+    loaded = load_potential(tmp_path / "pot")
+    assert loaded.config == pot.config
+    for a, b in zip(pot.predict(structures), loaded.predict(structures)):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_calculator_stress_and_md_functions_agree_with_predict():
+    pot = _potential()
+    atoms = make_structure("cell", 8)
+    ref = pot.predict(atoms, compute_stress=True)
+    atoms.calc = pot.calculator()
+    assert abs(atoms.get_potential_energy() - ref["energy"]) < 1e-10
+    assert np.abs(atoms.get_stress(voigt=False) - ref["stress"].reshape(3, 3)).max() < 1e-10
+    assert np.abs(ref["stress"]).max() > 0
+    neighbor_fn, energy_fn = pot.md_functions(atoms)
+    positions = jnp.asarray(atoms.positions)
+    e, f = energy_fn.energy_and_forces(positions, neighbor=neighbor_fn.allocate(positions))
+    assert abs(float(e) - ref["energy"]) < 1e-9 and np.abs(np.asarray(f) - ref["forces"]).max() < 1e-9
+
+
+def test_committee_predicts_with_spread():
+    from nnpes import Ensemble
+
+    cfg = {"name": "mace", "elements": ["H", "C", "O"], "cutoff": 3.0, **SMALL, "num_interactions": 1, "correlation": 2}
+    ens = Ensemble.build(cfg, 2, seed=0, dataset=testing.labelled_dataset())
+    out = ens.predict(make_structure("molecule", 4))
+    assert np.isfinite(out["energy"]) and np.all(np.isfinite(out["forces"]))
+    assert float(np.max(out["force_std"])) > 0
+
+
+def _copper_frames(n, seed):
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
+        frames.append(atoms)
+    return frames
+
+
+def test_short_training_decreases_the_loss(tmp_path):
+    from ase.io import write
+
+    from nnpes.training import train
+
+    write(tmp_path / "train.extxyz", _copper_frames(12, 0))
+    cfg = {
+        "data": {"train": str(tmp_path / "train.extxyz"), "n_valid": 2},
+        "model": {"name": "mace", "elements": ["Cu"], "cutoff": 3.0, **SMALL, "correlation": 2},
+        "training": {"seed": 0, "max_epochs": 3, "batch_size": 5, "lr": 1e-2, "progress": False},
+    }
+    result = train(cfg, tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert load_potential(result["model"]).config.name == "mace"
