@@ -170,11 +170,11 @@ def test_short_training_decreases_the_loss(tmp_path):
 
     from nnpes.training import train
 
-    write(tmp_path / "train.extxyz", _copper_frames(12, 0))
+    write(tmp_path / "train.extxyz", _copper_frames(8, 0))
     cfg = {
         "data": {"train": str(tmp_path / "train.extxyz"), "n_valid": 2},
-        "model": {"name": "mace", "elements": ["Cu"], "cutoff": 3.0, **SMALL, "correlation": 2},
-        "training": {"seed": 0, "max_epochs": 3, "batch_size": 5, "lr": 1e-2, "progress": False},
+        "model": {"name": "mace", "elements": ["Cu"], "cutoff": 3.0, **SMALL, "correlation": 2, "num_interactions": 1},
+        "training": {"seed": 0, "max_epochs": 3, "batch_size": 3, "lr": 1e-2, "progress": False},
     }
     result = train(cfg, tmp_path / "run", quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))

@@ -28,6 +28,7 @@ from nnpes.testing import CUTOFF, KINDS, PERIODIC_KINDS, make_structure
 HPARAMS = {
     "nequip": {"num_layers": 2, "features": 8, "num_bessel": 6, "radial_mlp_width": 16},
     "behler_parrinello": {"hidden": [16], "n_radial": 4, "angular_etas": [0.05], "zetas": [1, 2]},
+    "mace": {"num_channels": 4, "max_ell": 2, "correlation": 3, "radial_mlp": [8], "num_bessel": 4, "mlp_irreps": "4x0e"},
 }
 
 
