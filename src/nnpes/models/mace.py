@@ -164,9 +164,11 @@ class MACE(nn.Module):
         unit = vectors / jnp.where(r > 0, r, 1.0)[:, None]  # padding edges: zero vectors stay zero
         envelope = polynomial_envelope(r, self.cutoff, hp.num_polynomial_cutoff) * edge_mask
         basis = bessel_basis(r, self.cutoff, hp.num_bessel) * envelope[:, None]  # zero on padding
-        sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(hp.max_ell), e3nn.IrrepsArray("1o", unit), normalize=False, normalization="component")
+        sh_irreps = e3nn.Irreps.spherical_harmonics(hp.max_ell)  # 0e + 1o + ... + max_ell
+        sh = e3nn.spherical_harmonics(sh_irreps, e3nn.IrrepsArray("1o", unit), normalize=False, normalization="component")
         onehot = jax.nn.one_hot(species, self.num_species, dtype=dt)
-        h = e3nn.IrrepsArray(f"{hp.channels}x0e", nn.Dense(hp.channels, use_bias=False, dtype=dt, param_dtype=dt, name="embedding")(onehot))
+        embed = nn.Dense(hp.channels, use_bias=False, dtype=dt, param_dtype=dt, name="embedding")(onehot)
+        h = e3nn.IrrepsArray(f"{hp.channels}x0e", embed)
         energy = jnp.zeros(species.shape, dt)
         for layer in range(hp.num_interactions):
             last = layer == hp.num_interactions - 1
@@ -183,7 +185,4 @@ class MACE(nn.Module):
 @register("mace", MACEHParams)
 def build(hp: MACEHParams, config) -> MACE:
     dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
-    return MACE(
-        hp=hp, num_species=len(config.elements), cutoff=float(config.cutoff),
-        avg_num_neighbors=float(config.avg_num_neighbors or 1.0), dtype=dtype,
-    )
+    return MACE(hp, len(config.elements), float(config.cutoff), float(config.avg_num_neighbors or 1.0), dtype)
