@@ -133,7 +133,7 @@ class Interaction(nn.Module):
         return e3nn.Irreps([(1, ir) for _, ir in irreps])
 
     def _product_basis(self, a, species):
-        """(N, C, d) A → (N, C, D) B with the element's weights gathered once per node."""
+        """(N, C, d) A → (N, C, D) B with per-element weights W^ν (Z, Q_ν, C)."""
         hp = self.hp
         a_irreps = str(e3nn.Irreps.spherical_harmonics(hp.max_ell))
         couplings = [coupling(a_irreps, str(self._single(e3nn.Irreps(self.target))), nu)
@@ -143,7 +143,7 @@ class Interaction(nn.Module):
             n_paths = cp.coefficients.shape[1]
             init = nn.initializers.normal(1.0 / max(n_paths, 1) ** 0.5)
             w = self.param(f"weights_{nu}", init, (self.num_species, n_paths, hp.channels), self.dtype)
-            weights.append(w[species])
+            weights.append(w[species])  # gathered once per node
         return symmetric_contraction(a, weights, couplings)
 
 
