@@ -12,7 +12,8 @@ symmetric in a_1..a_ν, the sum runs over monomials a_1 ≤ ... ≤ a_ν only, e
 number of orderings, and monomials whose coupling vanishes for every kept output are dropped
 (parity and angular-momentum selection rules remove most). The device work per order is one
 gather-and-multiply of A (the monomials) and one einsum with the coupling and the per-element
-weights gathered once per node. Every monomial has degree ν ≥ 1, so A = 0 (a padding or isolated node) gives B = 0 exactly.
+weights gathered once per node. Every monomial has degree ν ≥ 1, so A = 0 (a padding or isolated
+node) gives B = 0 exactly.
 """
 
 from __future__ import annotations
