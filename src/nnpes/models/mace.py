@@ -41,7 +41,7 @@ class MACEHParams:
     max_L: int = doc("highest l of the hidden features (irreps 0e+1o+2e+...)", default=1)
     hidden_irreps: str | None = doc('e.g. "128x0e+128x1o"; overrides num_channels and max_L', default=None)
     max_ell: int = doc("highest l of the edge spherical harmonics (and of A)", default=3)
-    correlation: int = doc("body order ν of the symmetric contraction (product basis)", default=3)
+    correlation: int = doc("correlation order ν of the product basis (messages of body order ν + 1)", default=3)
     num_bessel: int = doc("radial Bessel functions", default=8)
     num_polynomial_cutoff: int = doc("envelope exponent p (C² cut at r_max)", default=5)
     radial_mlp: list[int] = doc("hidden widths of the radial MLP", default_factory=lambda: [64, 64, 64])
