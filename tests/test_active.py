@@ -227,9 +227,7 @@ def test_collective_variables_values_and_gradients():
 
 def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemble):
     from nnpes.active.biases import UncertaintyBias, WellTemperedMetaD, biased, distance, update_states
-    from nnpes.active.explore import _member_fn
-    from nnpes.graph import pad_to_bucket, to_device
-    from nnpes.graph import atoms_to_graph
+    from nnpes.md import md_functions
 
     metad = WellTemperedMetaD((distance(0, 1),), (0.2,), height=0.1, pace=1, bias_factor=5.0, temperature=300.0, max_hills=4)
     x = jnp.asarray(cu_cluster(5).positions)
@@ -242,13 +240,14 @@ def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemb
     assert h[1] == pytest.approx(0.1 * np.exp(-0.1 / (units_kB() * 300 * 4)))
 
     atoms = cu_cluster(5)
-    graph = to_device(pad_to_bucket(atoms_to_graph(atoms, ensemble.cutoff)), jnp.float64)
-    member = _member_fn(ensemble, ensemble.variables, graph)
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms)
+    pos = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(pos)
+    member = lambda p: energy_fn.member_energies_and_forces(p, neighbor=nbrs)
     biases = (metad, UncertaintyBias(strength=0.3, width=0.01, n_atoms=len(atoms)))
     states = (state, ())
     fn = biased(member, biases)
     n = len(atoms)
-    pos = graph.nodes["positions"]
 
     def total(p):
         e_k, _ = member(p)
