@@ -96,7 +96,7 @@ def _measures(out, nu, std_scale):
 
 def committee_md(ensemble: Ensemble, atoms: Atoms, cfg: ExploreConfig, biases: tuple) -> CommitteeMD:
     """Langevin MD on the biased committee mean for ``atoms``' species, cell and pbc."""
-    neighbor_fn, energy_fn = md_functions(ensemble, atoms, skin=cfg.skin)
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms, skin=cfg.skin, capacity_multiplier=cfg.capacity_multiplier)
     fn = biased(energy_fn.member_energies_and_forces, biases)
     stop_above = np.inf if cfg.stop_above is None else float(cfg.stop_above)
     relative = cfg.measure == "max_rel_force_std"
@@ -144,6 +144,7 @@ class Trajectory:
     steps_done: int
     stopped: bool  # passed the upper trust level (or produced a non-finite ε)
     max_eps: float
+    n_reallocations: int = 0  # neighbour-list overflows (each block redone with a bigger list)
 
 
 def explore(ensemble: Ensemble, starts: Sequence[Atoms], cfg: ExploreConfig, *, seed: int | None = None):
@@ -201,7 +202,8 @@ def _trajectory(ensemble: Ensemble, start: Atoms, cfg: ExploreConfig, s_idx: int
     result = run_blocks(lambda st, nb, n: run.block(st, nb, n, *traced), state, nbrs, run.neighbor_fn,
                         cfg.steps, cfg.chunk, on_block)
     steps_done = int(result.state.step)
-    return Trajectory(s_idx, temperature, steps_done, bool(result.state.stopped), max_eps[0]), frames
+    return Trajectory(s_idx, temperature, steps_done, bool(result.state.stopped), max_eps[0],
+                      result.n_reallocations), frames
 
 
 def _frame(start: Atoms, recs: StepRecord, i: int, biases, s_idx: int, temperature: float) -> Atoms:
