@@ -227,9 +227,7 @@ def test_collective_variables_values_and_gradients():
 
 def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemble):
     from nnpes.active.biases import UncertaintyBias, WellTemperedMetaD, biased, distance, update_states
-    from nnpes.active.explore import _member_fn
-    from nnpes.graph import pad_to_bucket, to_device
-    from nnpes.graph import atoms_to_graph
+    from nnpes.md import md_functions
 
     metad = WellTemperedMetaD((distance(0, 1),), (0.2,), height=0.1, pace=1, bias_factor=5.0, temperature=300.0, max_hills=4)
     x = jnp.asarray(cu_cluster(5).positions)
@@ -242,13 +240,14 @@ def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemb
     assert h[1] == pytest.approx(0.1 * np.exp(-0.1 / (units_kB() * 300 * 4)))
 
     atoms = cu_cluster(5)
-    graph = to_device(pad_to_bucket(atoms_to_graph(atoms, ensemble.cutoff)), jnp.float64)
-    member = _member_fn(ensemble, ensemble.variables, graph)
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms)
+    pos = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(pos)
+    member = lambda p: energy_fn.member_energies_and_forces(p, neighbor=nbrs)
     biases = (metad, UncertaintyBias(strength=0.3, width=0.01, n_atoms=len(atoms)))
     states = (state, ())
     fn = biased(member, biases)
     n = len(atoms)
-    pos = graph.nodes["positions"]
 
     def total(p):
         e_k, _ = member(p)
@@ -302,6 +301,44 @@ def test_explore_with_metadynamics_records_cvs(ensemble):
     for f in frames:
         assert f.info["al_cv"][0] == pytest.approx(f.get_distance(0, 1))
         assert f.info["al_bias_energy"] != 0.0
+
+
+def test_committee_energy_fn_mean_forces_equal_ensemble_predict(ensemble):
+    from nnpes.md import CommitteeEnergyFn, md_functions
+
+    atoms = cu_cluster(9)
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms)
+    assert isinstance(energy_fn, CommitteeEnergyFn)
+    x = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(x)
+    out = jax.jit(lambda r, nb: energy_fn.members(r, neighbor=nb))(x, nbrs)
+    ref = ensemble.predict(atoms)
+    np.testing.assert_allclose(np.asarray(out.forces), ref["forces"], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.member_forces), ref["member_forces"], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.member_energy), ref["member_energy"], atol=1e-9)
+    e, f = energy_fn.energy_and_forces(x, neighbor=nbrs)
+    assert float(e) == pytest.approx(ref["energy"], abs=1e-9)
+    np.testing.assert_allclose(np.asarray(f), ref["forces"], atol=1e-9)
+
+
+def test_explore_shares_the_md_block_driver_overflow_reallocates_and_continues(ensemble):
+    from nnpes.active.explore import ExploreConfig, explore
+
+    # Nearest neighbours at 4.0 Å, at the 4 Å cutoff: model slots sized with no head room
+    # overflow as soon as thermal motion brings more pairs inside; 1.5x head room never does.
+    start = bulk("Cu", "fcc", a=5.66, cubic=True).repeat((2, 1, 1))
+    start.pbc = False
+    start.center(vacuum=4.0)
+    start.rattle(0.02, seed=1)
+    kw = dict(temperatures=[1500.0], steps=60, stride=10, chunk=10, timestep=2.0, skin=0.2, stop_above=None)
+    tight_frames, tight = explore(ensemble, [start], ExploreConfig(capacity_multiplier=1.0, **kw))
+    roomy_frames, roomy = explore(ensemble, [start], ExploreConfig(capacity_multiplier=1.5, **kw))
+    assert tight[0].n_reallocations > 0 and roomy[0].n_reallocations == 0, (tight, roomy)
+    assert tight[0].steps_done == roomy[0].steps_done == 60
+    assert [f.info["al_step"] for f in tight_frames] == [f.info["al_step"] for f in roomy_frames]
+    for a, b in zip(tight_frames, roomy_frames):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-8)
+        assert a.info["al_eps"] == pytest.approx(b.info["al_eps"], abs=1e-8)
 
 
 # ---- oracle, store, executors -----------------------------------------------------------------

@@ -38,8 +38,9 @@ class ExploreConfig:
     timestep: float = 0.5  # fs
     friction: float = 0.02  # 1/fs
     stride: int = 10  # record a frame every `stride` steps
-    chunk: int = 50  # steps per jitted call between neighbour-list rebuilds
-    skin: float = 1.0  # Å
+    chunk: int = 50  # steps per jitted block (frames collected, overflow checked between blocks)
+    skin: float = 1.0  # Å, the device Verlet list's skin (rebuilt on device when an atom moved skin/2)
+    capacity_multiplier: float = 1.25  # head room of the Verlet list's buffers (overflow → reallocate, redo)
     measure: str = "max_force_std"  # or max_rel_force_std: the ε compared with the trust levels
     stop_above: float | None = None  # ε (eV/Å or 1) beyond which a trajectory stops; the loop sets select.hi
     metadynamics: dict | None = None  # {cvs: [...], sigma: [...], height, pace, bias_factor}
