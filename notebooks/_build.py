@@ -490,6 +490,15 @@ ax.legend()
 print("best agreement:", errors.min(), "eV/Å")
 assert errors.min() < 1e-6 * max(1.0, abs(ref["forces"][i, c]))
 """),
+    md("""The same checks, and more (parity, periodic images, stress = strain derivative, supercells,
+locality, smoothness at the cutoff, padding, compilation), ship as `nnpes.testing`: `run_battery`
+runs them all on random molecules and periodic cells in float64 and raises `AssertionError` naming
+the violated check. It works on any registered model, including your own."""),
+    code("""
+from nnpes.testing import run_battery
+
+print("passed:", run_battery(MODEL, seed=1))
+"""),
 ]
 
 

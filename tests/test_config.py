@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nnpes.workflows.quickstart import default_config
 from nnpes.config import check_config, load_config, template
 from nnpes.config.schema import ConfigError
 
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # training configs (other shipped configs, e.g. active learning, have their own sections and tests)
 CONFIGS = [p for p in sorted((REPO / "configs").glob("*.yaml"))
            if set(yaml.safe_load(p.read_text()) or {}) <= {"data", "model", "training", "output"}]
+CONFIGS.append(default_config())  # the quickstart's, shipped as package data
 
 
 def _base(tmp_path):

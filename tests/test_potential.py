@@ -271,6 +271,7 @@ def test_calculator_properties(toy64):
     assert atoms.get_potential_energy(force_consistent=True) == pytest.approx(ref["energy"])
     np.testing.assert_allclose(atoms.get_forces(), ref["forces"])
     np.testing.assert_allclose(atoms.get_potential_energies(), ref["energies"])
+    assert "stress" not in atoms.calc.results  # energy and forces never pay for the strain derivative
     stress = atoms.get_stress()
     assert stress.shape == (6,)
     # ase's own finite-difference stress checks the Voigt order and sign

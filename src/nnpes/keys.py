@@ -1,6 +1,8 @@
 """The one registry of data fields: name, where it lives in a graph, shape and unit.
 
-Every module refers to these constants instead of spelling strings. Shapes use
+Every module refers to these constants instead of spelling strings; predictions use the same names
+(``energy``, ``forces``, ``energies``, ``stress``), and ``FIELDS[name].where`` tells the prediction
+path how to split a batch per structure. Shapes use
 N = nodes (atoms), E = edges (directed neighbour pairs), G = graphs (structures)
 of a (possibly padded) batch.
 """
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 # nodes
 POSITIONS = "positions"  # (N, 3) float, Å
 NUMBERS = "numbers"  # (N,) int32, atomic numbers; 0 on padding nodes
-FORCES = "forces"  # (N, 3) float, eV/Å (reference label)
+FORCES = "forces"  # (N, 3) float, eV/Å (reference label, and predicted)
+ENERGIES = "energies"  # (N,) float, eV, predicted per-atom energies (they sum to the energy)
 
 # edges
 SHIFTS = "shifts"  # (E, 3) float holding integers: cell images, vector = r_s - r_r + shifts @ cell
@@ -42,6 +45,7 @@ FIELDS = {
         Field(POSITIONS, "nodes", (3,), "Å"),
         Field(NUMBERS, "nodes", (), "atomic number"),
         Field(FORCES, "nodes", (3,), "eV/Å"),
+        Field(ENERGIES, "nodes", (), "eV"),
         Field(SHIFTS, "edges", (3,), "cell vectors"),
         Field(CELL, "globals", (3, 3), "Å"),
         Field(PBC, "globals", (3,), "bool"),

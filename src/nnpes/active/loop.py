@@ -30,6 +30,7 @@ from nnpes.oracle import LabelStore, label_into_store, make_executor, make_oracl
 from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
 from nnpes.files import atomic_write_text, yaml_safe
 from nnpes.config.active import ExploreConfig, load_config
+from nnpes.data import read_structures
 
 STAGES = ("init", "train", "explore", "select", "label", "done")
 STATE_FILE = "state.json"
@@ -63,16 +64,6 @@ def _read_frames(path: Path) -> list[Atoms]:
         if isinstance(a.info.get("al_cv"), str):
             a.info["al_cv"] = json.loads(a.info["al_cv"])
     return frames
-
-
-def _read_structures(path: str) -> list[Atoms]:
-    try:
-        from nnpes.data import read_structures
-    except ImportError:  # pragma: no cover
-        import ase.io
-
-        return ase.io.read(path, index=":")
-    return read_structures(path)
 
 
 def _is_valid(key: str, fraction: float) -> bool:
@@ -129,7 +120,7 @@ class ActiveLearning:
 
     def initial_structures(self) -> list[Atoms]:
         if self._initial is None:
-            self._initial = _read_structures(self.cfg.data.initial) if self.cfg.data.initial else []
+            self._initial = read_structures(self.cfg.data.initial) if self.cfg.data.initial else []
             for k, a in enumerate(self._initial):
                 a.info["al_key"] = f"file-{k}"
         return self._initial
@@ -211,7 +202,7 @@ class ActiveLearning:
                 metrics["std_scale"] = ens.calibrate(valid)
             metrics["valid"] = ens.errors(valid)
         if self.cfg.data.test:
-            metrics["test"] = ens.errors(_read_structures(self.cfg.data.test))
+            metrics["test"] = ens.errors(read_structures(self.cfg.data.test))
         ens.save(self.iter_dir() / "ensemble")
         atomic_write_text(self.iter_dir() / "train.json", json.dumps(metrics, indent=1))
         self.log(f"iteration {i}: trained on {len(train)} labels ({'warm' if warm else 'cold'} start) {metrics.get('valid', '')}")

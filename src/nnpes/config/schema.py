@@ -33,22 +33,12 @@ def _type_name(tp) -> str:
 
 
 def _coerce(value: Any, tp, path: str):
+    """``value`` checked (and where unambiguous converted) against the type hint ``tp``."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return _coerce_union(value, tp, path)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -65,8 +55,7 @@ def _coerce(value: Any, tp, path: str):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
-        args = get_args(tp)
-        item_tp = args[0] if args else Any
+        item_tp = (get_args(tp) or (Any,))[0]
         items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
@@ -74,6 +63,24 @@ def _coerce(value: Any, tp, path: str):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, path): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    return _coerce_scalar(value, tp, path)
+
+
+def _coerce_union(value, tp, path: str):
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, path)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_scalar(value, tp, path: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -83,18 +90,16 @@ def _coerce(value: Any, tp, path: str):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            try:  # YAML reads "1e-3" as a string
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:  # YAML reads "1e-3" as a string
-                    return float(value)
-                except ValueError:
-                    pass
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
     return value
 
 

@@ -286,6 +286,27 @@ def _labels_from_atoms(atoms: Atoms, energy_key, forces_key, stress_key) -> dict
     return labels
 
 
+def _read_raw(path: Path, index, format: str | None, energy_unit: str):
+    """(format, (frames, their indices in the file, labels per frame or None)) by the file's kind."""
+    fmt = format or {".npz": "npz", ".db": "db", ".json": "json"}.get(path.suffix.lower())
+    if fmt == "npz":
+        return fmt, _read_npz(path, index, energy_unit)
+    if fmt == "db":
+        return fmt, _read_ase_db(path, index)
+    if fmt not in ("json", "mlearn"):
+        return fmt, _read_ase_io(path, index, fmt)
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"is not valid JSON: {err}") from None
+    if isinstance(content, dict) and ("structure" in content or content.get("@class") == "Structure"):
+        content = [content]  # a single mlearn entry or pymatgen Structure
+    if fmt == "mlearn" or isinstance(content, list):
+        return "mlearn", _read_mlearn_json(path, content, index)
+    return fmt, _read_ase_db(path, index, db_type="json")  # an ASE JSON database: rows keyed by id
+
+
 def read_structures(
     path,
     *,
@@ -319,30 +340,7 @@ def read_structures(
     e_factor = _energy_factor(energy_unit)
     f_factor = _force_factor(force_unit, energy_unit)
     index = _parse_index(index)
-    suffix = path.suffix.lower()
-    fmt = format or {".npz": "npz", ".db": "db", ".json": "json"}.get(suffix)
-    if fmt == "json":
-        try:
-            with open(path) as f:
-                content = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"is not valid JSON: {err}") from None
-        if isinstance(content, dict) and ("structure" in content or content.get("@class") == "Structure"):
-            content = [content]  # a single mlearn entry or pymatgen Structure
-        if isinstance(content, list):
-            fmt = "mlearn"
-            atoms_list, ids, labels_list = _read_mlearn_json(path, content, index)
-        else:  # an ASE JSON database is an object keyed by row ids
-            atoms_list, ids, labels_list = _read_ase_db(path, index, db_type="json")
-    elif fmt == "npz":
-        atoms_list, ids, labels_list = _read_npz(path, index, energy_unit)
-    elif fmt == "mlearn":
-        with open(path) as f:
-            atoms_list, ids, labels_list = _read_mlearn_json(path, json.load(f), index)
-    elif fmt == "db":
-        atoms_list, ids, labels_list = _read_ase_db(path, index)
-    else:
-        atoms_list, ids, labels_list = _read_ase_io(path, index, fmt)
+    fmt, (atoms_list, ids, labels_list) = _read_raw(path, index, format, energy_unit)
     if labels_list is None:
         labels_list = [_labels_from_atoms(a, energy_key, forces_key, stress_key) for a in atoms_list]
     elif (energy_key, forces_key, stress_key) != (None, None, None):

@@ -117,22 +117,28 @@ def acsf(spec: ACSFSpec, vectors, species, senders, receivers, edge_mask):
     vectors (E, 3) Å (zero on padding), species (N,) int element index, senders/receivers (E,),
     edge_mask (E,) bool. Atoms without neighbours (and padding atoms) get all-zero descriptors."""
     n_node = species.shape[0]
-    n_el = spec.n_species
-    dtype = vectors.dtype
     r, unit = _safe_lengths(vectors, edge_mask)
     fc = jnp.where(edge_mask, cutoff_function(r, spec.cutoff), 0.0)
     # One scatter key per (centre, neighbour element) so both blocks are a single segment_sum.
-    channel = receivers * n_el + species[senders]
-    n_seg = n_node * n_el
-
-    shifts = jnp.asarray(spec.radial_shifts, dtype)
+    channel = receivers * spec.n_species + species[senders]
+    n_seg = n_node * spec.n_species
+    shifts = jnp.asarray(spec.radial_shifts, vectors.dtype)
     g2_edge = jnp.exp(-spec.radial_eta * (r[:, None] - shifts) ** 2) * fc[:, None]
-    g2 = jax.ops.segment_sum(g2_edge, channel, n_seg).reshape(n_node, n_el * len(spec.radial_shifts))
+    g2 = jax.ops.segment_sum(g2_edge, channel, n_seg).reshape(n_node, spec.n_species * len(spec.radial_shifts))
+    terms = _monomial_exponents(max(spec.zetas))
+    etas = jnp.asarray(spec.angular_etas, vectors.dtype)
+    w = jnp.exp(-etas * (r**2)[:, None]) * fc[:, None]  # (E, n_eta); zero on padding through fc
+    edge_feat = jnp.concatenate([w[:, :, None] * _unit_monomials(unit, terms)[:, None, :], (w**2)[:, :, None]], axis=-1)
+    moments = jax.ops.segment_sum(edge_feat, channel, n_seg)
+    moments = moments.reshape(n_node, spec.n_species, len(spec.angular_etas), -1)
+    g5 = _g5(spec, moments[..., :-1], moments[..., -1], terms)
+    return jnp.concatenate([g2, g5], axis=-1)
 
-    max_deg = max(spec.zetas)
-    terms = _monomial_exponents(max_deg)
+
+def _unit_monomials(unit, terms):
+    """(E, n_mono): every monomial u^α of the unit vectors up to the largest degree in ``terms``."""
+    max_deg = len(terms) - 1
     exps = np.concatenate([e for e, _ in terms])  # (n_mono, 3)
-    # u^α: powers of each component, then one product per monomial.
     # Repeated products, not u ** k: the gradient of u ** 0 at u = 0 is 0 · 0⁻¹ = NaN.
     pw = [jnp.ones_like(unit)]
     for _ in range(max_deg):
@@ -140,17 +146,17 @@ def acsf(spec: ACSFSpec, vectors, species, senders, receivers, edge_mask):
     # u^α = Π_c u_c^{α_c}; each factor is picked by a one-hot matmul (exact), because the backward
     # pass of an indexed gather is a scatter-add that XLA:CPU runs ~10× slower than the whole forward.
     pick = np.eye(max_deg + 1)[exps]  # (n_mono, 3, max_deg+1)
-    mono = jnp.ones((unit.shape[0], 1), dtype)
+    mono = jnp.ones((unit.shape[0], 1), unit.dtype)
     for c in range(3):
         powers_c = jnp.stack([q[:, c] for q in pw], axis=-1)  # (E, max_deg+1)
-        mono = mono * (powers_c @ jnp.asarray(pick[:, c, :].T, dtype))  # (E, n_mono)
-    etas = jnp.asarray(spec.angular_etas, dtype)
-    w = jnp.exp(-etas * (r**2)[:, None]) * fc[:, None]  # (E, n_eta); zero on padding through fc
-    edge_feat = jnp.concatenate([w[:, :, None] * mono[:, None, :], (w**2)[:, :, None]], axis=-1)
-    moments = jax.ops.segment_sum(edge_feat, channel, n_seg)
-    moments = moments.reshape(n_node, n_el, len(spec.angular_etas), -1)
-    m, self_sq = moments[..., :-1], moments[..., -1]  # (N, el, eta, n_mono), (N, el, eta)
+        mono = mono * (powers_c @ jnp.asarray(pick[:, c, :].T, unit.dtype))  # (E, n_mono)
+    return mono
 
+
+def _g5(spec: ACSFSpec, m, self_sq, terms):
+    """(N, spec.n_angular) G5 from the per-(centre, element) moments m (N, el, eta, n_mono) and the
+    self terms Σ w² (N, el, eta)."""
+    dtype, n_el, max_deg = m.dtype, spec.n_species, max(spec.zetas)
     # P_n[s, t] = Σ_{j∈s, k∈t} w_j w_k (u_j·u_k)^n, by degree n.
     p_by_degree, start = [], 0
     for e, coef in terms:
@@ -159,7 +165,6 @@ def acsf(spec: ACSFSpec, vectors, species, senders, receivers, edge_mask):
         p_by_degree.append(jnp.einsum("nsha,ntha,a->nhst", ms, ms, jnp.asarray(coef, dtype)))
         start = stop
     p = jnp.stack(p_by_degree, axis=1)  # (N, deg, eta, el, el)
-
     iu, ju = np.triu_indices(n_el)
     diag = (iu == ju).astype(np.float64)
     # Unordered pairs: cross-element channels count each {j, k} once in P[s, t];
@@ -179,5 +184,4 @@ def acsf(spec: ACSFSpec, vectors, species, senders, receivers, edge_mask):
             total = total - (1.0 + lam) ** zeta * pair_self
             blocks.append(2.0 ** (1 - zeta) * half * total)
     g5 = jnp.stack(blocks, axis=-1)  # (N, eta, pairs, zeta·lambda)
-    g5 = g5.transpose(0, 2, 1, 3).reshape(n_node, spec.n_angular)
-    return jnp.concatenate([g2, g5], axis=-1)
+    return g5.transpose(0, 2, 1, 3).reshape(m.shape[0], spec.n_angular)

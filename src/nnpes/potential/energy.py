@@ -39,7 +39,7 @@ def energy_forces_stress(module, table, params, graph: jraph.GraphsTuple, comput
     strain = jnp.zeros((n_graph, 3, 3), positions.dtype)
     argnums = (0, 1) if compute_stress else 0
     grads, (e_g, e_i) = jax.grad(total, argnums=argnums, has_aux=True)(positions, strain)
-    out = {keys.ENERGY: e_g, "energies": e_i}
+    out = {keys.ENERGY: e_g, keys.ENERGIES: e_i}
     if compute_stress:
         d_pos, d_strain = grads
         volume = jnp.abs(jnp.linalg.det(cell))

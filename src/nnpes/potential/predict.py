@@ -11,6 +11,7 @@ import jraph
 import numpy as np
 from ase import Atoms
 
+from nnpes import keys
 from nnpes.graph.build import atoms_to_graph
 from nnpes.graph.padding import batch, pad_to_bucket, to_device
 
@@ -24,7 +25,8 @@ MAX_GRAPHS_PER_CALL = 64
 
 # Where each output lives: (per "node" or per "graph", the axis that indexes nodes/graphs).
 OUTPUT_LAYOUT = {
-    "energy": ("graph", 0), "stress": ("graph", 0), "energies": ("node", 0), "forces": ("node", 0),
+    name: ("node" if keys.FIELDS[name].where == "nodes" else "graph", 0)
+    for name in (keys.ENERGY, keys.FORCES, keys.ENERGIES, keys.STRESS)
 }
 
 
@@ -93,5 +95,5 @@ def predict_structures(fn: Callable, atoms_list: Sequence[Atoms], cutoff: float,
         results.extend(_split(out, chunk, layout))
     for atoms, res in zip(atoms_list, results):
         if not np.all(atoms.pbc):
-            res.pop("stress", None)
+            res.pop(keys.STRESS, None)
     return results
