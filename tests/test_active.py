@@ -112,7 +112,7 @@ def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset
     from nnpes.potential import compiled
     from nnpes.active.ensemble import FitConfig
 
-    fit = FitConfig(epochs=15, batch_size=4, learning_rate=1e-2, bootstrap=True, seed=3)
+    fit = FitConfig(max_epochs=15, batch_size=4, lr=1e-2, bootstrap=True, seed=3)
     def n_fit():
         return sum(1 for key in compiled._CACHE if "fit" in key)
 
@@ -132,6 +132,56 @@ def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset
     again = trained.fit(dataset, fit)
     assert n_fit() == n_before + 1
     assert again.errors(dataset)["forces_rmse"] < after["forces_rmse"]
+
+
+def test_committee_step_equals_the_trainers_step_for_one_member(ensemble, dataset):
+    """Ensemble.fit runs nnpes.training's step: one step on one batch with unit bootstrap weights
+    and the same optimiser (Adam, constant rate) gives the trainer step's parameters."""
+    from nnpes.active.ensemble import FitConfig, fixed_batch_shape
+    from nnpes.config import TrainingConfig
+    from nnpes.graph import atoms_to_graph, batch, pad_graph, to_device
+    from nnpes.training import LossOptions, TrainState, make_optimizer, make_train_step
+
+    lr, n = 1e-2, len(dataset)
+    fit = FitConfig(max_epochs=1, batch_size=n, lr=lr, min_lr_ratio=1.0, bootstrap=False, seed=5)
+    trained = ensemble.fit(dataset, fit)
+
+    pot = ensemble.member(0)
+    tcfg = TrainingConfig(optimizer="adam", lr=lr, schedule="constant", clip_norm=None, max_epochs=1)
+    tx = make_optimizer(tcfg, 1)
+    step, _ = make_train_step(lambda v, g: pot.energy_forces_stress(v, g, False), tx, LossOptions.of(tcfg))
+    graphs = [atoms_to_graph(a, pot.cutoff) for a in dataset]
+    order = np.random.default_rng([fit.seed, 0]).permutation(n)  # the committee's batch order
+    graph = to_device(pad_graph(batch([graphs[i] for i in order]), *fixed_batch_shape(graphs, n)), pot.dtype)
+    weights = {"energy": 1.0, "forces": 100.0, "stress": 0.0}
+    state, metrics = jax.jit(step)(TrainState.create(pot.params, tx), graph, weights, jnp.asarray(1.0))
+    assert int(state.step) == 1 and np.isfinite(float(metrics.loss))
+    want = jax.tree_util.tree_leaves(state.variables["params"])
+    got = jax.tree_util.tree_leaves(trained.member(0).params["params"])
+    moved = False
+    for a, b, p0 in zip(want, got, jax.tree_util.tree_leaves(pot.params["params"])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-14)
+        moved |= not np.allclose(np.asarray(a), np.asarray(p0))
+    assert moved
+
+
+def test_committee_config_old_names_still_work_with_a_deprecation_warning():
+    from nnpes.active.ensemble import FitConfig
+    from nnpes.config.active import CommitteeSection
+    from nnpes.config.schema import ConfigError, from_dict
+
+    with pytest.warns(DeprecationWarning, match="learning_rate"):
+        fit = FitConfig(learning_rate=1e-2, epochs=7)
+    assert (fit.lr, fit.max_epochs) == (1e-2, 7)
+    with pytest.warns(DeprecationWarning, match="'lr'"):
+        assert fit.learning_rate == 1e-2
+    with pytest.warns(DeprecationWarning, match="warm_epochs"):
+        c = from_dict(CommitteeSection, {"epochs": 8, "warm_epochs": 4, "learning_rate": 5e-3,
+                                         "final_learning_rate_ratio": 0.05}, "committee")
+    assert (c.max_epochs, c.warm_max_epochs, c.lr, c.min_lr_ratio) == (8, 4, 5e-3, 0.05)
+    assert c.fit_config(warm=True, seed=1).max_epochs == 4 and c.fit_config(warm=False, seed=1).max_epochs == 8
+    with pytest.raises(ConfigError, match="give only 'lr'"):
+        from_dict(CommitteeSection, {"lr": 1e-3, "learning_rate": 1e-3}, "committee")
 
 
 def test_save_load_roundtrip_and_calibration(ensemble, dataset, tmp_path):
