@@ -124,14 +124,14 @@ def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset
     assert losses.shape == (15, 3)
     assert np.all(losses[-3:].mean(0) < losses[:3].mean(0))  # every member learns
     before, after = ensemble.errors(dataset), trained.errors(dataset)
-    assert after["forces_rmse"] < before["forces_rmse"]
+    assert after["forces_meV_per_A"]["rmse"] < before["forces_meV_per_A"]["rmse"]
     # Bootstrap and seeds keep members different after training.
     p = trained.predict(dataset[0])
     assert np.ptp(p["member_energy"]) > 0
     # Warm start continues from the trained parameters: same compiled step, better again.
     again = trained.fit(dataset, fit)
     assert n_fit() == n_before + 1
-    assert again.errors(dataset)["forces_rmse"] < after["forces_rmse"]
+    assert again.errors(dataset)["forces_meV_per_A"]["rmse"] < after["forces_meV_per_A"]["rmse"]
 
 
 def test_committee_step_equals_the_trainers_step_for_one_member(ensemble, dataset):
@@ -507,7 +507,7 @@ def loop_config(tmp_path, **over):
     cfg = {
         "model": MODEL,
         "data": {"starts": str(starts), "initial_per_start": 5, "initial_rattle": 0.1, "valid_fraction": 0.2},
-        "committee": {"size": 3, "epochs": 8, "warm_epochs": 4, "batch_size": 4, "learning_rate": 1e-2},
+        "committee": {"size": 3, "max_epochs": 8, "warm_max_epochs": 4, "batch_size": 4, "lr": 1e-2},
         "explore": {"temperatures": [300.0, 800.0], "steps": 40, "stride": 5, "chunk": 20, "timestep": 1.0},
         "select": {"lo": 0.01, "hi": 2.0, "max_per_iteration": 3, "method": "fps"},
         "oracle": {"type": "calculator", "calculator": "ase.calculators.emt.EMT"},
@@ -530,7 +530,7 @@ def test_two_iteration_emt_loop(tmp_path):
     assert hist[1]["labels"] > hist[0]["labels"] > 0
     for h in hist:
         assert sum(h["fractions"].values()) == pytest.approx(1.0)
-        assert 0 < h["selected"] <= 3 and h["valid"]["forces_rmse"] > 0
+        assert 0 < h["selected"] <= 3 and h["valid"]["forces_meV_per_A"]["rmse"] > 0
     train1 = json.loads((tmp_path / "run" / "iter_001" / "train.json").read_text())
     assert train1["warm_start"] and train1["n_train"] + train1["n_valid"] == hist[0]["labels"]
     with pytest.raises(ValueError, match="--resume"):
@@ -610,7 +610,7 @@ def test_kill_9_during_labelling_then_resume_from_the_cli(tmp_path):
     from nnpes.oracle import LabelStore
 
     cfg = loop_config(tmp_path, oracle={"calculator": "test_active.SlowEMT"}, stop={"max_iterations": 1},
-                      explore={"steps": 10, "temperatures": [300.0]}, committee={"epochs": 2})
+                      explore={"steps": 10, "temperatures": [300.0]}, committee={"max_epochs": 2})
     (tmp_path / "al.yaml").write_text(yaml.safe_dump(cfg))
     tests_dir = os.path.dirname(__file__)
     # The subprocess registers the tiny test model by importing this module, then runs the CLI.

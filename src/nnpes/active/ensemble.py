@@ -162,27 +162,17 @@ class Ensemble:
         return results[0] if single else results
 
     def errors(self, atoms_list: Sequence[Atoms]) -> dict:
-        """Committee-mean errors against the labels: energy MAE/RMSE (eV/atom), force component
-        MAE/RMSE (eV/Å), and the mean ``max_force_std`` (eV/Å) for comparison."""
+        """Committee-mean errors against the labels, the metrics ``nnpes evaluate`` reports (meV:
+        ``energy_per_atom_meV``, ``forces_meV_per_A``, … each with mae/rmse/n), plus the mean
+        ``max_force_std`` (meV/Å) for comparison."""
+        from nnpes.training.evaluate import error_metrics, predict_and_compare
+
         atoms_list = list(atoms_list)
         if not atoms_list:
             return {}
         preds = self.predict(atoms_list)
-        de, df, eps = [], [], []
-        for a, p in zip(atoms_list, preds):
-            energy, forces, _ = reference_labels(a)
-            if energy is not None:
-                de.append((p["energy"] - energy) / len(a))
-            if forces is not None:
-                df.append((p["forces"] - forces).ravel())
-            eps.append(p["max_force_std"])
-        de = np.asarray(de)
-        df = np.concatenate(df) if df else np.zeros(0)
-        out = {"n": len(atoms_list), "mean_max_force_std": float(np.mean(eps))}
-        if de.size:
-            out.update(energy_mae_per_atom=float(np.mean(np.abs(de))), energy_rmse_per_atom=float(np.sqrt(np.mean(de**2))))
-        if df.size:
-            out.update(forces_mae=float(np.mean(np.abs(df))), forces_rmse=float(np.sqrt(np.mean(df**2))))
+        out = error_metrics(predict_and_compare(self, atoms_list, preds))
+        out["mean_max_force_std_meV_per_A"] = 1e3 * float(np.mean([p["max_force_std"] for p in preds]))
         return out
 
     def calibrate(self, atoms_list: Sequence[Atoms]) -> float:

@@ -10,7 +10,6 @@ There is no trainable shift here: the model's ``offset`` is the only one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +18,6 @@ import optax
 
 from nnpes import keys
 from nnpes.graph import node_graph_index
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    energy: float = 1.0
-    forces: float = 100.0
-    stress: float = 0.0
 
 
 def _rho(x, kind: str, delta: float):
