@@ -60,7 +60,7 @@ def test_subset(n: int, seed: int = 0):
 def fit_config(epochs: int, seed: int = 0, batch_size: int = 4):
     from nnpes.active.ensemble import FitConfig
 
-    return FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=5e-3, final_learning_rate_ratio=0.05,
+    return FitConfig(max_epochs=epochs, batch_size=batch_size, lr=5e-3, min_lr_ratio=0.05,
                      energy_weight=1.0, forces_weight=100.0, bootstrap=True, seed=seed)
 
 
@@ -92,7 +92,7 @@ def reference(workdir: Path, k: int, epochs: int, n_test: int, batch_size: int) 
     seconds = time.perf_counter() - t0
     err = ens.errors(test)
     out = {"n_train": len(train), "K": k, "epochs": epochs, "batch_size": batch_size, "train_seconds": seconds,
-           "test_forces_mae": err["forces_mae"], "test_forces_rmse": err["forces_rmse"], "n_test": len(test)}
+           "test_forces_mae": err["forces_meV_per_A"]["mae"] / 1e3, "test_forces_rmse": err["forces_meV_per_A"]["rmse"] / 1e3, "n_test": len(test)}
     ens.save(workdir / "reference_ensemble")
     (workdir / "reference.json").write_text(json.dumps(out, indent=1))
     return out
@@ -119,8 +119,8 @@ def active(workdir: Path, k: int, n_initial: int, per_iter: int, iterations: int
         "model": MODEL,
         "data": {"starts": str(workdir / "starts.extxyz"), "max_starts": n_initial, "initial_per_start": 1,
                  "initial_rattle": 0.0, "valid_fraction": 0.0, "test": str(workdir / "test.extxyz")},
-        "committee": {"size": k, "epochs": epochs, "warm_epochs": warm_epochs, "batch_size": 4,
-                      "learning_rate": 5e-3, "final_learning_rate_ratio": 0.05, "bootstrap": True, "warm_start": True},
+        "committee": {"size": k, "max_epochs": epochs, "warm_max_epochs": warm_epochs, "batch_size": 4,
+                      "lr": 5e-3, "min_lr_ratio": 0.05, "bootstrap": True, "warm_start": True},
         "explore": {"temperatures": [500.0], "steps": steps, "timestep": 0.5, "friction": 0.02, "stride": 10,
                     "chunk": 100},
         "select": {"lo": 0.02, "hi": 2.0, "max_per_iteration": per_iter, "method": "fps"},
@@ -138,7 +138,7 @@ def active(workdir: Path, k: int, n_initial: int, per_iter: int, iterations: int
     calls_before = [n_initial] + [h["oracle_calls"] for h in hist[:-1]]
     curve = [{"iteration": h["iteration"], "oracle_calls": c, "n_train": json.loads(
         (run_dir / f"iter_{h['iteration']:03d}/train.json").read_text())["n_train"],
-        "test_forces_mae": h["test"]["forces_mae"], "test_forces_rmse": h["test"]["forces_rmse"],
+        "test_forces_mae": h["test"]["forces_meV_per_A"]["mae"] / 1e3, "test_forces_rmse": h["test"]["forces_meV_per_A"]["rmse"] / 1e3,
         "selected": h["selected"], "fractions": h["fractions"]} for h, c in zip(hist, calls_before)]
     store = LabelStore(run_dir / "labels.jsonl")
     labels = store.atoms("ok")
@@ -147,7 +147,7 @@ def active(workdir: Path, k: int, n_initial: int, per_iter: int, iterations: int
     last = last.fit(labels, fit_config(warm_epochs, seed=1000 * (len(hist) + 1)))
     err = last.errors(test)
     curve.append({"iteration": len(hist), "oracle_calls": len(store), "n_train": len(labels),
-                  "test_forces_mae": err["forces_mae"], "test_forces_rmse": err["forces_rmse"], "selected": 0})
+                  "test_forces_mae": err["forces_meV_per_A"]["mae"] / 1e3, "test_forces_rmse": err["forces_meV_per_A"]["rmse"] / 1e3, "selected": 0})
     out = {"K": k, "n_initial": n_initial, "per_iter": per_iter, "loop_seconds": loop_seconds,
            "final_fit_seconds": time.perf_counter() - t1, "stop_reason": state.get("stop_reason"),
            "oracle_failures": sum(r["status"] == "failed" for r in store.records), "curve": curve}
@@ -175,7 +175,7 @@ def compare(workdir: Path, k: int, epochs: int, n_test: int, batch_size: int, si
             err = ens.errors(test)
             rows = [r for r in rows if (r["labels"], r["n"]) != (name, len(frames))]
             rows.append({"labels": name, "n": len(frames), "epochs": epochs, "train_seconds": time.perf_counter() - t0,
-                         "test_forces_mae": err["forces_mae"], "test_forces_rmse": err["forces_rmse"]})
+                         "test_forces_mae": err["forces_meV_per_A"]["mae"] / 1e3, "test_forces_rmse": err["forces_meV_per_A"]["rmse"] / 1e3})
             print(json.dumps(rows[-1]), flush=True)
             out_path.write_text(json.dumps(sorted(rows, key=lambda r: (r["labels"], r["n"])), indent=1))
     return {"rows": rows}

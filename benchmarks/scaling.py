@@ -75,61 +75,38 @@ def _median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
 def child(n_devices: int, batch_size: int, repeats: int, molecule_name: str) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
-    from nnpes.graph import batch, pad_graph
-    from nnpes.graph import atoms_to_graph
+    from nnpes.graph import atoms_to_graph, batch, pad_graph, to_device
     from nnpes.potential import build_potential
-    from nnpes.training.loss import total_loss
-    from nnpes.training.parallel import (
-        data_parallel_step, make_mesh, replicate, shard_batch, stacked_loss_and_pred, sub_batch_shape,
-    )
+    from nnpes.training import TrainState, compile_steps, make_train_step
+    from nnpes.training.parallel import make_mesh, replicate, shard_batch, sub_batch_shape
 
     assert jax.device_count() >= n_devices, jax.devices()
     structures = _structures(batch_size, molecule_name)
     pot = build_potential(MODEL, seed=0, dataset=structures)
     graphs = [atoms_to_graph(a, pot.cutoff) for a in structures]
-    rest = {k: v for k, v in pot.params.items() if k != "params"}
     tx = optax.adam(1e-3)
     w = {"energy": jnp.float32(1.0), "forces": jnp.float32(100.0), "stress": jnp.float32(0.0)}
-    params = pot.params["params"]
-    opt_state = tx.init(params)
+    one = jnp.float32(1.0)
+    efs = lambda v, g: pot.energy_forces_stress(v, g, False)  # noqa: E731
+    state = TrainState.create(pot.params, tx, ema=False)
+    mesh = make_mesh(n_devices)
 
-    def update(params, opt_state, loss_fn):
-        loss, g = jax.value_and_grad(loss_fn)(params)
-        upd, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, loss
-
-    def dp_step(params, opt_state, graphs, weights):
-        return update(params, opt_state, lambda p: stacked_loss_and_pred(
-            lambda q, g: pot.energy_forces_stress({**rest, "params": q}, g, False), p, graphs, weights, mesh=mesh)[0])
+    def mesh_step(precision=None):  # the trainer's data-parallel step (nnpes.training.step)
+        return compile_steps(*make_train_step(efs, tx, ema_decay=None, mesh=mesh), mesh=mesh, precision=precision)[0]
 
     out = {"devices": n_devices, "batch_size": batch_size, "platform": jax.devices()[0].platform}
-    mesh = make_mesh(n_devices)
-    step = data_parallel_step(dp_step, mesh, batch_argnums=(2,))
+    step = mesh_step()
     stacked = shard_batch(graphs, mesh, jnp.float32, shape=sub_batch_shape(graphs, batch_size, n_devices))
-    p_r, o_r = replicate((params, opt_state), mesh)
-    fns = {"mesh_step": lambda: step(p_r, o_r, stacked, w)}
-
+    s_r = replicate(state, mesh)
+    fns = {"mesh_step": lambda: step(s_r, stacked, w, one)}
     if n_devices == 1:
-        @jax.jit
-        def plain_step(params, opt_state, graph, weights):
-            return update(params, opt_state, lambda p: total_loss(
-                pot.energy_forces_stress({**rest, "params": p}, graph, False), graph, weights))
-
-        shape = sub_batch_shape(graphs, batch_size, 1)
-        g = jax.tree_util.tree_map(
-            lambda x: jnp.asarray(x, jnp.float32) if np.issubdtype(np.asarray(x).dtype, np.floating) else jnp.asarray(x),
-            pad_graph(batch(graphs), *shape))
-        step_hi = data_parallel_step(dp_step, mesh, batch_argnums=(2,))
-
-        def highest():
-            with jax.default_matmul_precision("highest"):  # traced (and cached) under the context
-                return step_hi(p_r, o_r, stacked, w)
-
-        fns["plain_step"] = lambda: plain_step(params, opt_state, g, w)
-        fns["mesh_step_highest"] = highest
+        plain_step = compile_steps(*make_train_step(efs, tx, ema_decay=None))[0]
+        g = to_device(pad_graph(batch(graphs), *sub_batch_shape(graphs, batch_size, 1)), jnp.float32)
+        step_hi = mesh_step("highest")  # traced (and cached) under default_matmul_precision("highest")
+        fns["plain_step"] = lambda: plain_step(state, g, w, one)
+        fns["mesh_step_highest"] = lambda: step_hi(s_r, stacked, w, one)
     for k, (wall, cpu) in _median_times(fns, repeats).items():
         out[f"{k}_s"], out[f"{k}_cpu_s"] = wall, cpu
     return out

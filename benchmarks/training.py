@@ -39,46 +39,46 @@ def throughput(name: str, steps: int, repeats: int) -> dict:
     import jax.numpy as jnp
 
     from nnpes.config import load_config
-    from nnpes.graph import atoms_to_graph
+    from nnpes.graph import atoms_to_graph, to_device
     from nnpes.potential import build_potential
+    from nnpes.training import LossOptions, TrainState, lr_schedule, make_optimizer, make_train_step
     from nnpes.training.data import load_splits
-    from nnpes.training.optim import lr_schedule, make_optimizer
-    from nnpes.training.trainer import _loader, _make_steps, _n_batches, _to_device, loss_weights
+    from nnpes.training.trainer import loss_weights, make_loader, n_batches
 
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     t = cfg.training
     splits = load_splits(cfg.data, cfg.model.elements)
-    pot = build_potential(cfg.model, seed=0, dataset=splits["train"])
-    graphs = [atoms_to_graph(a, pot.cutoff) for a in splits["train"]]
-    loader = _loader(graphs, t, t.batch_size, True, 0)
-    n_steps = _n_batches(loader)
+    graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
+    pot = build_potential(cfg.model, seed=0, dataset=splits["train"], graphs=graphs)
+    loader = make_loader(graphs, t, t.batch_size, True, 0)
+    n_steps = n_batches(loader)
     tx = make_optimizer(t, n_steps)
-    counter = {"train": 0, "eval": 0}
-    train_step, _ = _make_steps(pot, tx, t, False, counter, lr_schedule(t, n_steps))
+    compiles = []
+    step_fn, _ = make_train_step(lambda v, g: pot.energy_forces_stress(v, g, False), tx, LossOptions.of(t),
+                                 schedule=lr_schedule(t, n_steps), ema_decay=t.ema_decay or 0.0, on_trace=compiles.append)
+    train_step = jax.jit(step_fn)
     dtype = pot.dtype
-    variables, ema = pot.params, pot.params["params"]
-    opt_state = jax.jit(tx.init)(ema)
+    state = TrainState.create(pot.params, tx)
     w = {k: jnp.asarray(v, dtype) for k, v in loss_weights(t, 0).items()}
     one = jnp.asarray(1.0, dtype)
     loader.set_epoch(0)
-    batches = [_to_device(b, dtype) for b in loader]
+    batches = [to_device(b, dtype) for b in loader]
     t0 = time.perf_counter()
-    out = train_step(variables, opt_state, ema, jnp.asarray(0.0, dtype), batches[0], w, one)
+    out = train_step(state, batches[0], w, one)
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t0
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
         for k in range(steps):
-            variables, opt_state, ema, loss, _, _ = train_step(
-                variables, opt_state, ema, jnp.asarray(float(k), dtype), batches[k % len(batches)], w, one)
-        jax.block_until_ready(loss)
+            state, m = train_step(state, batches[k % len(batches)], w, one)
+        jax.block_until_ready(m.loss)
         times.append((time.perf_counter() - t0) / steps)
     step = float(np.median(times))
     return {
         "dataset": name, "batch_size": t.batch_size, "steps_per_epoch": n_steps, "compile_s": compile_s,
         "step_ms": 1e3 * step, "structures_per_s": t.batch_size / step, "s_per_epoch": n_steps * step,
-        "compiles": counter["train"], "padded_shapes": len(loader.shapes),
+        "compiles": len(compiles), "padded_shapes": len(loader.shapes),
     }
 
 

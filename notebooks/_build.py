@@ -336,7 +336,7 @@ config = {
     "model": {**MODEL, "elements": sorted(set(start.get_chemical_symbols()))},
     "data": {"starts": str(run_dir / "start.extxyz"), "initial_per_start": INITIAL_PER_START,
              "initial_rattle": 0.05, "valid_fraction": 0.2},
-    "committee": {"size": COMMITTEE, "epochs": EPOCHS, "warm_epochs": max(EPOCHS // 2, 1), "batch_size": 4},
+    "committee": {"size": COMMITTEE, "max_epochs": EPOCHS, "warm_max_epochs": max(EPOCHS // 2, 1), "batch_size": 4},
     "explore": {"temperatures": TEMPERATURES, "steps": STEPS, "timestep": 0.5, "stride": 10, "chunk": 50},
     "select": {"lo": 0.05, "hi": 1.0, "max_per_iteration": MAX_PER_ITERATION, "method": "fps"},
     "oracle": oracle,
@@ -349,7 +349,7 @@ print("stopped:", state.get("stop_reason"), "|", len(history), "iterations")
 """),
     code("""
 labels = [h["labels"] for h in history]
-f_mae = [1000 * h["valid"]["forces_mae"] if h.get("valid") else np.nan for h in history]
+f_mae = [h["valid"]["forces_meV_per_A"]["mae"] if h.get("valid") else np.nan for h in history]
 frac = np.array([[h["fractions"][k] for k in ("accurate", "candidate", "failed")] for h in history])
 it = np.arange(len(history))
 

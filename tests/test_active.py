@@ -112,7 +112,7 @@ def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset
     from nnpes.potential import compiled
     from nnpes.active.ensemble import FitConfig
 
-    fit = FitConfig(epochs=15, batch_size=4, learning_rate=1e-2, bootstrap=True, seed=3)
+    fit = FitConfig(max_epochs=15, batch_size=4, lr=1e-2, bootstrap=True, seed=3)
     def n_fit():
         return sum(1 for key in compiled._CACHE if "fit" in key)
 
@@ -124,14 +124,64 @@ def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset
     assert losses.shape == (15, 3)
     assert np.all(losses[-3:].mean(0) < losses[:3].mean(0))  # every member learns
     before, after = ensemble.errors(dataset), trained.errors(dataset)
-    assert after["forces_rmse"] < before["forces_rmse"]
+    assert after["forces_meV_per_A"]["rmse"] < before["forces_meV_per_A"]["rmse"]
     # Bootstrap and seeds keep members different after training.
     p = trained.predict(dataset[0])
     assert np.ptp(p["member_energy"]) > 0
     # Warm start continues from the trained parameters: same compiled step, better again.
     again = trained.fit(dataset, fit)
     assert n_fit() == n_before + 1
-    assert again.errors(dataset)["forces_rmse"] < after["forces_rmse"]
+    assert again.errors(dataset)["forces_meV_per_A"]["rmse"] < after["forces_meV_per_A"]["rmse"]
+
+
+def test_committee_step_equals_the_trainers_step_for_one_member(ensemble, dataset):
+    """Ensemble.fit runs nnpes.training's step: one step on one batch with unit bootstrap weights
+    and the same optimiser (Adam, constant rate) gives the trainer step's parameters."""
+    from nnpes.active.ensemble import FitConfig, fixed_batch_shape
+    from nnpes.config import TrainingConfig
+    from nnpes.graph import atoms_to_graph, batch, pad_graph, to_device
+    from nnpes.training import LossOptions, TrainState, make_optimizer, make_train_step
+
+    lr, n = 1e-2, len(dataset)
+    fit = FitConfig(max_epochs=1, batch_size=n, lr=lr, min_lr_ratio=1.0, bootstrap=False, seed=5)
+    trained = ensemble.fit(dataset, fit)
+
+    pot = ensemble.member(0)
+    tcfg = TrainingConfig(optimizer="adam", lr=lr, schedule="constant", clip_norm=None, max_epochs=1)
+    tx = make_optimizer(tcfg, 1)
+    step, _ = make_train_step(lambda v, g: pot.energy_forces_stress(v, g, False), tx, LossOptions.of(tcfg))
+    graphs = [atoms_to_graph(a, pot.cutoff) for a in dataset]
+    order = np.random.default_rng([fit.seed, 0]).permutation(n)  # the committee's batch order
+    graph = to_device(pad_graph(batch([graphs[i] for i in order]), *fixed_batch_shape(graphs, n)), pot.dtype)
+    weights = {"energy": 1.0, "forces": 100.0, "stress": 0.0}
+    state, metrics = jax.jit(step)(TrainState.create(pot.params, tx), graph, weights, jnp.asarray(1.0))
+    assert int(state.step) == 1 and np.isfinite(float(metrics.loss))
+    want = jax.tree_util.tree_leaves(state.variables["params"])
+    got = jax.tree_util.tree_leaves(trained.member(0).params["params"])
+    moved = False
+    for a, b, p0 in zip(want, got, jax.tree_util.tree_leaves(pot.params["params"])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-14)
+        moved |= not np.allclose(np.asarray(a), np.asarray(p0))
+    assert moved
+
+
+def test_committee_config_old_names_still_work_with_a_deprecation_warning():
+    from nnpes.active.ensemble import FitConfig
+    from nnpes.config.active import CommitteeSection
+    from nnpes.config.schema import ConfigError, from_dict
+
+    with pytest.warns(DeprecationWarning, match="learning_rate"):
+        fit = FitConfig(learning_rate=1e-2, epochs=7)
+    assert (fit.lr, fit.max_epochs) == (1e-2, 7)
+    with pytest.warns(DeprecationWarning, match="'lr'"):
+        assert fit.learning_rate == 1e-2
+    with pytest.warns(DeprecationWarning, match="warm_epochs"):
+        c = from_dict(CommitteeSection, {"epochs": 8, "warm_epochs": 4, "learning_rate": 5e-3,
+                                         "final_learning_rate_ratio": 0.05}, "committee")
+    assert (c.max_epochs, c.warm_max_epochs, c.lr, c.min_lr_ratio) == (8, 4, 5e-3, 0.05)
+    assert c.fit_config(warm=True, seed=1).max_epochs == 4 and c.fit_config(warm=False, seed=1).max_epochs == 8
+    with pytest.raises(ConfigError, match="give only 'lr'"):
+        from_dict(CommitteeSection, {"lr": 1e-3, "learning_rate": 1e-3}, "committee")
 
 
 def test_save_load_roundtrip_and_calibration(ensemble, dataset, tmp_path):
@@ -227,9 +277,7 @@ def test_collective_variables_values_and_gradients():
 
 def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemble):
     from nnpes.active.biases import UncertaintyBias, WellTemperedMetaD, biased, distance, update_states
-    from nnpes.active.explore import _member_fn
-    from nnpes.graph import pad_to_bucket, to_device
-    from nnpes.graph import atoms_to_graph
+    from nnpes.md import md_functions
 
     metad = WellTemperedMetaD((distance(0, 1),), (0.2,), height=0.1, pace=1, bias_factor=5.0, temperature=300.0, max_hills=4)
     x = jnp.asarray(cu_cluster(5).positions)
@@ -242,13 +290,14 @@ def test_well_tempered_hills_shrink_and_bias_forces_follow_the_chain_rule(ensemb
     assert h[1] == pytest.approx(0.1 * np.exp(-0.1 / (units_kB() * 300 * 4)))
 
     atoms = cu_cluster(5)
-    graph = to_device(pad_to_bucket(atoms_to_graph(atoms, ensemble.cutoff)), jnp.float64)
-    member = _member_fn(ensemble, ensemble.variables, graph)
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms)
+    pos = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(pos)
+    member = lambda p: energy_fn.member_energies_and_forces(p, neighbor=nbrs)
     biases = (metad, UncertaintyBias(strength=0.3, width=0.01, n_atoms=len(atoms)))
     states = (state, ())
     fn = biased(member, biases)
     n = len(atoms)
-    pos = graph.nodes["positions"]
 
     def total(p):
         e_k, _ = member(p)
@@ -302,6 +351,44 @@ def test_explore_with_metadynamics_records_cvs(ensemble):
     for f in frames:
         assert f.info["al_cv"][0] == pytest.approx(f.get_distance(0, 1))
         assert f.info["al_bias_energy"] != 0.0
+
+
+def test_committee_energy_fn_mean_forces_equal_ensemble_predict(ensemble):
+    from nnpes.md import CommitteeEnergyFn, md_functions
+
+    atoms = cu_cluster(9)
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms)
+    assert isinstance(energy_fn, CommitteeEnergyFn)
+    x = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(x)
+    out = jax.jit(lambda r, nb: energy_fn.members(r, neighbor=nb))(x, nbrs)
+    ref = ensemble.predict(atoms)
+    np.testing.assert_allclose(np.asarray(out.forces), ref["forces"], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.member_forces), ref["member_forces"], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.member_energy), ref["member_energy"], atol=1e-9)
+    e, f = energy_fn.energy_and_forces(x, neighbor=nbrs)
+    assert float(e) == pytest.approx(ref["energy"], abs=1e-9)
+    np.testing.assert_allclose(np.asarray(f), ref["forces"], atol=1e-9)
+
+
+def test_explore_shares_the_md_block_driver_overflow_reallocates_and_continues(ensemble):
+    from nnpes.active.explore import ExploreConfig, explore
+
+    # Nearest neighbours at 4.0 Å, at the 4 Å cutoff: model slots sized with no head room
+    # overflow as soon as thermal motion brings more pairs inside; 1.5x head room never does.
+    start = bulk("Cu", "fcc", a=5.66, cubic=True).repeat((2, 1, 1))
+    start.pbc = False
+    start.center(vacuum=4.0)
+    start.rattle(0.02, seed=1)
+    kw = dict(temperatures=[1500.0], steps=60, stride=10, chunk=10, timestep=2.0, skin=0.2, stop_above=None)
+    tight_frames, tight = explore(ensemble, [start], ExploreConfig(capacity_multiplier=1.0, **kw))
+    roomy_frames, roomy = explore(ensemble, [start], ExploreConfig(capacity_multiplier=1.5, **kw))
+    assert tight[0].n_reallocations > 0 and roomy[0].n_reallocations == 0, (tight, roomy)
+    assert tight[0].steps_done == roomy[0].steps_done == 60
+    assert [f.info["al_step"] for f in tight_frames] == [f.info["al_step"] for f in roomy_frames]
+    for a, b in zip(tight_frames, roomy_frames):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-8)
+        assert a.info["al_eps"] == pytest.approx(b.info["al_eps"], abs=1e-8)
 
 
 # ---- oracle, store, executors -----------------------------------------------------------------
@@ -420,7 +507,7 @@ def loop_config(tmp_path, **over):
     cfg = {
         "model": MODEL,
         "data": {"starts": str(starts), "initial_per_start": 5, "initial_rattle": 0.1, "valid_fraction": 0.2},
-        "committee": {"size": 3, "epochs": 8, "warm_epochs": 4, "batch_size": 4, "learning_rate": 1e-2},
+        "committee": {"size": 3, "max_epochs": 8, "warm_max_epochs": 4, "batch_size": 4, "lr": 1e-2},
         "explore": {"temperatures": [300.0, 800.0], "steps": 40, "stride": 5, "chunk": 20, "timestep": 1.0},
         "select": {"lo": 0.01, "hi": 2.0, "max_per_iteration": 3, "method": "fps"},
         "oracle": {"type": "calculator", "calculator": "ase.calculators.emt.EMT"},
@@ -443,7 +530,7 @@ def test_two_iteration_emt_loop(tmp_path):
     assert hist[1]["labels"] > hist[0]["labels"] > 0
     for h in hist:
         assert sum(h["fractions"].values()) == pytest.approx(1.0)
-        assert 0 < h["selected"] <= 3 and h["valid"]["forces_rmse"] > 0
+        assert 0 < h["selected"] <= 3 and h["valid"]["forces_meV_per_A"]["rmse"] > 0
     train1 = json.loads((tmp_path / "run" / "iter_001" / "train.json").read_text())
     assert train1["warm_start"] and train1["n_train"] + train1["n_valid"] == hist[0]["labels"]
     with pytest.raises(ValueError, match="--resume"):
@@ -523,7 +610,7 @@ def test_kill_9_during_labelling_then_resume_from_the_cli(tmp_path):
     from nnpes.oracle import LabelStore
 
     cfg = loop_config(tmp_path, oracle={"calculator": "test_active.SlowEMT"}, stop={"max_iterations": 1},
-                      explore={"steps": 10, "temperatures": [300.0]}, committee={"epochs": 2})
+                      explore={"steps": 10, "temperatures": [300.0]}, committee={"max_epochs": 2})
     (tmp_path / "al.yaml").write_text(yaml.safe_dump(cfg))
     tests_dir = os.path.dirname(__file__)
     # The subprocess registers the tiny test model by importing this module, then runs the CLI.

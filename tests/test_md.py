@@ -252,6 +252,37 @@ def test_overflow_reallocates_and_trajectory_matches(pot):
     np.testing.assert_allclose(tight.thermo["E_tot_eV"], roomy.thermo["E_tot_eV"], atol=1e-8)
 
 
+def test_md_config_and_keyword_settings_agree(pot):
+    from nnpes.md import MDConfig
+
+    atoms = cu_box(repeat=2, rattle=0.05, seed=1)
+    cfg = MDConfig(steps=20, timestep=1.0, ensemble="nvt", temperature=400.0, thermo_every=10, seed=3)
+    a = run_md(pot, atoms, cfg)
+    b = run_md(pot, atoms, steps=20, timestep=1.0, ensemble="nvt", temperature=400.0, thermo_every=10, seed=3)
+    c = run_md(pot, atoms, cfg, seed=4)  # keywords override the config
+    np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-12)
+    assert a.steps == 20 and np.abs(c.atoms.positions - a.atoms.positions).max() > 1e-6
+    with pytest.raises(ValueError, match="multiple of thermo_every"):
+        MDConfig(steps=10, thermo_every=3, traj_every=10)
+    with pytest.raises(TypeError):
+        run_md(pot, atoms, steps=10, bogus=1)
+
+
+def test_run_blocks_stops_when_on_block_says_so(pot):
+    from nnpes.md import run_blocks
+
+    atoms = cu_box(repeat=2, rattle=0.05, seed=1)
+    neighbor_fn, energy_fn = md_functions(pot, atoms)
+    integ = velocity_verlet(energy_fn.energy_and_forces, 1.0)
+    R = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(R)
+    state = integ.init_fn(R, jnp.zeros_like(R), jnp.asarray(atoms.get_masses()), nbrs)
+    block_fn = jax.jit(lambda s, nb, n: (*run_steps(integ.step_fn, s, nb, n), None), static_argnums=2)
+    seen = []
+    run = run_blocks(block_fn, state, nbrs, neighbor_fn, 50, 10, lambda s, out, done, n: seen.append(done) or done < 30)
+    assert seen == [10, 20, 30] and run.steps_done == 30 and run.n_reallocations == 0
+
+
 def _block_sem(x, n_blocks=10):
     blocks = np.array_split(x, n_blocks)
     return np.std([b.mean() for b in blocks], ddof=1) / np.sqrt(n_blocks)

@@ -21,7 +21,7 @@ from ase import Atoms
 
 import _toy_model  # noqa: F401  (registers "_toy", "_rotating" and "_detached")
 from nnpes import testing
-from nnpes.models import MODELS, _import_builtin
+from nnpes.models import MODELS, import_builtin_models
 from nnpes.testing import CUTOFF, KINDS, PERIODIC_KINDS, make_structure
 
 # Small hyperparameters per model so the battery stays cheap; a model missing here uses its defaults.
@@ -33,7 +33,7 @@ HPARAMS = {
 
 
 def battery_models() -> list[str]:
-    _import_builtin()
+    import_builtin_models()
     wanted = os.environ.get("NNPES_BATTERY_MODELS")
     if wanted:
         return [m.strip() for m in wanted.split(",") if m.strip()]

@@ -210,6 +210,43 @@ def test_checkpoint_roundtrip_and_garbage(tmp_path):
         load_checkpoint(tmp_path / "bad.ckpt", state)
 
 
+def test_train_step_and_old_dict_checkpoints_load_into_train_state(tmp_path):
+    """``make_train_step`` (the public step): pure, jittable, counts steps, reports lr; a checkpoint
+    in the dict layout of the trainer before ``TrainState`` loads through ``load_run``."""
+    from nnpes.config import TrainingConfig
+    from nnpes.graph import batch, pad_graph, to_device
+    from nnpes.potential import build_potential
+    from nnpes.training import LossOptions, TrainState, lr_schedule, make_optimizer, make_train_step
+    from nnpes.training.checkpoint import save_checkpoint
+    from nnpes.training.run_state import Progress, load_run, save_run
+
+    pot = build_potential({"name": "_tiny_mlp", "elements": ["Cu", "Au"], "cutoff": 3.0, "dtype": "float64"},
+                          dataset=_copper(3, 5))
+    tcfg = TrainingConfig(lr=1e-2, schedule="cosine", max_epochs=4, ema_decay=0.9)
+    tx = make_optimizer(tcfg, 1)
+    train_step, eval_step = make_train_step(lambda v, g: pot.energy_forces_stress(v, g, False), tx, LossOptions.of(tcfg),
+                                            schedule=lr_schedule(tcfg, 1), ema_decay=tcfg.ema_decay)
+    graph = to_device(pad_graph(batch(_labelled_graphs()), 32, 512, 4), pot.dtype)
+    w = {"energy": 1.0, "forces": 100.0, "stress": 0.0}
+    state0 = TrainState.create(pot.params, tx)
+    state, m1 = jax.jit(train_step)(state0, graph, w, jnp.asarray(0.5))
+    state, m2 = jax.jit(train_step)(state, graph, w, jnp.asarray(0.5))
+    assert int(state.step) == 2 and float(m2.loss) < float(m1.loss)
+    assert float(m1.lr) == pytest.approx(0.5 * float(lr_schedule(tcfg, 1)(0)))
+    assert float(jax.jit(eval_step)(state, graph, w).loss) > 0
+
+    old = {"variables": state.variables, "opt_state": state.opt_state, "ema": state.ema, "step": np.int64(2),
+           "epoch": np.int64(3), "best_loss": np.float64(0.25), "best_epoch": np.int64(1), "lr_scale": np.float64(0.5),
+           "plateau_bad": np.int64(1), "stop_bad": np.int64(2), "elapsed": np.float64(12.5)}
+    save_checkpoint(tmp_path / "old.ckpt", old)
+    back, progress = load_run(tmp_path / "old.ckpt", state0)
+    assert progress == Progress(3, 0.25, 1, 0.5, 1, 2, 12.5) and int(back.step) == 2
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    save_run(tmp_path / "new.ckpt", back, progress)
+    assert (tmp_path / "new.ckpt").read_bytes() == (tmp_path / "old.ckpt").read_bytes()
+
+
 # ---- whole runs ------------------------------------------------------------------------------
 
 

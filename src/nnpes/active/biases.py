@@ -1,6 +1,7 @@
 """Collective variables and biases for enhanced sampling, as energy-function wrappers.
 
-The committee energy function is ``member_fn(positions) -> (E_k (K,) eV, F_k (K, N, 3) eV/Å)``.
+The committee energy function is ``member_fn(positions, **kw) -> (E_k (K,) eV, F_k (K, N, 3) eV/Å)``
+(``nnpes.md.CommitteeEnergyFn.member_energies_and_forces``, ``kw``: ``neighbor=nbrs``).
 A bias is a pure function ``V(positions, E_k, state) -> eV`` plus a state update, and
 ``biased(member_fn, biases)`` returns a new function giving the biased total energy and forces:
 
@@ -183,13 +184,15 @@ class UncertaintyBias:
 
 
 def biased(member_fn: Callable, biases: Sequence) -> Callable:
-    """Wrap ``member_fn(positions) -> (E_k, F_k)`` into ``fn(positions, states) -> dict`` with the
+    """Wrap ``member_fn(positions, **kw) -> (E_k, F_k)`` (e.g. ``CommitteeEnergyFn.
+    member_energies_and_forces``) into ``fn(positions, states, **kw) -> dict`` with the
     biased ``energy`` and ``forces`` (what MD integrates), ``bias_energy`` (eV) and the unbiased
-    ``member_energy`` (K,) and ``member_forces`` (K, N, 3) (what uncertainty is measured on)."""
+    ``member_energy`` (K,) and ``member_forces`` (K, N, 3) (what uncertainty is measured on);
+    ``kw`` (``neighbor=nbrs``, ``params=``) go to ``member_fn``."""
     biases = tuple(biases)
 
-    def fn(positions, states):
-        e_k, f_k = member_fn(positions)
+    def fn(positions, states, **kwargs):
+        e_k, f_k = member_fn(positions, **kwargs)
         energy, forces = jnp.mean(e_k), jnp.mean(f_k, axis=0)
         bias_energy = jnp.zeros((), positions.dtype)
         for b, st in zip(biases, states):

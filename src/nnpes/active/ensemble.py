@@ -23,7 +23,6 @@ import optax
 import yaml
 from ase import Atoms
 
-from nnpes import keys
 from nnpes.active.uncertainty import calibrate_scale, committee_measures
 from nnpes.config.active import FitConfig
 from nnpes.data.labels import reference_labels
@@ -32,6 +31,8 @@ from nnpes.graph import atoms_to_graph, batch, node_graph_index, pad_graph, to_d
 from nnpes.potential import Potential, build_potential, energy_forces_stress
 from nnpes.potential.compiled import cached, model_key
 from nnpes.potential.predict import OUTPUT_LAYOUT, predict_structures
+from nnpes.training.loss import reweight
+from nnpes.training.step import TrainState, make_train_step
 
 ENSEMBLE_FILE = "ensemble.msgpack"
 META_FILE = "ensemble.json"
@@ -161,27 +162,17 @@ class Ensemble:
         return results[0] if single else results
 
     def errors(self, atoms_list: Sequence[Atoms]) -> dict:
-        """Committee-mean errors against the labels: energy MAE/RMSE (eV/atom), force component
-        MAE/RMSE (eV/Å), and the mean ``max_force_std`` (eV/Å) for comparison."""
+        """Committee-mean errors against the labels, the metrics ``nnpes evaluate`` reports (meV:
+        ``energy_per_atom_meV``, ``forces_meV_per_A``, … each with mae/rmse/n), plus the mean
+        ``max_force_std`` (meV/Å) for comparison."""
+        from nnpes.training.evaluate import error_metrics, predict_and_compare
+
         atoms_list = list(atoms_list)
         if not atoms_list:
             return {}
         preds = self.predict(atoms_list)
-        de, df, eps = [], [], []
-        for a, p in zip(atoms_list, preds):
-            energy, forces, _ = reference_labels(a)
-            if energy is not None:
-                de.append((p["energy"] - energy) / len(a))
-            if forces is not None:
-                df.append((p["forces"] - forces).ravel())
-            eps.append(p["max_force_std"])
-        de = np.asarray(de)
-        df = np.concatenate(df) if df else np.zeros(0)
-        out = {"n": len(atoms_list), "mean_max_force_std": float(np.mean(eps))}
-        if de.size:
-            out.update(energy_mae_per_atom=float(np.mean(np.abs(de))), energy_rmse_per_atom=float(np.sqrt(np.mean(de**2))))
-        if df.size:
-            out.update(forces_mae=float(np.mean(np.abs(df))), forces_rmse=float(np.sqrt(np.mean(df**2))))
+        out = error_metrics(predict_and_compare(self, atoms_list, preds))
+        out["mean_max_force_std_meV_per_A"] = 1e3 * float(np.mean([p["max_force_std"] for p in preds]))
         return out
 
     def calibrate(self, atoms_list: Sequence[Atoms]) -> float:
@@ -208,63 +199,44 @@ class Ensemble:
 
     def fit(self, train: Sequence[Atoms], fit: FitConfig | None = None, *, log=None) -> "Ensemble":
         """Train all members together from their current parameters (a warm start when this
-        ensemble comes from a previous iteration). Returns a new Ensemble; only ``params`` train."""
-        from nnpes.training.loss import total_loss
+        ensemble comes from a previous iteration). Returns a new Ensemble; only ``params`` train.
 
+        The step is ``nnpes.training.make_train_step``'s, vmapped over the members (one compile
+        for all K); bootstrap resampling enters as per-member structure weights, so every member
+        sees the same padded batch. ``log(epoch, losses)`` gets the K mean losses of each epoch."""
         fit = fit or FitConfig()
         train = list(train)
         if not train:
             raise ValueError("Ensemble.fit: the training set is empty")
         graphs = [atoms_to_graph(a, self.cutoff) for a in train]
-        n, K, bs = len(graphs), self.size, max(1, min(fit.batch_size, len(graphs)))
-        nn = np.sort([int(g.n_node[0]) for g in graphs])[::-1]
-        ne = np.sort([int(g.n_edge[0]) for g in graphs])[::-1]
-        shape = (int(nn[:bs].sum()) + 1, int(ne[:bs].sum()), bs + 1)  # one padded shape: one compile
-        rng = np.random.default_rng(fit.seed)
-        if fit.bootstrap:
-            boot = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(K)]).astype(float)
-        else:
-            boot = np.ones((K, n))
+        n, bs = len(graphs), max(1, min(fit.batch_size, len(graphs)))
+        shape = fixed_batch_shape(graphs, bs)  # one padded shape: one compile
+        boot = bootstrap_weights(self.size, n, fit.seed) if fit.bootstrap else np.ones((self.size, n))
         steps_per_epoch = -(-n // bs)
-        # The learning rate is a traced argument, so a schedule of any length shares one compile.
-        schedule = optax.cosine_decay_schedule(fit.learning_rate, fit.epochs * steps_per_epoch, fit.final_learning_rate_ratio)
-        opt = optax.scale_by_adam()
-        module, table = self.template.module, self.template.table
-        loss_weights = {"energy": fit.energy_weight, "forces": fit.forces_weight, "stress": 0.0}
-
-        def member_loss(params, rest, graph, weight):
-            g = graph._replace(globals={**graph.globals, keys.WEIGHT: graph.globals[keys.WEIGHT] * weight})
-            pred = energy_forces_stress(module, table, {**rest, "params": params}, g, False)
-            return total_loss(pred, g, loss_weights)
-
-        def member_step(params, rest, opt_state, graph, weight, lr):
-            loss, grads = jax.value_and_grad(member_loss)(params, rest, graph, weight)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
-            return params, opt_state, loss
-
-        step = cached(self.cache_key("fit", fit.energy_weight, fit.forces_weight),
-                      lambda: jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None, 0, None))))
-        params = self.variables["params"]
-        rest = {k: v for k, v in self.variables.items() if k != "params"}
-        opt_state = jax.vmap(opt.init)(params)
+        # The rate enters as the step's lr_scale (a traced scalar) on a unit-rate Adam, so fits of
+        # any length or rate share one compile.
+        schedule = optax.cosine_decay_schedule(fit.lr, fit.max_epochs * steps_per_epoch, fit.min_lr_ratio)
+        step = cached(self.cache_key("fit"), lambda: committee_step(self.template))
+        state = jax.vmap(lambda v: TrainState.create(v, UNIT_ADAM, ema=False))(self.variables)
         dtype = self.dtype
+        weights = {k: jnp.asarray(v, dtype) for k, v in
+                   (("energy", fit.energy_weight), ("forces", fit.forces_weight), ("stress", 0.0))}
         n_step = 0
-        for epoch in range(fit.epochs):
+        for epoch in range(fit.max_epochs):
             order = np.random.default_rng([fit.seed, epoch]).permutation(n)
             losses = []
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
                 graph = to_device(pad_graph(batch([graphs[i] for i in idx]), *shape), dtype)
-                w = np.zeros((K, shape[2]))
+                w = np.zeros((self.size, shape[2]))
                 w[:, : len(idx)] = boot[:, idx]
                 lr = jnp.asarray(schedule(n_step), dtype)
-                params, opt_state, loss = step(params, rest, opt_state, graph, jnp.asarray(w, dtype), lr)
+                state, metrics = step(state, graph, weights, lr, jnp.asarray(w, dtype))
                 n_step += 1
-                losses.append(np.asarray(loss))
+                losses.append(np.asarray(metrics.loss))
             if log is not None:
                 log(epoch, np.mean(losses, axis=0))
-        return self.replace({**rest, "params": params})
+        return self.replace(state.variables)
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -310,3 +282,32 @@ COMMITTEE_LAYOUT = {
     "rel_force_std": ("node", 0), "max_force_std": ("graph", 0), "max_rel_force_std": ("graph", 0),
     "energy_std_per_atom": ("graph", 0),
 }
+
+
+# Adam at unit rate: the committee's learning rate (cosine schedule) is the step's lr_scale.
+UNIT_ADAM = optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
+
+
+def committee_step(template: Potential):
+    """``jit(vmap(train_step))`` over members: ``(states, graph, weights, lr, boot (K, G)) ->
+    (states, StepMetrics)``; member k's structure weights are multiplied by ``boot[k]``."""
+    train_step, _ = make_train_step(
+        lambda v, g: energy_forces_stress(template.module, template.table, v, g, False), UNIT_ADAM, ema_decay=None)
+
+    def member(state, graph, weights, lr, boot):
+        return train_step(state, reweight(graph, boot), weights, lr)
+
+    return jax.jit(jax.vmap(member, in_axes=(0, None, None, None, 0)))
+
+
+def fixed_batch_shape(graphs, batch_size: int) -> tuple[int, int, int]:
+    """(n_node, n_edge, n_graph) that holds any ``batch_size`` of ``graphs``."""
+    nn = np.sort([int(g.n_node[0]) for g in graphs])[::-1]
+    ne = np.sort([int(g.n_edge[0]) for g in graphs])[::-1]
+    return int(nn[:batch_size].sum()) + 1, int(ne[:batch_size].sum()), batch_size + 1
+
+
+def bootstrap_weights(k: int, n: int, seed: int) -> np.ndarray:
+    """(k, n) counts: member k's bootstrap resample of n structures as per-structure weights."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(k)]).astype(float)

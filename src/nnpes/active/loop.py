@@ -29,7 +29,7 @@ from nnpes.active.explore import explore
 from nnpes.oracle import LabelStore, label_into_store, make_executor, make_oracle
 from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
 from nnpes.files import atomic_write_text, yaml_safe
-from nnpes.config.active import ExploreConfig, FitConfig, load_config
+from nnpes.config.active import ExploreConfig, load_config
 from nnpes.data import read_structures
 
 STAGES = ("init", "train", "explore", "select", "label", "done")
@@ -192,9 +192,7 @@ class ActiveLearning:
             ens = load_ensemble(prev)
         else:
             ens = Ensemble.build(self.cfg.model, c.size, seed=self.cfg.seed, dataset=train, nu=c.nu)
-        epochs = (c.warm_epochs or c.epochs) if warm else c.epochs
-        fit = FitConfig(epochs, c.batch_size, c.learning_rate, c.final_learning_rate_ratio, c.energy_weight,
-                        c.forces_weight, c.bootstrap, seed=self.cfg.seed + 1000 * i)
+        fit = c.fit_config(warm, seed=self.cfg.seed + 1000 * i)
         t0 = time.perf_counter()
         ens = ens.fit(train, fit)
         metrics = {"n_train": len(train), "n_valid": len(valid), "train_seconds": time.perf_counter() - t0,

@@ -13,7 +13,7 @@ def collect() -> dict:
     import jax
     import jax.numpy as jnp
 
-    from nnpes.models import MODELS, _import_builtin
+    from nnpes.models import MODELS, import_builtin_models
 
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -21,7 +21,7 @@ def collect() -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = "not installed"
-    _import_builtin()
+    import_builtin_models()
     x64 = bool(jax.config.jax_enable_x64)
     return {
         "versions": versions,

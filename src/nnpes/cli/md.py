@@ -37,7 +37,7 @@ def run(args) -> int:
 
     from ase.io import read
 
-    from nnpes.md import check_elements, run_md
+    from nnpes.md import MDConfig, check_elements, run_md
     from nnpes.potential import load_potential
 
     pot = load_potential(args.model)
@@ -45,12 +45,12 @@ def run(args) -> int:
         raise FileNotFoundError(f"structure file {args.structure!r} not found")
     atoms = read(args.structure, index=args.index)
     check_elements(pot, atoms, f"{args.structure} (frame {args.index})")
-    res = run_md(
-        pot, atoms, steps=args.steps, timestep=args.timestep, ensemble=args.ensemble,
-        temperature=args.temperature, thermostat=args.thermostat, friction=args.friction, tau=args.tau,
-        out_dir=args.out, thermo_every=args.thermo_every, traj_every=args.traj_every, seed=args.seed,
-        skin=args.skin, progress=not args.no_progress,
+    cfg = MDConfig(
+        steps=args.steps, timestep=args.timestep, ensemble=args.ensemble, temperature=args.temperature,
+        thermostat=args.thermostat, friction=args.friction, tau=args.tau, thermo_every=args.thermo_every,
+        traj_every=args.traj_every, seed=args.seed, skin=args.skin,
     )
+    res = run_md(pot, atoms, cfg, out_dir=args.out, progress=not args.no_progress)
     print(
         f"{res.steps} steps of {args.timestep} fs ({len(atoms)} atoms) in {res.wall_s:.1f} s: "
         f"{res.ns_per_day:.3f} ns/day (after compilation); neighbour-list reallocations: {res.n_reallocations}; "

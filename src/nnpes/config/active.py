@@ -8,21 +8,29 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from nnpes.config.model import ModelConfig, parse_model_config
-from nnpes.config.schema import ConfigError, from_dict
+from nnpes.config.schema import ConfigError, deprecated_keys, from_dict
 
 
+_FIT_RENAMES = {"epochs": "max_epochs", "learning_rate": "lr", "final_learning_rate_ratio": "min_lr_ratio"}
+
+
+@deprecated_keys
 @dataclass
 class FitConfig:
-    """Committee training hyperparameters (the ``committee:`` config section, minus ``size``)."""
+    """Committee training hyperparameters, named as in the ``training:`` section: Adam with a
+    cosine decay from ``lr`` to ``lr·min_lr_ratio`` over ``max_epochs``; loss weights w_E, w_F."""
 
-    epochs: int = 50
+    DEPRECATED_KEYS: ClassVar[dict] = _FIT_RENAMES
+
+    max_epochs: int = 50
     batch_size: int = 4
-    learning_rate: float = 3e-3
-    final_learning_rate_ratio: float = 0.1  # cosine decay to lr·ratio over the fit
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr·ratio over the fit
     energy_weight: float = 1.0
     forces_weight: float = 100.0
     bootstrap: bool = True
@@ -38,8 +46,9 @@ class ExploreConfig:
     timestep: float = 0.5  # fs
     friction: float = 0.02  # 1/fs
     stride: int = 10  # record a frame every `stride` steps
-    chunk: int = 50  # steps per jitted call between neighbour-list rebuilds
-    skin: float = 1.0  # Å
+    chunk: int = 50  # steps per jitted block (frames collected, overflow checked between blocks)
+    skin: float = 1.0  # Å, the device Verlet list's skin (rebuilt on device when an atom moved skin/2)
+    capacity_multiplier: float = 1.25  # head room of the Verlet list's buffers (overflow → reallocate, redo)
     measure: str = "max_force_std"  # or max_rel_force_std: the ε compared with the trust levels
     stop_above: float | None = None  # ε (eV/Å or 1) beyond which a trajectory stops; the loop sets select.hi
     metadynamics: dict | None = None  # {cvs: [...], sigma: [...], height, pace, bias_factor}
@@ -67,20 +76,31 @@ class DataSection:
     initial_rattle: float = 0.05  # Å
 
 
+@deprecated_keys
 @dataclass
 class CommitteeSection:
+    """The ``committee:`` section: size, training (``FitConfig`` names) and calibration."""
+
+    DEPRECATED_KEYS: ClassVar[dict] = {**_FIT_RENAMES, "warm_epochs": "warm_max_epochs"}
+
     size: int = 4
-    epochs: int = 50  # first iteration
-    warm_epochs: int | None = None  # later iterations when warm_start (default: epochs)
+    max_epochs: int = 50  # first iteration
+    warm_max_epochs: int | None = None  # later iterations when warm_start (default: max_epochs)
     batch_size: int = 4
-    learning_rate: float = 3e-3
-    final_learning_rate_ratio: float = 0.1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
     energy_weight: float = 1.0
     forces_weight: float = 100.0
     bootstrap: bool = True
     warm_start: bool = True
     calibrate: bool = False  # fit std_scale on the validation labels each iteration
     nu: float = 1.0  # eV/Å, for max_rel_force_std
+
+    def fit_config(self, warm: bool, seed: int) -> FitConfig:
+        """The ``FitConfig`` of one iteration (``warm``: a warm start from the previous committee)."""
+        epochs = (self.warm_max_epochs or self.max_epochs) if warm else self.max_epochs
+        return FitConfig(epochs, self.batch_size, self.lr, self.min_lr_ratio, self.energy_weight,
+                         self.forces_weight, self.bootstrap, seed)
 
 
 @dataclass

@@ -103,11 +103,53 @@ def _coerce_scalar(value, tp, path: str):
     return value
 
 
+def rename_deprecated(cls, data: dict, path: str = "", stacklevel: int = 5) -> dict:
+    """``data`` with the old keys of ``cls.DEPRECATED_KEYS`` (``{"old": "new"}``) renamed, each
+    with a DeprecationWarning; both spellings at once is an error."""
+    renames = getattr(cls, "DEPRECATED_KEYS", {})
+    if not any(k in data for k in renames):
+        return data
+    import warnings
+
+    out = dict(data)
+    where = f"{path}." if path else f"{cls.__name__}: "
+    for old, new in renames.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where}{old!r} is the deprecated name of {new!r}; give only {new!r}")
+            warnings.warn(f"{where}{old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=stacklevel)
+            out[new] = out.pop(old)
+    return out
+
+
+def deprecated_keys(cls):
+    """Class decorator for a dataclass with ``DEPRECATED_KEYS``: its constructor also takes the old
+    keyword names and reading an old attribute name gives the new one (both warn)."""
+    init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **rename_deprecated(cls, kwargs, stacklevel=3))
+
+    def __getattr__(self, name):  # only called for names that are not attributes
+        new = cls.DEPRECATED_KEYS.get(name)
+        if new is None:
+            raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+        import warnings
+
+        warnings.warn(f"{cls.__name__}.{name} is deprecated; use {new!r}", DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    cls.__init__, cls.__getattr__ = __init__, __getattr__
+    return cls
+
+
 def from_dict(cls, data: dict | None, path: str = ""):
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types (old keys in
+    ``cls.DEPRECATED_KEYS`` are renamed with a DeprecationWarning)."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
+    data = rename_deprecated(cls, data, path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:

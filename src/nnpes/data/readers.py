@@ -28,7 +28,7 @@ from ase.io.formats import string2index
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from nnpes import keys
-from nnpes.data.validate import DataError, _check_options, validate_frame
+from nnpes.data.validate import DataError, check_options, validate_frame
 
 # Energy units a file may use, as multiples of eV (ase.units is the one source of constants).
 ENERGY_UNITS = {
@@ -336,7 +336,7 @@ def read_structures(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"structure file not found: {path}")
-    elements, require = _check_options(elements, require)
+    elements, require = check_options(elements, require)
     e_factor = _energy_factor(energy_unit)
     f_factor = _force_factor(force_unit, energy_unit)
     index = _parse_index(index)

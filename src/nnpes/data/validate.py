@@ -149,7 +149,7 @@ def validate_frame(
     check_labels(raw_labels(atoms) if labels is None else labels, len(atoms), atoms.pbc, source, frame, require)
 
 
-def _check_options(elements, require):
+def check_options(elements, require):
     require = tuple(require)
     unknown = [r for r in require if r not in LABELS]
     if unknown:
@@ -180,7 +180,7 @@ def validate_structures(
     ("energy", "forces", "stress") present. ``source`` (usually the file path) and
     ``frame_ids`` (the frames' indices in that file; default 0, 1, ...) go into the message.
     """
-    elements, require = _check_options(elements, require)
+    elements, require = check_options(elements, require)
     if frame_ids is not None and len(frame_ids) != len(atoms_list):
         raise ValueError(f"frame_ids has {len(frame_ids)} entries for {len(atoms_list)} structures")
     for k, atoms in enumerate(atoms_list):

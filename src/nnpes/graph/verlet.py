@@ -175,45 +175,49 @@ def _layout(positions, cell, pbc, list_cutoff, skin, multiplier, capacity_floor=
     )
 
 
-def build_neighbor_list(positions, layout: CellLayout) -> VerletList:
-    """Rebuild the list from scratch at ``positions`` (N,3) Å with the bins of ``layout`` (jittable)."""
-    dtype = positions.dtype
-    n = layout.n_atoms
-    pbc = np.array(layout.pbc)
-    n_bins = np.array(layout.n_bins)
-    box = jnp.asarray(layout.box, dtype)
-    origin = jnp.asarray(layout.origin, dtype)
-    offsets = layout.offsets
-    m, cap = len(offsets), layout.bin_capacity
-
-    frac = (positions - origin) @ jnp.linalg.inv(box)
+def _bin_atoms(positions, layout: CellLayout):
+    """Each atom's bin (N,3), lattice image (N,3), home-cell position (N,3); atoms per bin
+    (n_bins,) and the bin table (n_bins, bin_capacity) of atom indices (n = empty)."""
+    n, pbc, n_bins = layout.n_atoms, np.array(layout.pbc), np.array(layout.n_bins)
+    box = jnp.asarray(layout.box, positions.dtype)
+    frac = (positions - jnp.asarray(layout.origin, positions.dtype)) @ jnp.linalg.inv(box)
     image = jnp.where(pbc, jnp.floor(frac), 0.0)
     wrapped = positions - image @ box  # in the home cell along periodic directions
     b = jnp.clip(jnp.floor((frac - image) * n_bins).astype(jnp.int32), 0, n_bins - 1)
     flat = (b[:, 0] * n_bins[1] + b[:, 1]) * n_bins[2] + b[:, 2]
     total_bins = int(n_bins.prod())
-
     order = jnp.argsort(flat, stable=True)
     counts = jnp.bincount(flat, length=total_bins)
     starts = jnp.cumsum(counts) - counts
     rank = jnp.arange(n) - starts[flat[order]]
-    cell_atoms = jnp.full((total_bins, cap), n, jnp.int32)
+    cell_atoms = jnp.full((total_bins, layout.bin_capacity), n, jnp.int32)
     cell_atoms = cell_atoms.at[flat[order], rank].set(order.astype(jnp.int32), mode="drop")
+    return b, image, wrapped, counts, cell_atoms
 
-    def neighbour_bins(bins, offs):
-        """bins + offs (..., 3) → flat neighbour bin, bin-image shift (..., 3), validity."""
-        nb = bins + offs
-        shift = jnp.where(pbc, jnp.floor_divide(nb, n_bins), 0)
-        nb = nb - shift * n_bins
-        valid = jnp.all((nb >= 0) & (nb < n_bins), -1)
-        nb = jnp.clip(nb, 0, n_bins - 1)
-        return (nb[..., 0] * n_bins[1] + nb[..., 1]) * n_bins[2] + nb[..., 2], shift, valid
 
+def _neighbour_bins(bins, offs, layout: CellLayout):
+    """bins + offs (..., 3) → flat neighbour bin, bin-image shift (..., 3), validity."""
+    pbc, n_bins = np.array(layout.pbc), np.array(layout.n_bins)
+    nb = bins + offs
+    shift = jnp.where(pbc, jnp.floor_divide(nb, n_bins), 0)
+    nb = nb - shift * n_bins
+    valid = jnp.all((nb >= 0) & (nb < n_bins), -1)
+    nb = jnp.clip(nb, 0, n_bins - 1)
+    return (nb[..., 0] * n_bins[1] + nb[..., 1]) * n_bins[2] + nb[..., 2], shift, valid
+
+
+def build_neighbor_list(positions, layout: CellLayout) -> VerletList:
+    """Rebuild the list from scratch at ``positions`` (N,3) Å with the bins of ``layout`` (jittable)."""
+    dtype, n = positions.dtype, layout.n_atoms
+    box = jnp.asarray(layout.box, dtype)
+    offsets = layout.offsets
+    m, cap = len(offsets), layout.bin_capacity
+    b, image, wrapped, counts, cell_atoms = _bin_atoms(positions, layout)
     wrapped_pad = jnp.concatenate([wrapped, jnp.zeros((1, 3), dtype)])
     r2 = layout.cutoff**2
 
     def candidates(i):
-        nb, shift, valid = neighbour_bins(b[i], offsets)
+        nb, shift, valid = _neighbour_bins(b[i], offsets, layout)
         j = cell_atoms[nb]  # (M, C)
         vec = wrapped_pad[j] + (shift.astype(dtype) @ box)[:, None, :] - wrapped[i]
         d2 = jnp.sum(vec * vec, -1)
@@ -230,10 +234,8 @@ def build_neighbor_list(positions, layout: CellLayout) -> VerletList:
     real = idx < mask.shape[0]
     idx = jnp.where(real, idx, 0)
     i = (idx // (m * cap)).astype(jnp.int32)
-    k = (idx // cap) % m
-    c = idx % cap
-    nb, shift, _ = neighbour_bins(b[i], jnp.asarray(offsets)[k])
-    j = cell_atoms[nb, c]
+    nb, shift, _ = _neighbour_bins(b[i], jnp.asarray(offsets)[(idx // cap) % m], layout)
+    j = cell_atoms[nb, idx % cap]
     # Bin shifts refer to wrapped positions; shifts in the list refer to the positions given.
     shifts = shift + (image[i] - image[jnp.minimum(j, n - 1)]).astype(jnp.int32)
     max_bin = jnp.max(counts).astype(jnp.int32)

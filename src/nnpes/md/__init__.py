@@ -4,23 +4,30 @@
   (``energy_fn.force_fn`` / ``force_fn(energy_fn)`` for forces); they drop into ``jax_md.simulate``.
 - Integrators (pure ``init_fn``/``step_fn``): ``velocity_verlet`` (NVE), ``langevin`` (BAOAB, NVT),
   ``nose_hoover_chain`` (NVT); ``run_steps`` runs a block under ``lax.scan``.
-- ``run_md``: the driver behind ``nnpes md`` (thermo log, extxyz trajectory, overflow handling).
+- ``md_functions(ensemble, atoms)``: the same with a ``CommitteeEnergyFn`` (committee mean, and
+  ``members`` for every member's energy and forces), which committee exploration integrates.
+- ``run_md(pot, atoms, MDConfig(...))`` (or keyword settings): the driver behind ``nnpes md``
+  (thermo log, extxyz trajectory); ``run_blocks``: its block loop with overflow → reallocate →
+  redo, shared with committee exploration.
 Units: Å, fs, amu, eV, K; velocities in Å/fs.
 """
 
-from nnpes.md.functions import EnergyFn, MDFunctions, check_elements, force_fn, md_functions
+from nnpes.md.functions import (
+    CommitteeEnergyFn, CommitteeOutput, EnergyFn, MDFunctions, check_elements, force_fn, md_functions,
+)
 from nnpes.md.integrators import (
     ACCEL, Integrator, MDState, kinetic_energy, langevin, maxwell_boltzmann, nose_hoover_chain,
     run_steps, temperature, velocity_verlet,
 )
 from nnpes.md.io import THERMO_COLUMNS, ThermoLog, TrajectoryWriter, read_thermo
 from nnpes.graph.verlet import NeighborFn, VerletList, bucket_size, neighbor_list_fn
-from nnpes.md.run import MDResult, make_integrator, run_md
+from nnpes.md.run import BlockRun, MDConfig, MDResult, make_integrator, run_blocks, run_md
 
 __all__ = [
-    "ACCEL", "EnergyFn", "Integrator", "MDFunctions", "MDResult", "MDState", "NeighborFn", "VerletList",
+    "ACCEL", "BlockRun", "CommitteeEnergyFn", "CommitteeOutput", "EnergyFn", "Integrator", "MDConfig",
+    "MDFunctions", "MDResult", "MDState", "NeighborFn", "VerletList",
     "THERMO_COLUMNS", "ThermoLog", "TrajectoryWriter", "bucket_size", "check_elements", "force_fn",
     "kinetic_energy", "langevin", "make_integrator", "maxwell_boltzmann", "md_functions",
-    "neighbor_list_fn", "nose_hoover_chain", "read_thermo", "run_md", "run_steps", "temperature",
+    "neighbor_list_fn", "nose_hoover_chain", "read_thermo", "run_blocks", "run_md", "run_steps", "temperature",
     "velocity_verlet",
 ]

@@ -57,19 +57,18 @@ class EnergyFn:
         self.n_node = jnp.asarray([n, 1], jnp.int32)
         self.cell = jnp.asarray(np.asarray(atoms.cell.array, np.float64), self.dtype)
 
-    def per_atom_energies(self, positions, neighbor: VerletList, params=None):
-        """(N,) eV."""
+    def model_inputs(self, positions, neighbor: VerletList):
+        """(ModelInputs, overflow () bool) at ``positions`` (N,3) Å: the list's pairs within the
+        cutoff compacted into ``layout.model_capacity`` slots (order kept: sorted by receiver,
+        padding last), so the model does no work on the skin shell."""
         if neighbor is None:
             raise TypeError("energy_fn needs neighbor=nbrs (from neighbor_fn.allocate / update)")
-        params = self.params if params is None else params
         positions = jnp.asarray(positions).astype(self.dtype)
         pos = jnp.concatenate([positions, jnp.zeros((1, 3), self.dtype)])
         if neighbor.layout.n_atoms != self.n_atoms:
             raise ValueError(f"neighbour list is for {neighbor.layout.n_atoms} atoms, positions have {self.n_atoms}")
         n = self.n_atoms
         inside = model_pair_mask(positions, self.cell, neighbor)
-        # Compact the pairs within the cutoff into the model's slots (order kept: sorted by
-        # receiver, padding last), so the model does no work on the skin shell.
         capacity = neighbor.layout.model_capacity
         (idx,) = jnp.nonzero(inside, size=capacity, fill_value=inside.shape[0])
         real = idx < inside.shape[0]
@@ -77,16 +76,19 @@ class EnergyFn:
         senders = jnp.where(real, neighbor.senders[idx], n)
         receivers = jnp.where(real, neighbor.receivers[idx], n)
         shifts = jnp.where(real[:, None], neighbor.shifts[idx], 0).astype(self.dtype)
-        vectors = pos[senders] - pos[receivers] + shifts @ self.cell
-        edge_mask = real
-        vectors = jnp.where(edge_mask[:, None], vectors, 0.0)
-        inputs = ModelInputs(vectors, self.species, senders, receivers, edge_mask, self.node_mask,
+        vectors = jnp.where(real[:, None], pos[senders] - pos[receivers] + shifts @ self.cell, 0.0)
+        inputs = ModelInputs(vectors, self.species, senders, receivers, real, self.node_mask,
                              self.node_graph, self.n_node)
+        return inputs, jnp.sum(inside) > capacity
+
+    def per_atom_energies(self, positions, neighbor: VerletList, params=None):
+        """(N,) eV."""
+        params = self.params if params is None else params
+        inputs, overflow = self.model_inputs(positions, neighbor)
         e = self.potential.module.apply(params, inputs)
         # More pairs inside the cutoff than slots: some were dropped, so the energy is wrong. Make
         # that loud (NaN) rather than silent; ``update`` at these positions also flags the overflow.
-        overflow = jnp.sum(inside) > capacity
-        return jnp.where(overflow, jnp.nan, e[:n])
+        return jnp.where(overflow, jnp.nan, e[: self.n_atoms])
 
     def __call__(self, positions, neighbor: VerletList = None, params=None, **kwargs):
         unknown = set(kwargs) - _JAX_MD_KWARGS
@@ -104,6 +106,44 @@ class EnergyFn:
         return self.energy_and_forces(positions, neighbor, params, **kwargs)[1]
 
 
+class CommitteeOutput(NamedTuple):
+    """energy () eV and forces (N,3) eV/Å: the committee mean; member_energy (K,) eV and
+    member_forces (K,N,3) eV/Å: each member's, for the disagreement."""
+
+    energy: jnp.ndarray
+    forces: jnp.ndarray
+    member_energy: jnp.ndarray
+    member_forces: jnp.ndarray
+
+
+class CommitteeEnergyFn(EnergyFn):
+    """The committee-mean energy (eV) of K potentials of one architecture as a function of the
+    positions (N,3) Å: ``EnergyFn``'s model inputs, the model vmapped over the stacked variables
+    (leading axis K; ``CommitteeEnergyFn(ensemble.template, atoms, ensemble.variables)``). ``energy_and_forces`` gives the mean; ``members`` every member's too."""
+
+    def member_energies_and_forces(self, positions, neighbor: VerletList = None, params=None, **kwargs):
+        """(E_k (K,) eV, F_k (K,N,3) eV/Å) from one vmapped forward + backward pass."""
+        params = self.params if params is None else params
+        single = lambda v, r: EnergyFn.__call__(self, r, neighbor, v, **kwargs)
+        e, g = jax.vmap(jax.value_and_grad(single, argnums=1), in_axes=(0, None))(params, positions)
+        return e, -g
+
+    def members(self, positions, neighbor: VerletList = None, params=None, **kwargs) -> CommitteeOutput:
+        e_k, f_k = self.member_energies_and_forces(positions, neighbor, params, **kwargs)
+        return CommitteeOutput(jnp.mean(e_k), jnp.mean(f_k, axis=0), e_k, f_k)
+
+    def __call__(self, positions, neighbor: VerletList = None, params=None, **kwargs):
+        """() eV, the committee mean."""
+        params = self.params if params is None else params
+        single = lambda v: EnergyFn.__call__(self, positions, neighbor, v, **kwargs)
+        return jnp.mean(jax.vmap(single)(params))
+
+    def energy_and_forces(self, positions, neighbor: VerletList = None, params=None, **kwargs):
+        """(() eV, (N,3) eV/Å): the committee mean."""
+        out = self.members(positions, neighbor, params, **kwargs)
+        return out.energy, out.forces
+
+
 def force_fn(energy_fn: EnergyFn):
     """The force function (R, neighbor=nbrs) -> (N,3) eV/Å of an ``energy_fn`` from md_functions."""
     return energy_fn.force_fn
@@ -117,11 +157,16 @@ class MDFunctions(NamedTuple):
 def md_functions(potential, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25,
                  params=None) -> MDFunctions:
     """``neighbor_fn, energy_fn`` for ``atoms``' species, cell and pbc (positions are arguments).
+    ``potential`` may be a committee (``nnpes.active.Ensemble``: ``template`` and stacked
+    ``variables``); then ``energy_fn`` is a ``CommitteeEnergyFn`` on the committee mean.
 
     skin: Å added to the cutoff; the list is rebuilt when an atom moved more than skin/2.
     capacity_multiplier: head room of the padded buffers over the counts at allocation.
     params: flax variables to use instead of ``potential.params``."""
-    energy_fn = EnergyFn(potential, atoms, params)
+    if hasattr(potential, "template"):  # a committee; md does not import active (data flows one way)
+        energy_fn = CommitteeEnergyFn(potential.template, atoms, potential.variables if params is None else params)
+    else:
+        energy_fn = EnergyFn(potential, atoms, params)
     neighbor_fn = neighbor_list_fn(
         atoms.cell.array, atoms.pbc, energy_fn.cutoff, skin=skin,
         capacity_multiplier=capacity_multiplier, dtype=energy_fn.dtype,

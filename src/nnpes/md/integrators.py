@@ -133,6 +133,17 @@ class ChainState(NamedTuple):
     v_xi: jnp.ndarray
 
 
+def _chain_sweep(v_xi: list, order, d, q, kT, ke2, n_dof) -> list:
+    """One sweep of thermostat kicks over the chain in ``order``: v_k ← (v_k·e^(−d v_{k+1}/2) + d G_k)
+    ·e^(−d v_{k+1}/2), with G_0 = (2 E_kin − N_f kT)/Q_0 and G_k = (Q_{k−1} v_{k−1}² − kT)/Q_k."""
+    m = len(v_xi)
+    for k in order:
+        damp = jnp.exp(-0.5 * d * v_xi[k + 1]) if k < m - 1 else 1.0
+        g = (ke2 - n_dof * kT) / q[0] if k == 0 else (q[k - 1] * v_xi[k - 1] ** 2 - kT) / q[k]
+        v_xi[k] = (v_xi[k] * damp + d * g) * damp
+    return v_xi
+
+
 def nose_hoover_chain(energy_and_forces, dt: float, temperature_K: float, tau: float = 100.0,
                       chain_length: int = 3) -> Integrator:
     """NVT by a Nosé–Hoover chain (Martyna, Tuckerman & Klein 1996), one Trotter split per step;
@@ -150,30 +161,11 @@ def nose_hoover_chain(energy_and_forces, dt: float, temperature_K: float, tau: f
         xi, v_xi = state.thermostat
         ke2 = 2.0 * kinetic_energy(state.velocities, state.masses)  # eV
         d = 0.25 * dt  # each half step kicks v_ξ twice by dt/4
-
-        def force(k, v_xi, ke2):
-            if k == 0:
-                return (ke2 - n_dof * kT) / q[0]
-            return (q[k - 1] * v_xi[k - 1] ** 2 - kT) / q[k]
-
-        v_xi = list(v_xi[i] for i in range(m_chain))
-        for k in reversed(range(m_chain)):
-            if k < m_chain - 1:
-                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
-            v_xi[k] = v_xi[k] + d * force(k, v_xi, ke2)
-            if k < m_chain - 1:
-                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
+        v_xi = _chain_sweep([v_xi[i] for i in range(m_chain)], reversed(range(m_chain)), d, q, kT, ke2, n_dof)
         scale = jnp.exp(-0.5 * dt * v_xi[0])
-        velocities = state.velocities * scale
-        ke2 = ke2 * scale**2
         xi = xi + 0.5 * dt * jnp.stack(v_xi)
-        for k in range(m_chain):
-            if k < m_chain - 1:
-                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
-            v_xi[k] = v_xi[k] + d * force(k, v_xi, ke2)
-            if k < m_chain - 1:
-                v_xi[k] = v_xi[k] * jnp.exp(-0.5 * d * v_xi[k + 1])
-        return state._replace(velocities=velocities, thermostat=ChainState(xi, jnp.stack(v_xi)))
+        v_xi = _chain_sweep(v_xi, range(m_chain), d, q, kT, ke2 * scale**2, n_dof)
+        return state._replace(velocities=state.velocities * scale, thermostat=ChainState(xi, jnp.stack(v_xi)))
 
     base_init = _init(energy_and_forces)
 

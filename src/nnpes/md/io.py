@@ -13,12 +13,28 @@ from ase.io import write
 THERMO_COLUMNS = ("step", "time_fs", "T_K", "E_pot_eV", "E_kin_eV", "E_tot_eV", "E_conserved_eV")
 
 
-class ThermoLog:
-    """Columns ``THERMO_COLUMNS``; read back with ``read_thermo``."""
+class _OutputFile:
+    """A file opened for writing at construction; a context manager that closes it."""
 
     def __init__(self, path):
         self.path = Path(path)
         self._fh = open(self.path, "w")
+
+    def close(self):
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ThermoLog(_OutputFile):
+    """Columns ``THERMO_COLUMNS``; read back with ``read_thermo``."""
+
+    def __init__(self, path):
+        super().__init__(path)
         self._fh.write("# " + " ".join(THERMO_COLUMNS) + "\n")
         self._fh.flush()
 
@@ -30,15 +46,6 @@ class ThermoLog:
         )
         self._fh.flush()
 
-    def close(self):
-        self._fh.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 def read_thermo(path) -> dict[str, np.ndarray]:
     """The thermo log as columns (arrays) keyed by ``THERMO_COLUMNS``."""
@@ -46,13 +53,12 @@ def read_thermo(path) -> dict[str, np.ndarray]:
     return {name: data[:, k] for k, name in enumerate(THERMO_COLUMNS)}
 
 
-class TrajectoryWriter:
+class TrajectoryWriter(_OutputFile):
     """Appends frames (positions Å, velocities, energy eV, forces eV/Å) to an extxyz file."""
 
     def __init__(self, path, template: Atoms):
-        self.path = Path(path)
+        super().__init__(path)
         self.template = template
-        self._fh = open(self.path, "w")
 
     def write(self, step: int, time_fs: float, positions, velocities_A_per_fs, energy: float, forces) -> None:
         from ase import units
@@ -64,12 +70,3 @@ class TrajectoryWriter:
         atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=np.asarray(forces, np.float64))
         write(self._fh, atoms, format="extxyz")
         self._fh.flush()
-
-    def close(self):
-        self._fh.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -46,7 +46,7 @@ def register(name: str, hparams: type, calibrate: Callable | None = None):
 
 
 def get_model(name: str) -> ModelSpec:
-    _import_builtin()
+    import_builtin_models()
     if name not in MODELS:
         from nnpes.config.schema import closest
 
@@ -56,6 +56,6 @@ def get_model(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def _import_builtin():
+def import_builtin_models():
     # Importing the modules runs their @register decorators.
     from nnpes.models import behler_parrinello, mace, nequip  # noqa: F401

@@ -23,9 +23,10 @@ def _stats(err: np.ndarray) -> dict:
     return {"mae": float(np.mean(np.abs(err)) * 1e3), "rmse": float(np.sqrt(np.mean(err**2)) * 1e3), "n": int(err.size)}
 
 
-def predict_and_compare(potential, atoms_list: Sequence[Atoms]) -> dict:
-    """Predictions next to references, as flat numpy arrays (eV, eV/Å, eV/Å³)."""
-    preds = potential.predict(list(atoms_list))
+def predict_and_compare(potential, atoms_list: Sequence[Atoms], preds: Sequence[dict] | None = None) -> dict:
+    """Predictions next to references, as flat numpy arrays (eV, eV/Å, eV/Å³). ``potential`` is
+    anything with ``predict`` (a Potential or an Ensemble); ``preds``: its predictions if already made."""
+    preds = potential.predict(list(atoms_list)) if preds is None else preds
     rows = {k: [] for k in ("e_ref", "e_pred", "n_atoms", "f_ref", "f_pred", "f_symbol", "s_ref", "s_pred")}
     for atoms, p in zip(atoms_list, preds):
         e, f, s = reference_labels(atoms)

@@ -10,7 +10,6 @@ There is no trainable shift here: the model's ``offset`` is the only one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +18,6 @@ import optax
 
 from nnpes import keys
 from nnpes.graph import node_graph_index
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    energy: float = 1.0
-    forces: float = 100.0
-    stress: float = 0.0
 
 
 def _rho(x, kind: str, delta: float):
@@ -67,13 +59,32 @@ def loss_terms(pred: dict, graph: jraph.GraphsTuple, *, kind: str = "mse", delta
     return {"energy": e_term, "forces": f_term, "stress": s_term, "mask": c}
 
 
+def loss_sums(pred: dict, graph: jraph.GraphsTuple, weights, *, kind: str = "mse", delta: float = 0.01,
+              energy_per_atom: bool = True):
+    """(Σ_k c_k ℓ_k, Σ_k c_k): numerator and denominator of ``total_loss``. The one place the loss
+    weights w_E, w_F, w_S are applied; a data-parallel step sums both over sub-batches first."""
+    t = loss_terms(pred, graph, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
+    per_graph = weights["energy"] * t["energy"] + weights["forces"] * t["forces"] + weights["stress"] * t["stress"]
+    return jnp.sum(t["mask"] * per_graph), jnp.sum(t["mask"])
+
+
+def mean_loss(num, den):
+    """The weighted mean Σ c_k ℓ_k / Σ c_k (an all-padding batch gives 0, not NaN)."""
+    return num / jnp.maximum(den, 1e-12)
+
+
 def total_loss(pred: dict, graph: jraph.GraphsTuple, weights, *, kind: str = "mse", delta: float = 0.01,
                energy_per_atom: bool = True):
     """Scalar loss (weighted mean over the real graphs of the batch). ``weights`` holds
     ``energy``/``forces``/``stress`` (floats or traced scalars, so a schedule does not recompile)."""
-    t = loss_terms(pred, graph, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
-    per_graph = weights["energy"] * t["energy"] + weights["forces"] * t["forces"] + weights["stress"] * t["stress"]
-    return jnp.sum(t["mask"] * per_graph) / jnp.maximum(jnp.sum(t["mask"]), 1e-12)
+    return mean_loss(*loss_sums(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=energy_per_atom))
+
+
+def reweight(graph: jraph.GraphsTuple, weight) -> jraph.GraphsTuple:
+    """``graph`` with its per-structure weights c_k multiplied by ``weight`` (G,) (a committee
+    member's bootstrap counts: every member sees the same padded batch, weighted its own way)."""
+    g = graph.globals
+    return graph._replace(globals={**g, keys.WEIGHT: g[keys.WEIGHT] * weight})
 
 
 def error_sums(pred: dict, graph: jraph.GraphsTuple) -> dict:

@@ -256,13 +256,12 @@ def stacked_loss_and_pred(efs: Callable, params, graphs: jraph.GraphsTuple, weig
     sub-batch as a plain (un-vmapped) graph and the two sums are ``psum``-ed; without it, ``vmap``
     over the leading axis (any placement). Both give the same numbers; ``shard_map`` avoids the
     batched gathers/scatters that ``vmap`` makes of the model's index operations."""
-    from nnpes.training.loss import loss_terms
+    from nnpes.training.loss import loss_sums, mean_loss
 
     def one(params, weights, graph):
         pred = efs(params, graph)
-        t = loss_terms(pred, graph, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
-        per_graph = weights["energy"] * t["energy"] + weights["forces"] * t["forces"] + weights["stress"] * t["stress"]
-        return jnp.sum(t["mask"] * per_graph), jnp.sum(t["mask"]), pred
+        num, den = loss_sums(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
+        return num, den, pred
 
     def local(params, weights, graphs):
         if graphs.n_node.shape[0] == 1:  # one sub-batch here: evaluate it as a plain graph
@@ -273,12 +272,11 @@ def stacked_loss_and_pred(efs: Callable, params, graphs: jraph.GraphsTuple, weig
 
     if mesh is None:
         num, den, pred = local(params, weights, graphs)
-        return num / jnp.maximum(den, 1e-12), pred
+        return mean_loss(num, den), pred
 
     def sharded(params, weights, graphs):
         num, den, pred = local(params, weights, graphs)
-        loss = jax.lax.psum(num, AXIS) / jnp.maximum(jax.lax.psum(den, AXIS), 1e-12)
-        return loss, pred
+        return mean_loss(jax.lax.psum(num, AXIS), jax.lax.psum(den, AXIS)), pred
 
     rep, spec = PartitionSpec(), PartitionSpec(AXIS)
     return jax.shard_map(sharded, mesh=mesh, in_specs=(rep, rep, spec), out_specs=(rep, spec))(params, weights, graphs)

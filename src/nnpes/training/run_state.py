@@ -1,0 +1,77 @@
+"""The checkpointed state of a training run: the step's ``TrainState`` plus the host bookkeeping.
+
+A checkpoint is one flat mapping with the field names of every earlier version (``variables``,
+``opt_state``, ``ema``, ``step``, ``epoch``, ``best_loss``, ``best_epoch``, ``lr_scale``,
+``plateau_bad``, ``stop_bad``, ``elapsed``), so checkpoints written before ``TrainState`` existed
+load and resume unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnpes.training.checkpoint import load_checkpoint, save_checkpoint
+from nnpes.training.step import TrainState
+
+
+@dataclass
+class Progress:
+    """Host-side bookkeeping of a run (never traced, so float64 on the host whatever JAX's x64):
+    epochs done, best validation loss and its epoch, plateau ``lr_scale``, the plateau and
+    early-stopping counters and training time (s, summed over resumes)."""
+
+    epoch: int = 0
+    best_loss: float = float("inf")
+    best_epoch: int = -1
+    lr_scale: float = 1.0
+    plateau_bad: int = 0
+    stop_bad: int = 0
+    elapsed: float = 0.0
+
+    def update(self, valid_loss: float, tcfg) -> bool:
+        """Account for one finished epoch with validation loss ``valid_loss``; lowers ``lr_scale``
+        on a plateau (``tcfg.schedule == "plateau"``). Returns whether the loss improved."""
+        self.epoch += 1
+        if valid_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.plateau_bad, self.stop_bad = valid_loss, self.epoch - 1, 0, 0
+            return True
+        self.plateau_bad += 1
+        self.stop_bad += 1
+        if tcfg.schedule == "plateau" and self.plateau_bad >= tcfg.plateau_patience:
+            self.lr_scale = max(self.lr_scale * tcfg.plateau_factor, tcfg.min_lr / tcfg.lr)
+            self.plateau_bad = 0
+        return False
+
+
+_INTS = ("epoch", "best_epoch", "plateau_bad", "stop_bad")
+
+
+def _tree(state: TrainState, progress: Progress) -> dict:
+    out = {"variables": state.variables, "opt_state": state.opt_state, "ema": state.ema,
+           "step": np.int64(state.step)}
+    for f in dataclasses.fields(progress):
+        v = getattr(progress, f.name)
+        out[f.name] = np.int64(v) if f.name in _INTS else np.float64(v)
+    return out
+
+
+def save_run(path: str | Path, state: TrainState, progress: Progress) -> None:
+    """Checkpoint ``state`` and ``progress`` atomically (``checkpoint.save_checkpoint``)."""
+    save_checkpoint(path, _tree(state, progress))
+
+
+def load_run(path: str | Path, state: TrainState, progress: Progress | None = None) -> tuple[TrainState, Progress]:
+    """Read a checkpoint written by ``save_run`` (or by the dict-state trainer before it) into the
+    structure of the template ``state``; returns the restored (TrainState, Progress) on the device."""
+    raw = load_checkpoint(path, jax.device_get(_tree(state, progress or Progress())))
+    dev = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
+    restored = TrainState(variables=dev(raw["variables"]), opt_state=dev(raw["opt_state"]), ema=dev(raw["ema"]),
+                          step=jnp.asarray(int(raw["step"]), jnp.int32))
+    kw = {f.name: (int if f.name in _INTS else float)(raw[f.name]) for f in dataclasses.fields(Progress)}
+    return restored, Progress(**kw)
