@@ -3,8 +3,9 @@
     git worktree add /tmp/before <rev>
     python benchmarks/compare_versions.py /tmp/before . --rounds 2
 
-Each round runs every benchmark once per checkout (order alternating between rounds), each in a
-fresh process with that checkout's ``src`` on PYTHONPATH and its own benchmark scripts:
+Each benchmark runs back to back for the two checkouts, ``--rounds`` times with the order
+alternating, so both see the same load; each run is a fresh process with that checkout's ``src`` on
+PYTHONPATH and its own benchmark scripts:
 ``inference.py`` (aspirin E+F, 540-atom water E+F, training step on 8 aspirins; standard NequIP,
 float32), ``md.py`` (velocity Verlet under lax.scan, fcc Cu 108 and 1008 atoms) and the committee
 speed of ``active_learning.py speed`` (K = 4, one vmapped call, aspirin). Prints medians over
@@ -49,32 +50,37 @@ def committee(root: Path) -> dict[str, float]:
     return {f"committee K=4, {k} (ms)": v["vmapped_ms"] for k, v in out.items() if isinstance(v, dict)}
 
 
-def one_round(root: Path) -> dict[str, float]:
-    res = {"aspirin E+F (ms)": inference(root, "aspirin"), "water 540 E+F (ms)": inference(root, "water540"),
-           "training step, 8 aspirins (ms)": inference(root, "train")}
-    res.update(md(root))
-    res.update(committee(root))
-    return res
+BENCHMARKS = {
+    "inference aspirin": lambda root: {"aspirin E+F (ms)": inference(root, "aspirin")},
+    "inference water540": lambda root: {"water 540 E+F (ms)": inference(root, "water540")},
+    "inference train": lambda root: {"training step, 8 aspirins (ms)": inference(root, "train")},
+    "md": md,
+    "committee": committee,
+}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("before", type=Path)
     ap.add_argument("after", type=Path)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
-    runs = {"before": [], "after": []}
-    for r in range(args.rounds):
-        for label in (("before", "after") if r % 2 == 0 else ("after", "before")):
-            runs[label].append(one_round(roots[label]))
-            print(f"round {r} {label}: {json.dumps(runs[label][-1])}", file=sys.stderr, flush=True)
-    print(f"| benchmark | before (median of {args.rounds}) | after | after / before |")
+    runs = {"before": {}, "after": {}}
+    for name, bench in BENCHMARKS.items():
+        for r in range(args.rounds):
+            for label in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                for key, value in bench(roots[label]).items():
+                    runs[label].setdefault(key, []).append(value)
+            print(f"{name} round {r}: " + json.dumps({k: (runs["before"][k][-1], runs["after"][k][-1])
+                                                      for k in runs["after"]}), file=sys.stderr, flush=True)
+    print(f"| benchmark | before (median of {args.rounds}) | after | after / before, median of pairs (range) |")
     print("|---|---:|---:|---:|")
-    for key in runs["before"][0]:
-        b = statistics.median(x[key] for x in runs["before"])
-        a = statistics.median(x[key] for x in runs["after"] if key in x)
-        print(f"| {key} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
+    for key, before in runs["before"].items():
+        b, a = statistics.median(before), statistics.median(runs["after"][key])
+        ratios = [y / x for x, y in zip(before, runs["after"][key])]
+        print(f"| {key} | {b:.1f} | {a:.1f} | {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f}–{max(ratios):.2f}) |")
 
 
 if __name__ == "__main__":

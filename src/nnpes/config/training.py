@@ -5,8 +5,8 @@ an unknown or mistyped key fails at load with the key's dotted path and the clos
 
 Relative data paths are resolved against the directory of the config file (like ``#include`` or
 docker-compose), so a config works from any working directory; a dict config resolves them
-against the current directory. Shipped configs in ``configs/`` therefore point at
-``../../shared/data/...``.
+against the current directory. The shipped configs in the repository's ``configs/`` name their
+data relative to themselves.
 """
 
 from __future__ import annotations

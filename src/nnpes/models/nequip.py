@@ -20,7 +20,7 @@ paths and radial weights.
 Two implementations of the same architecture:
   * l_max = 1 (the standard size): the paths are written out as dot, cross and scaled-vector
     products with r̂, the radial weights multiplied in the same expression, one gather of sender
-    features per layer (see /work/shared/PERFORMANCE.md). Above ``block_above`` edges the
+    features per layer (see benchmarks/README.md, Inference). Above ``block_above`` edges the
     per-edge work runs as a ``lax.scan`` over blocks of ``edge_chunk`` edges, rematerialised in the backward pass (``sum_messages``): faster on CPU for large
     systems and O(N + block) memory; there the radial MLP runs once per unordered pair
     (``radial_per_pair``, nequip_ops.py) and both messages of a pair come from it.

@@ -1,6 +1,6 @@
 """Edge-pair bookkeeping for the NequIP radial MLP: r_ij = r_ji, so evaluate it once per pair.
 
-The radial MLP output GEMM is ~92 % of a NequIP call's FLOPs (/work/shared/PERFORMANCE.md).
+The radial MLP output GEMM is ~92 % of a NequIP call's FLOPs (benchmarks/README.md, Inference).
 A full neighbour list holds every unordered pair twice: (i ← j, v) and (j ← i, −v), where
 v = r_j − r_i + S·cell. ``edge_pairs`` finds the partners inside the jitted model (one sort of E
 keys, no extra graph field, so every caller — predict, training, MD — gets it); the model then
