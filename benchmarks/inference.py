@@ -1,6 +1,8 @@
-"""Inference (energy + forces) and training-step speed of the NequIP model at the standard size.
+"""Inference (energy + forces) and training-step speed of a model at its standard size (NequIP by
+default; ``--model mace``: MACE's standard 2 layers, 128x0e+128x1o, max_ell 3, correlation 3).
 
     python benchmarks/inference.py                       # molecules, water 540/~4000, training step
+    python benchmarks/inference.py --model mace --only aspirin water540 train
     python benchmarks/inference.py --ladder 12288 108000 # add larger water boxes (atoms, approx.)
 
 Each system runs in a fresh subprocess, so peak memory (ru_maxrss) is that system's alone.
@@ -67,13 +69,14 @@ def system(name: str):
     raise KeyError(name)
 
 
-def build_model(cutoff: float):
+def build_model(cutoff: float, model: str = "nequip"):
+    """The model at its standard size (the registered defaults), float32."""
     import jax
 
     from nnpes.config.model import parse_model_config
     from nnpes.potential import init_params, make_module, species_table
 
-    cfg = parse_model_config({"name": "nequip", "elements": ELEMENTS, "cutoff": cutoff})
+    cfg = parse_model_config({"name": model, "elements": ELEMENTS, "cutoff": cutoff})
     module = make_module(cfg)
     params = jax.jit(lambda: init_params(cfg, module, seed=0))()
     return cfg, module, params, species_table(cfg)
@@ -107,13 +110,13 @@ def timed(fn, args, repeats: int):
     return float(np.median(times)), float(np.median(cpu)), compile_s, flops
 
 
-def run_inference(name: str, cutoff: float, repeats: int) -> dict:
+def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip") -> dict:
     from nnpes.graph import pad_graph
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import energy_forces_stress
 
     atoms = system(name)
-    cfg, module, params, table = build_model(cutoff)
+    cfg, module, params, table = build_model(cutoff, model)
     g = atoms_to_graph(atoms, cutoff)
     n, e = len(atoms), int(g.n_edge[0])
     graph = to_device(pad_graph(g, n + 1, e, 2))
@@ -122,7 +125,7 @@ def run_inference(name: str, cutoff: float, repeats: int) -> dict:
     return dict(kind="E+F", system=name, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
-def run_train_step(cutoff: float, repeats: int) -> dict:
+def run_train_step(cutoff: float, repeats: int, model: str = "nequip") -> dict:
     """One Adam step on an energy + forces loss over 8 displaced aspirins in one padded batch."""
     import jax
     import jax.numpy as jnp
@@ -145,7 +148,7 @@ def run_train_step(cutoff: float, repeats: int) -> dict:
     b = batch(graphs)
     n, e = int(b.n_node.sum()), int(b.n_edge.sum())
     graph = to_device(pad_graph(b, n + 1, e, 9))
-    cfg, module, variables, table = build_model(cutoff)
+    cfg, module, variables, table = build_model(cutoff, model)
     opt = optax.adam(1e-3)
 
     def loss_fn(p, gr):
@@ -170,9 +173,9 @@ def child(args):
 
     jax.config.update("jax_enable_x64", False)
     if args.one == "train":
-        r = run_train_step(args.cutoff, args.repeats)
+        r = run_train_step(args.cutoff, args.repeats, args.model)
     else:
-        r = run_inference(args.one, args.cutoff, args.repeats)
+        r = run_inference(args.one, args.cutoff, args.repeats, args.model)
     r["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(r))
 
@@ -180,6 +183,7 @@ def child(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="nequip", help="registered model at its default (standard) size")
     ap.add_argument("--cutoff", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--big-repeats", type=int, default=2, help="repeats for ladder boxes above 20000 atoms")
@@ -195,7 +199,8 @@ def main():
     for name in names:
         big = name.startswith("water") and name[5:].isdigit() and int(name[5:]) > 20000
         repeats = args.big_repeats if big else args.repeats
-        cmd = [sys.executable, __file__, "--one", name, "--cutoff", str(args.cutoff), "--repeats", str(repeats)]
+        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--cutoff", str(args.cutoff),
+               "--repeats", str(repeats)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
