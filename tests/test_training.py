@@ -331,6 +331,30 @@ def test_killed_and_resumed_equals_uninterrupted(killed_run, full_run, data_dir)
         train(_config(data_dir), killed_dir, quiet=True)
 
 
+def test_crash_between_epoch_and_its_metrics_row_loses_no_row(data_dir, tmp_path, monkeypatch):
+    """A crash at the moment an epoch is being logged, then --resume: one metrics row per epoch.
+    (Before the fix the checkpoint was saved first, so the epoch being logged lost its row.)"""
+    import csv
+
+    from nnpes.training import metrics, train
+
+    original, calls = metrics.CSVLog.write, []
+
+    def crash_on_third(self, row):
+        calls.append(row["epoch"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill while logging epoch 2")
+        original(self, row)
+
+    monkeypatch.setattr(metrics.CSVLog, "write", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(data_dir, max_epochs=4), tmp_path / "run", quiet=True)
+    monkeypatch.setattr(metrics.CSVLog, "write", original)
+    result = train(_config(data_dir, max_epochs=4), tmp_path / "run", resume=True, quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert result["epochs"] == 4 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+
 def test_element_not_in_model_is_named(data_dir, tmp_path):
     from nnpes.data import DataError
     from nnpes.training import train

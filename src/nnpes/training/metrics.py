@@ -41,8 +41,9 @@ def add_sums(acc: dict | None, new: dict) -> dict:
 
 
 class CSVLog:
-    """``metrics.csv`` with one row per epoch. On resume, rows from epochs at or after the resumed
-    epoch (written after the checkpoint, before a kill) are dropped so the file matches the run."""
+    """``metrics.csv`` with one row per epoch, written before the epoch's checkpoint. On resume, rows
+    from epochs at or after the resumed epoch (written before a kill that beat the checkpoint) are
+    dropped, so the file holds exactly one row per finished epoch."""
 
     def __init__(self, path: str | Path, resume_epoch: int = 0):
         self.path = Path(path)

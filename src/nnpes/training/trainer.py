@@ -200,12 +200,13 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
         valid_m = _validate(run, eval_step, state, weights) if run.valid_loader is not None else dict(train_m)
         improved = progress.update(valid_m["loss"], tcfg)
         progress.elapsed = time.perf_counter() - wall0
-        # best before latest: a kill in between leaves latest at the previous epoch, which resumes
-        # and redoes this epoch identically.
+        # The epoch's metrics row first, then best, then latest: a kill before latest is saved
+        # leaves latest at the previous epoch, which resumes, drops the rows written since (CSVLog)
+        # and redoes this epoch identically; a kill after it loses nothing.
+        _report_epoch(run, csv_log, epoch, int(state.step), progress, train_m, valid_m, lr, improved)
         if improved:
             save_run(run_dir / BEST, state, progress)
         save_run(run_dir / LATEST, state, progress)
-        _report_epoch(run, csv_log, epoch, int(state.step), progress, train_m, valid_m, lr, improved)
         if tcfg.early_stopping_patience is not None and progress.stop_bad >= tcfg.early_stopping_patience:
             stop_reason = "early_stopping"
             break
