@@ -355,6 +355,23 @@ def test_crash_between_epoch_and_its_metrics_row_loses_no_row(data_dir, tmp_path
     assert result["epochs"] == 4 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
 
 
+def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):
+    """MACE's stage two as a weight_schedule stage: from epoch 2 on, w_E = 10 and lr × 0.1."""
+    import csv
+
+    from nnpes.training import train
+
+    cfg = _config(data_dir, max_epochs=4, schedule="constant", warmup_epochs=0.0,
+                  weight_schedule=[{"epoch": 2, "energy_weight": 10.0, "lr_factor": 0.1}])
+    train(cfg, tmp_path / "run", quiet=True)
+    lr = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv"))]
+    assert lr[0] == lr[1] == pytest.approx(5e-3) and lr[2] == lr[3] == pytest.approx(5e-4)
+    from nnpes.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="lr_factor"):
+        load_config({**cfg, "training": {**cfg["training"], "weight_schedule": [{"epoch": 1, "lr_factor": 0.0}]}})
+
+
 def test_element_not_in_model_is_named(data_dir, tmp_path):
     from nnpes.data import DataError
     from nnpes.training import train

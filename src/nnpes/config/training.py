@@ -62,10 +62,17 @@ class DataConfig:
 
 @dataclass
 class WeightStage:
+    """A late training stage (e.g. MACE's stage two: raise w_E, lower the learning rate)."""
+
     epoch: int = doc("from this epoch (0-based) on, use these loss weights", default=0)
     energy_weight: float | None = None
     forces_weight: float | None = None
     stress_weight: float | None = None
+    lr_factor: float | None = doc("multiply the learning rate by this from this epoch on (null: 1)", default=None)
+
+    def validate(self, path="weight_schedule"):
+        if self.lr_factor is not None and not self.lr_factor > 0:
+            raise ConfigError(f"{path}.lr_factor must be > 0, got {self.lr_factor}")
 
 
 @dataclass
@@ -84,7 +91,7 @@ class TrainingConfig:
     forces_weight: float = doc("w_F", default=100.0)
     stress_weight: float = doc("w_S (used only where stress labels exist)", default=0.0)
     energy_per_atom: bool = doc("energy term uses (ΔE/N)², else ΔE²", default=True)
-    weight_schedule: list[WeightStage] = doc("later stages change loss weights, e.g. raise w_E late", default_factory=list)
+    weight_schedule: list[WeightStage] = doc("later stages change loss weights and lr, e.g. raise w_E and lower lr late", default_factory=list)
     # optimiser
     optimizer: Literal["adam", "adamw", "amsgrad"] = doc("optax optimiser", default="adam")
     lr: float = doc("peak learning rate", default=5e-3)

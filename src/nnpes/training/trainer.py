@@ -65,6 +65,15 @@ def loss_weights(tcfg, epoch: int) -> dict:
     return w
 
 
+def stage_lr_factor(tcfg, epoch: int) -> float:
+    """The learning-rate factor in force at ``epoch`` (the last started stage that sets one; 1)."""
+    factor = 1.0
+    for stage in tcfg.weight_schedule:
+        if epoch >= stage.epoch and stage.lr_factor is not None:
+            factor = stage.lr_factor
+    return factor
+
+
 class _Log:
     def __init__(self, path, quiet=False):
         self.f = open(path, "a")
@@ -196,7 +205,8 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
             break
         epoch = progress.epoch
         weights = {k: jnp.asarray(v, run.pot.dtype) for k, v in loss_weights(tcfg, epoch).items()}
-        state, train_m, lr = _train_epoch(run, train_step, state, weights, jnp.asarray(progress.lr_scale, run.pot.dtype), epoch)
+        lr_scale = jnp.asarray(progress.lr_scale * stage_lr_factor(tcfg, epoch), run.pot.dtype)
+        state, train_m, lr = _train_epoch(run, train_step, state, weights, lr_scale, epoch)
         valid_m = _validate(run, eval_step, state, weights) if run.valid_loader is not None else dict(train_m)
         improved = progress.update(valid_m["loss"], tcfg)
         progress.elapsed = time.perf_counter() - wall0
