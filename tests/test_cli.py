@@ -44,3 +44,17 @@ def test_info_subprocess():
     assert proc.returncode == 0, proc.stderr
     assert "default float: float32 (jax_enable_x64: false" in proc.stdout
     assert "models:" in proc.stdout and "nequip" in proc.stdout
+
+
+def test_train_init_from_sets_model_init_from(monkeypatch, tmp_path):
+    import nnpes.training
+
+    seen = {}
+
+    def fake_train(config, run_dir, *, resume, overrides):
+        seen.update(config=config, overrides=overrides)
+        return {"model": "m", "run_dir": "r"}
+
+    monkeypatch.setattr(nnpes.training, "train", fake_train)
+    assert main(["train", "cfg.yaml", "--init-from", str(tmp_path / "old"), "--set", "training.lr=1e-4"]) == 0
+    assert seen["overrides"] == ["training.lr=1e-4", f"model.init_from={(tmp_path / 'old').resolve()}"]

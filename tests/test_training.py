@@ -372,6 +372,37 @@ def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):
         load_config({**cfg, "training": {**cfg["training"], "weight_schedule": [{"epoch": 1, "lr_factor": 0.0}]}})
 
 
+def test_fine_tune_a_float32_run_in_float64_keeps_weights_and_normalisation(data_dir, tmp_path):
+    import csv
+
+    from ase.io import read
+
+    from nnpes import build_potential, load_potential
+    from nnpes.config import ConfigError
+    from nnpes.training import train
+
+    first = _config(data_dir, max_epochs=2)
+    first["model"] = {**first["model"], "dtype": "float32"}
+    a = train(first, tmp_path / "a", quiet=True)
+    saved = load_potential(a["model"])
+    second = _config(data_dir, max_epochs=1)
+    second["model"] = {**second["model"], "dtype": "float64", "init_from": str(tmp_path / "a")}  # a run dir
+    pot = build_potential(second)
+    assert {str(x.dtype) for x in jax.tree_util.tree_leaves(pot.params)} == {"float64"}
+    assert (pot.config.e0, pot.config.scale, pot.config.avg_num_neighbors) == (
+        saved.config.e0, saved.config.scale, saved.config.avg_num_neighbors)
+    frame = read(data_dir / "cu_test.extxyz", index=0)
+    np.testing.assert_allclose(pot.predict(frame)["forces"], saved.predict(frame)["forces"], rtol=1e-4, atol=1e-5)
+    b = train(second, tmp_path / "b", quiet=True)
+    loss = [float(next(csv.DictReader(open(tmp_path / r / "metrics.csv")))["train_loss"]) for r in ("a", "b")]
+    assert loss[1] < loss[0]  # the fine-tune starts from the trained weights, not from scratch
+    assert load_potential(b["model"]).config.init_from is None
+    for change, match in (({"elements": ["Cu", "Al", "Ni"]}, r"\['Ni'\] are new"), ({"features": 4}, "must describe"),
+                          ({"avg_num_neighbors": 3.0}, "avg_num_neighbors")):
+        with pytest.raises(ConfigError, match=match):
+            build_potential({**second["model"], **change})
+
+
 def test_element_not_in_model_is_named(data_dir, tmp_path):
     from nnpes.data import DataError
     from nnpes.training import train

@@ -1,4 +1,4 @@
-"""``nnpes train CONFIG.yaml [--set section.key=value ...] [--run-dir DIR] [--resume]``."""
+"""``nnpes train CONFIG.yaml [--set section.key=value ...] [--run-dir DIR] [--resume] [--init-from MODEL]``."""
 
 from __future__ import annotations
 
@@ -11,14 +11,22 @@ def add_parser(subparsers) -> None:
                    help="override a config value (YAML syntax), repeatable, e.g. --set training.lr=1e-3")
     p.add_argument("--run-dir", default=None, help="run directory (default: output.run_dir of the config)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run directory exactly")
+    p.add_argument("--init-from", default=None, metavar="MODEL_OR_RUN",
+                   help="fine-tune: start from a saved potential (or a run directory's model/), keeping "
+                        "its normalisation; same as model.init_from")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from nnpes.training import train
 
     try:
-        result = train(args.config, args.run_dir, resume=args.resume, overrides=args.overrides)
+        overrides = list(args.overrides)
+        if args.init_from:
+            overrides.append(f"model.init_from={Path(args.init_from).resolve()}")
+        result = train(args.config, args.run_dir, resume=args.resume, overrides=overrides)
     except FileExistsError as e:
         raise ValueError(str(e)) from None
     print(f"model saved to {result['model']}")

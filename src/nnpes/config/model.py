@@ -21,6 +21,9 @@ class ModelConfig:
     avg_num_neighbors: float | None = None  # default 1.0 without data
     e0: dict[str, float] | None = None  # eV per element; default 0
     scale: float | None = None  # eV, σ_Z initial value for every element; default 1.0
+    # A saved potential (or a run directory holding model/) to start from: its weights and its
+    # normalisation (e0, scale, avg_num_neighbors, descriptor statistics) are kept; dtype may differ.
+    init_from: str | None = None
     hparams: Any = None  # the registered model's hyperparameter dataclass
 
     def validate(self, path: str = "model"):
@@ -46,6 +49,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hparams"}
+        if d["init_from"] is None:  # saved models stay readable by versions without the key
+            del d["init_from"]
         d.update(dataclasses.asdict(self.hparams))
         return d
 

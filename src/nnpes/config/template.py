@@ -26,6 +26,7 @@ MODEL_DOCS = {
     "avg_num_neighbors": "null: from the training set",
     "e0": "eV per element; null: least squares on the training set",
     "scale": "eV; null: force RMS of the training set",
+    "init_from": "fine-tune: saved model or run dir; keeps its weights and normalisation",
 }
 
 

@@ -232,8 +232,11 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         dcfg.train = dcfg.train[0]
     for name in ("valid", "test", "train_indices", "valid_indices", "test_indices"):
         setattr(dcfg, name, _resolve(getattr(dcfg, name), base))
+    mcfg.init_from = _resolve(mcfg.init_from, base)
     raw = copy.deepcopy(data)
     raw["data"] = {**raw["data"], **{k: getattr(dcfg, k) for k in ("train", "valid", "test", "train_indices", "valid_indices", "test_indices") if getattr(dcfg, k) is not None}}
+    if mcfg.init_from is not None:
+        raw["model"] = {**raw["model"], "init_from": mcfg.init_from}
     return Config(data=dcfg, model=mcfg, training=tcfg, output=ocfg, source=src, raw=raw)
 
 

@@ -79,6 +79,9 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
         if not dataset:
             raise ValueError("build_potential: dataset is empty")
         check_known_elements(dataset, cfg.elements)
+    if cfg.init_from is not None:
+        return potential_from_saved(cfg)
+    if dataset is not None:
         if graphs is None:
             graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
         stats = graph_stats(graphs, cfg.elements)
@@ -100,6 +103,43 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
         padded = [p for _, p in padded_batches(graphs)]  # host numpy, float64
         variables = spec.calibrate(module, variables, padded)
     return Potential(cfg, variables, module)
+
+
+def saved_model_dir(path) -> Path:
+    """A saved potential's directory: ``path`` itself, or ``path/model`` of a training run."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_FILE).is_file() and (candidate / PARAMS_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"model.init_from: {str(path)!r} is neither a saved potential nor a run directory with model/")
+
+
+def potential_from_saved(cfg: ModelConfig) -> Potential:
+    """``cfg``'s model starting from the weights and normalisation of the saved potential
+    ``cfg.init_from`` (fine-tuning). The architecture and elements must match; the dtype may differ
+    (parameters are cast, e.g. float64 fine-tuning of a float32 run); the normalisation (e0, scale,
+    avg_num_neighbors, and the trained parameters holding descriptor statistics) is the saved model's."""
+    saved = load_potential(saved_model_dir(cfg.init_from))
+    old = saved.config
+    where = f"model.init_from ({cfg.init_from})"
+    if list(cfg.elements) != list(old.elements):
+        new = sorted(set(cfg.elements) - set(old.elements))
+        raise ConfigError(f"{where}: the saved model knows elements {list(old.elements)}; "
+                          + (f"{new} are new to it" if new else f"model.elements is {list(cfg.elements)}"))
+    if (cfg.name, cfg.cutoff, cfg.hparams) != (old.name, old.cutoff, old.hparams):
+        raise ConfigError(f"{where}: the model section must describe the saved model ({old.name}, cutoff "
+                          f"{old.cutoff} Å, {old.hparams}); only dtype and the normalisation may differ")
+    cfg = dataclasses.replace(cfg, init_from=None)
+    for name in ("e0", "scale", "avg_num_neighbors"):
+        # The weights were trained with the saved normalisation: another one would wreck them.
+        if getattr(cfg, name) not in (None, getattr(old, name)):
+            raise ConfigError(f"{where}: model.{name} = {getattr(cfg, name)} differs from the saved model's "
+                              f"{getattr(old, name)}; leave it out to keep the saved normalisation")
+        setattr(cfg, name, getattr(old, name))
+    dtype = jnp.float64 if cfg.dtype == "float64" else jnp.float32
+    variables = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, saved.params)
+    return Potential(cfg, variables, make_module(cfg))
 
 
 def load_potential(path) -> Potential:
