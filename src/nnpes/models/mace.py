@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
 from nnpes.models.mace_ops import coupling, symmetric_contraction
-from nnpes.models.radial import bessel_basis, polynomial_envelope, safe_norm
+from nnpes.models.radial import edge_geometry
 
 GATES = {"silu": jax.nn.silu, "tanh": jnp.tanh}
 
@@ -160,10 +160,7 @@ class MACE(nn.Module):
     def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
         hp, dt = self.hp, self.dtype
         vectors = vectors.astype(dt)
-        r = safe_norm(vectors)
-        unit = vectors / jnp.where(r > 0, r, 1.0)[:, None]  # padding edges: zero vectors stay zero
-        envelope = polynomial_envelope(r, self.cutoff, hp.num_polynomial_cutoff) * edge_mask
-        basis = bessel_basis(r, self.cutoff, hp.num_bessel) * envelope[:, None]  # zero on padding
+        unit, basis = edge_geometry(vectors, edge_mask, self.cutoff, hp.num_bessel, hp.num_polynomial_cutoff)
         sh_irreps = e3nn.Irreps.spherical_harmonics(hp.max_ell)  # 0e + 1o + ... + max_ell
         sh = e3nn.spherical_harmonics(sh_irreps, e3nn.IrrepsArray("1o", unit), normalize=False, normalization="component")
         onehot = jax.nn.one_hot(species, self.num_species, dtype=dt)

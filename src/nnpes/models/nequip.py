@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from nnpes.config.schema import ConfigError
 from nnpes.models import register
 from nnpes.models.nequip_ops import edge_pairs
-from nnpes.models.radial import bessel_basis, polynomial_envelope, safe_norm
+from nnpes.models.radial import edge_geometry
 
 ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh}
 
@@ -133,15 +133,6 @@ def sum_messages(fn, chunk: int | None, consts, n_node: int, *edge_arrays, indic
 
     width = jax.eval_shape(body, [x[0, :1] for x in blocks])[0][1].shape[-1]
     return jax.lax.scan(step, jnp.zeros((n_node, width), consts[0].dtype), blocks)[0]
-
-
-def _edge_geometry(vectors, edge_mask, cutoff, hp):
-    """Unit vectors (E, 3) (zero on padding) and enveloped Bessel basis (E, num_bessel) (zero on padding)."""
-    r = safe_norm(vectors)
-    unit = vectors / jnp.where(r > 0, r, 1.0)[:, None]
-    env = polynomial_envelope(r, cutoff, hp.polynomial_p) * edge_mask
-    basis = bessel_basis(r, cutoff, hp.num_bessel) * env[:, None]
-    return jnp.where(edge_mask[:, None], unit, 0.0), basis
 
 
 # ---------------------------------------------------------------- explicit l ≤ 1 implementation
@@ -345,7 +336,7 @@ class NequIP(nn.Module):
     def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
         hp, c, dt = self.hp, self.hp.features, self.dtype
         vectors = vectors.astype(dt)
-        unit, basis = _edge_geometry(vectors, edge_mask, self.cutoff, hp)
+        unit, basis = edge_geometry(vectors, edge_mask, self.cutoff, hp.num_bessel, hp.polynomial_p)
         onehot = jax.nn.one_hot(species, self.num_species, dtype=dt)
         embed = nn.Dense(c, use_bias=False, dtype=dt, param_dtype=dt, name="embedding")(onehot)
         if hp.l_max == 1 and hp.implementation == "auto":

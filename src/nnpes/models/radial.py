@@ -43,3 +43,13 @@ def bessel_basis(r: jnp.ndarray, cutoff: float, n: int = 8) -> jnp.ndarray:
     value = jnp.sqrt(2.0 / cutoff) * jnp.sin(arg) / r_safe
     limit = jnp.sqrt(2.0 / cutoff) * k * (jnp.pi / cutoff)
     return jnp.where((r > 0)[..., None], value, limit)
+
+
+def edge_geometry(vectors, edge_mask, cutoff: float, num_bessel: int, p: int):
+    """Unit vectors (E, 3) and the enveloped Bessel basis (E, num_bessel) of edge vectors (E, 3) Å,
+    both zero on padding edges: the radial and angular inputs every message-passing model uses."""
+    r = safe_norm(vectors)
+    unit = vectors / jnp.where(r > 0, r, 1.0)[:, None]
+    env = polynomial_envelope(r, cutoff, p) * edge_mask
+    basis = bessel_basis(r, cutoff, num_bessel) * env[:, None]
+    return jnp.where(edge_mask[:, None], unit, 0.0), basis
