@@ -78,8 +78,8 @@ def check_known_elements(atoms_list: Sequence[Atoms], elements: Sequence[str]) -
         unknown = sorted(set(atoms.get_chemical_symbols()) - set(elements))
         if unknown:
             raise DataError(atoms.info.get("source", "dataset"),
-                            f"element {unknown[0]!r} is not in the model's elements {list(elements)}",
-                            atoms.info.get("frame", m))
+                            f"element(s) {unknown} not in the model's elements {list(elements)}; "
+                            "add them to the model section", int(atoms.info.get("frame", m)))
 
 
 def compute_stats(atoms_list: Sequence[Atoms], elements: Sequence[str], cutoff: float) -> DatasetStats:

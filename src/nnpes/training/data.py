@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nnpes.graph.stats import check_known_elements
 
 
 def _count(value, n: int) -> int:
@@ -19,12 +20,7 @@ def _read(path: str, dcfg, elements):
     atoms = read_structures(path, index=dcfg.index, energy_unit=dcfg.energy_unit, format=dcfg.format)
     if not atoms:
         raise DataError(path, f"no structures selected (index {dcfg.index!r})")
-    known = set(elements)
-    for k, a in enumerate(atoms):
-        extra = sorted(set(a.get_chemical_symbols()) - known)
-        if extra:
-            frame = int(a.info.get("frame", k))  # the frame's index in the file
-            raise DataError(path, f"element(s) {extra} not in model.elements {list(elements)}; add them to the model section", frame)
+    check_known_elements(atoms, elements)  # names the file and the frame's index in it
     return atoms
 
 
