@@ -39,6 +39,13 @@ def crystal(seed, n=3, length=3.3) -> Atoms:
     return Atoms([ELEMENTS[k % 3] for k in range(n)], scaled_positions=rng.uniform(0, 1, (n, 3)), cell=cell, pbc=True)
 
 
+def grid_cluster(rng, n, side=4, spacing=1.3) -> Atoms:
+    """n atoms on random sites of a cubic grid (Å), rattled: dense, no overlaps, quick to make."""
+    sites = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3) * spacing
+    pos = sites[rng.choice(len(sites), n, replace=False)] + rng.uniform(-0.1, 0.1, (n, 3))
+    return Atoms([ELEMENTS[k % 3] for k in range(n)], positions=pos)
+
+
 def labelled(atoms_list):
     out = []
     for a in atoms_list:
@@ -247,6 +254,34 @@ def test_many_structures_of_one_bucket_compile_once(toy64):
         a.rattle(0.01, seed=int(rng.integers(1 << 30)))
         toy64.predict(a)
     assert toy64.n_compiles == before
+
+
+def test_a_set_of_similar_sizes_compiles_once_and_a_mixed_set_a_few_times():
+    # 40 frames of 44-52 atoms, ~2000-2600 edges each, so one frame per call: their calls used to
+    # land on different ladder rungs and compiled once per rung (9 times in issue 12's Cu set);
+    # one shared shape now serves the whole set.
+    pot = build_potential({**TOY, "cutoff": 5.0, "dtype": "float64", "width": 0.55})
+    rng = np.random.default_rng(3)
+    frames = [grid_cluster(rng, int(rng.integers(44, 53))) for _ in range(40)]
+    before = pot.n_compiles
+    pot.predict(frames)
+    assert pot.n_compiles - before == 1
+    # sizes far apart: at most one shape per factor of two, not one per call
+    mixed = frames[:10] + [grid_cluster(rng, 3) for _ in range(30)] + [grid_cluster(rng, 120, side=6)]
+    before = pot.n_compiles
+    out = pot.predict(mixed)
+    assert pot.n_compiles - before <= 4
+    single = pot.predict(mixed[-1])
+    np.testing.assert_allclose(out[-1]["forces"], single["forces"], rtol=1e-12, atol=1e-12)
+
+
+def test_shared_shapes_groups_by_factor_two_and_always_ends():
+    from nnpes.potential.predict import shared_shapes
+
+    assert shared_shapes([(40, 2000, 2), (48, 2560, 2), (40, 2048, 4)]) == [(48, 2560, 4)] * 3
+    # many nodes / few edges next to few nodes / many edges: two groups, each padded to itself
+    assert shared_shapes([(200, 64, 2), (16, 2048, 2)]) == [(200, 64, 2), (16, 2048, 2)]
+    assert shared_shapes([]) == []
 
 
 def test_replace_changes_prediction_and_shares_compiled_function(toy64):

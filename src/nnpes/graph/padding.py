@@ -80,15 +80,19 @@ def ladder_size(x: int, step: int, linear_until: int, growth: float = LADDER_GRO
     return v
 
 
-def pad_to_bucket(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
-    """Pad a (batched) numpy graph up the fixed node / edge / graph ladders (predict, MD, calibration).
-
-    Nodes get one padding node at least (``ladder_size(n + 1, 8, 64)``), edges ``ladder_size(e, 64,
-    1024)``, graphs the next power of two above the real count."""
+def bucket_shape(graph: jraph.GraphsTuple) -> tuple[int, int, int]:
+    """(n_node, n_edge, n_graph) of ``graph`` padded up the fixed ladders: nodes get one padding
+    node at least (``ladder_size(n + 1, 8, 64)``), edges ``ladder_size(e, 64, 1024)``, graphs the
+    next power of two above the real count (at least 2)."""
     n_node = ladder_size(int(np.sum(graph.n_node)) + 1, NODE_STEP, NODE_LINEAR_UNTIL)
     n_edge = ladder_size(int(np.sum(graph.n_edge)), EDGE_STEP, EDGE_LINEAR_UNTIL)
     n_graph = 1 << int(len(graph.n_node)).bit_length()  # > real graphs, power of two
-    return pad_graph(graph, n_node, n_edge, max(n_graph, 2))
+    return n_node, n_edge, max(n_graph, 2)
+
+
+def pad_to_bucket(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """Pad a (batched) numpy graph up the fixed node / edge / graph ladders (``bucket_shape``)."""
+    return pad_graph(graph, *bucket_shape(graph))
 
 
 def to_device(graph: jraph.GraphsTuple, dtype) -> jraph.GraphsTuple:

@@ -13,7 +13,7 @@ from ase import Atoms
 
 from nnpes import keys
 from nnpes.graph.build import atoms_to_graph
-from nnpes.graph.padding import batch, pad_to_bucket, to_device
+from nnpes.graph.padding import batch, bucket_shape, pad_graph, to_device
 
 # At most this many nodes / edges / graphs per jitted call (a larger structure goes alone). On the
 # 2-core CPU, NequIP's time per aspirin frame rose once a call held more than ~2000 edges (per-edge
@@ -62,10 +62,30 @@ def chunks(graphs: Sequence[jraph.GraphsTuple], max_nodes: int = MAX_NODES_PER_C
         yield chunk
 
 
+def shared_shapes(shapes: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """One padded (n_node, n_edge, n_graph) per call, shared by calls of similar size so a set of
+    structures compiles once: the call with the most edges leads a group of every call with at least half
+    its nodes and edges, all padded to the group's largest sizes; the rest are grouped the same way. A mixed set of sizes thus
+    compiles at most about log2(largest / smallest) times and never pads a call more than 2×
+    (plus the ladder's rounding)."""
+    out, todo = list(shapes), list(range(len(shapes)))
+    while todo:
+        lead = shapes[max(todo, key=lambda i: (shapes[i][1], shapes[i][0]))]  # most edges
+        group = [i for i in todo if 2 * shapes[i][0] >= lead[0] and 2 * shapes[i][1] >= lead[1]]
+        top = tuple(max(shapes[i][d] for i in group) for d in range(3))
+        for i in group:
+            out[i] = top
+        todo = [i for i in todo if i not in set(group)]
+    return out
+
+
 def padded_batches(graphs: Sequence[jraph.GraphsTuple], max_edges: int = MAX_EDGES_PER_CALL):
-    """(chunk, padded numpy batch) pairs for calls of bounded size (host arrays, float64)."""
-    for chunk in chunks(graphs, max_edges=max_edges):
-        yield chunk, pad_to_bucket(batch(chunk))
+    """(chunk, padded numpy batch) pairs for calls of bounded size (host arrays, float64), padded
+    to a few shapes shared across the calls (``shared_shapes``)."""
+    groups = [(chunk, batch(chunk)) for chunk in chunks(graphs, max_edges=max_edges)]
+    shapes = shared_shapes([bucket_shape(b) for _, b in groups])
+    for (chunk, batched), shape in zip(groups, shapes):
+        yield chunk, pad_graph(batched, *shape)
 
 
 def _split(out: dict, chunk: Sequence[jraph.GraphsTuple], layout: dict) -> list[dict]:
