@@ -9,6 +9,7 @@ the private model registered: the kill -9 test trains in such a child process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -316,6 +317,85 @@ def test_run_outputs_and_learning(full_run):
     m = result["test_metrics"]
     assert m["forces_meV_per_A"]["n"] == 6 * 4 * 3 and m["stress_meV_per_A3"]["n"] == 6 * 9
     assert set(m["forces_per_element_meV_per_A"]) == {"Cu"}
+
+
+def test_run_shows_stress_and_every_loss_term_and_explains_its_log(full_run):
+    """A run trained with stress: stress MAE/RMSE (train and valid) and the loss terms in
+    metrics.csv (old columns first, unchanged), stress in the epoch lines and the final table (meV/Å³
+    and GPa), the column legend at the start and a stop line that counts epochs like the epoch lines."""
+    import csv
+
+    from nnpes.training.metrics import COLUMNS
+
+    run_dir, result = full_run
+    with open(run_dir / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[:14] == [  # the first format's columns, in their order
+        "epoch", "step", "time_s", "lr", "train_loss", "valid_loss", "train_e_mae_meV_atom", "train_f_mae_meV_A",
+        "train_f_rmse_meV_A", "valid_e_mae_meV_atom", "valid_e_rmse_meV_atom", "valid_f_mae_meV_A",
+        "valid_f_rmse_meV_A", "valid_s_mae_meV_A3"]
+    assert reader.fieldnames == COLUMNS
+    for r in rows:
+        for split in ("train", "valid"):
+            s_mae, s_rmse = float(r[f"{split}_s_mae_meV_A3"]), float(r[f"{split}_s_rmse_meV_A3"])
+            assert 0 < s_mae <= s_rmse
+            terms = [float(r[f"{split}_loss_{k}"]) for k in ("energy", "forces", "stress")]
+            assert min(terms) > 0 and sum(terms) == pytest.approx(float(r[f"{split}_loss"]), rel=1e-4)
+    log = (run_dir / "train.log").read_text()
+    assert "loss train / valid = w_E·L_E + w_F·L_F + w_S·L_S (w_E 1, w_F 100, w_S 1)" in log
+    assert "with the EMA parameters" in log and "* = best validation loss so far, best.ckpt saved" in log
+    epoch_lines = re.findall(r"\] epoch +\d+ .*", log)
+    assert len(epoch_lines) == result["epochs"] and all("meV/Å³" in line for line in epoch_lines)
+    n = result["epochs"]
+    assert f"epoch {n - 1:4d} " in epoch_lines[-1]
+    assert f"stopped (max_epochs) after {n} epochs (last epoch {n - 1});" in log
+    stress_mae = result["test_metrics"]["stress_meV_per_A3"]["mae"]
+    assert f"{stress_mae * 1e-3 * 160.21766:9.3f}  RMSE" in log and "GPa  (n=54)" in log
+
+
+def test_learning_curve_has_learning_rate_and_stress_and_reads_old_files(full_run, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from nnpes.training.metrics import learning_curve_figure, plot_learning_curve, read_csv
+
+    run_dir, result = full_run
+    fig = learning_curve_figure(read_csv(run_dir / "metrics.csv"))
+    axes = {ax.get_ylabel(): ax for ax in fig.axes}
+    lr = axes["learning rate"]
+    assert lr.get_yscale() == "log" and len(lr.get_lines()) == 1
+    assert len(lr.get_lines()[0].get_ydata()) == result["epochs"]
+    assert len(axes["stress error (meV/Å³)"].get_lines()) == 4  # train/valid × MAE/RMSE
+    assert {t.get_text() for t in axes["loss terms w·L"].get_legend().get_texts()} == {
+        f"{split} {term}" for split in ("train", "valid") for term in ("energy", "forces", "stress")}
+    plt.close(fig)
+    old = tmp_path / "old.csv"  # the first metrics.csv format: 14 columns
+    old.write_text("epoch,step,time_s,lr,train_loss,valid_loss,train_e_mae_meV_atom,train_f_mae_meV_A,"
+                   "train_f_rmse_meV_A,valid_e_mae_meV_atom,valid_e_rmse_meV_atom,valid_f_mae_meV_A,"
+                   "valid_f_rmse_meV_A,valid_s_mae_meV_A3\n0,6,1.5,0.001,2.5,2.6,10,90,120,11,13,95,125,nan\n")
+    d = read_csv(old)
+    assert d["train_loss"][0] == 2.5 and np.isnan(d["train_s_rmse_meV_A3"][0])
+    assert plot_learning_curve(old, tmp_path / "old.png").stat().st_size > 1000
+
+
+def test_parity_titles_and_test_table_carry_units():
+    import matplotlib.pyplot as plt
+
+    from nnpes.training.evaluate import error_metrics, format_metrics, parity_figure
+
+    rng = np.random.default_rng(0)
+    f_ref, s_ref = rng.normal(size=(8, 3)), rng.normal(scale=0.01, size=(2, 3, 3))
+    cmp = {"e_ref": np.array([-10.0, -12.0]), "e_pred": np.array([-10.004, -11.99]), "n_atoms": np.array([4, 4]),
+           "f_ref": f_ref, "f_pred": f_ref + 0.01, "f_symbol": np.array(["Cu"] * 8),
+           "s_ref": s_ref, "s_pred": s_ref + 5e-4}
+    fig = parity_figure(cmp)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    assert "MAE 1.75 meV/atom, RMSE 1.9 meV/atom" in titles[0]  # |ΔE|/N = 1 and 2.5 meV/atom
+    assert "MAE 10 meV/Å, RMSE 10 meV/Å" in titles[1]
+    assert "MAE 0.5 meV/Å³, RMSE 0.5 meV/Å³\n(MAE 0.0801 GPa, RMSE 0.0801 GPa)" in titles[2]
+    table = format_metrics(error_metrics(cmp))
+    assert "MAE     0.500  RMSE     0.500  meV/Å³" in table and "MAE     0.080  RMSE     0.080  GPa" in table
 
 
 def test_killed_and_resumed_equals_uninterrupted(killed_run, full_run, data_dir):

@@ -30,7 +30,7 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.training import parallel
-from nnpes.training.metrics import CSVLog, add_sums, plot_learning_curve, reduce_sums
+from nnpes.training.metrics import CSVLog, EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
 from nnpes.training.run_state import Progress, load_run, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
@@ -197,6 +197,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     compiles = _Compiles()
     train_step, eval_step = _compiled_steps(run, compiles)
     csv_log = CSVLog(run_dir / "metrics.csv", resume_epoch=progress.epoch)
+    _explain_log(run)
     stop_reason = "max_epochs"
     wall0 = time.perf_counter() - progress.elapsed
     while progress.epoch < tcfg.max_epochs:
@@ -224,9 +225,31 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
             stop_reason = "max_time"
             break
     n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
-    log(f"stopped ({stop_reason}) after epoch {progress.epoch}; compiles this process: train step "
+    log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
         f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
     return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+
+
+def _epochs_done(n: int) -> str:
+    """"200 epochs (last epoch 199)": epoch lines count from 0, ``Progress.epoch`` counts epochs done."""
+    return f"{n} epoch{'s' if n != 1 else ''}" + (f" (last epoch {n - 1})" if n else "")
+
+
+def _explain_log(run: _Run) -> None:
+    """Two lines at the start of training that say what the epoch lines show."""
+    tcfg, stress = run.cfg.training, run.use_stress
+    weights = f"w_E {tcfg.energy_weight:g}, w_F {tcfg.forces_weight:g}" + (f", w_S {tcfg.stress_weight:g}" if stress else "")
+    if tcfg.weight_schedule:
+        weights += ", changed by training.weight_schedule"
+    err = "2·Huber" if tcfg.loss == "huber" else "squared"
+    valid = "the validation set" if run.valid_loader is not None else "the training set (there is no validation set)"
+    params = "EMA parameters" if tcfg.ema_decay is not None else "current parameters"
+    run.log(f"epoch lines: loss train / valid = w_E·L_E + w_F·L_F{' + w_S·L_S' if stress else ''} ({weights}); "
+            f"L = mean {err} error of energy{' per atom (eV/atom)' if tcfg.energy_per_atom else ' (eV)'}, force components "
+            f"(eV/Å){' and stress components (eV/Å³)' if stress else ''}; valid = {valid}, with the {params}")
+    run.log(f"valid E, F{', S' if stress else ''} = validation MAE (meV/atom, meV/Å{', meV/Å³' if stress else ''}); "
+            "lr = learning rate of the last step; s = wall time; * = best validation loss so far, best.ckpt saved; "
+            "metrics.csv has train and valid MAE and RMSE and each loss term")
 
 
 def _compiled_steps(run: _Run, compiles: _Compiles):
@@ -250,45 +273,30 @@ def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, ep
         from tqdm import tqdm
 
         batches = bar = tqdm(batches, total=run.steps_per_epoch, desc=f"epoch {epoch}", leave=False)
-    sums, loss_sum, n_graphs, lr = None, 0.0, 0, math.nan
+    sums, lr = EpochSums(), math.nan
     for graph in batches:
-        n = _n_real(graph)
         state, m = train_step(state, run.put(graph), weights, lr_scale)
-        loss, lr = float(m.loss), m.lr
-        loss_sum += loss * n
-        n_graphs += n
-        sums = add_sums(sums, m.sums)
+        loss, lr = sums.add(m, _n_real(graph)), m.lr
         if not math.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr")
     if bar is not None:
         bar.close()
-    return state, reduce_sums(sums, n_graphs, loss_sum), float(lr)
+    return state, sums.reduce(), float(lr)
 
 
 def _validate(run: _Run, eval_step, state: TrainState, weights) -> dict:
     """Validation metrics with the EMA parameters."""
-    sums, loss_sum, n_graphs = None, 0.0, 0
+    sums = EpochSums()
     for graph in run.valid_loader:
-        n = _n_real(graph)
-        m = eval_step(state, run.put(graph), weights)
-        loss_sum += float(m.loss) * n
-        n_graphs += n
-        sums = add_sums(sums, m.sums)
-    return reduce_sums(sums, n_graphs, loss_sum)
+        sums.add(eval_step(state, run.put(graph), weights), _n_real(graph))
+    return sums.reduce()
 
 
 def _report_epoch(run: _Run, csv_log, epoch, step, progress: Progress, train_m, valid_m, lr, improved) -> None:
-    csv_log.write({
-        "epoch": epoch, "step": step, "time_s": progress.elapsed, "lr": lr,
-        "train_loss": train_m["loss"], "valid_loss": valid_m["loss"],
-        "train_e_mae_meV_atom": train_m["e_mae_meV_atom"], "train_f_mae_meV_A": train_m["f_mae_meV_A"],
-        "train_f_rmse_meV_A": train_m["f_rmse_meV_A"],
-        "valid_e_mae_meV_atom": valid_m["e_mae_meV_atom"], "valid_e_rmse_meV_atom": valid_m["e_rmse_meV_atom"],
-        "valid_f_mae_meV_A": valid_m["f_mae_meV_A"], "valid_f_rmse_meV_A": valid_m["f_rmse_meV_A"],
-        "valid_s_mae_meV_A3": valid_m["s_mae_meV_A3"],
-    })
+    csv_log.write(epoch_row(epoch, step, progress.elapsed, lr, train_m, valid_m))
+    stress = f"  S {valid_m['s_mae_meV_A3']:.3g} meV/Å³" if run.use_stress else ""
     run.log(f"epoch {epoch:4d}  loss {train_m['loss']:.4g} / {valid_m['loss']:.4g}  "
-            f"valid E {valid_m['e_mae_meV_atom']:.3g} meV/atom  F {valid_m['f_mae_meV_A']:.3g} meV/Å  "
+            f"valid E {valid_m['e_mae_meV_atom']:.3g} meV/atom  F {valid_m['f_mae_meV_A']:.3g} meV/Å{stress}  "
             f"lr {lr:.3g}  {progress.elapsed:.0f} s" + ("  *" if improved else ""))
 
 
