@@ -100,6 +100,22 @@ def test_template_parses_back_with_every_key(tmp_path):
         assert set(data["training"]) == {f.name for f in dataclasses.fields(TrainingConfig)}
 
 
+def test_every_template_key_has_a_comment_and_stress_weight_states_its_scale():
+    import re
+
+    from nnpes.models import MODELS, import_builtin_models
+
+    import_builtin_models()
+    for model in sorted(m for m in MODELS if not m.startswith("_")):
+        text = template(model, ["H", "C"])
+        keys = [line for line in text.splitlines() if re.match(r"^ +\w+:", line)]
+        assert len(keys) > 40
+        bare = [line.strip() for line in keys if not re.search(r" # \S", line)]
+        assert not bare, f"{model}: keys without a comment: {bare}"
+    stress = next(line for line in text.splitlines() if line.strip().startswith("stress_weight:"))
+    assert "(eV/Å³)²" in stress and "9 stress components" in stress
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_check(path):
     cfg = load_config(path)
