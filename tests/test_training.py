@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,13 +291,55 @@ def killed_run(data_dir, tmp_path_factory):
     return run_dir, result, epoch
 
 
+class FakeWandb(types.ModuleType):
+    """A stand-in ``wandb`` module that records ``init``, ``log`` and ``finish``."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.calls = []
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        fake = self
+
+        class Run:
+            id, name, url = "fake123", "fake-run", ""
+
+            def log(self, data, step=None):
+                fake.calls.append(("log", dict(data), step))
+
+            def finish(self):
+                fake.calls.append(("finish",))
+
+        return Run()
+
+
 @pytest.fixture(scope="module")
-def full_run(data_dir, killed_run, tmp_path_factory):
-    """The same run never interrupted."""
+def fake_wandb():
+    return FakeWandb()
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, killed_run, fake_wandb, tmp_path_factory):
+    """The same run never interrupted; it also logs to (a fake) W&B and, where tensorboardX is
+    installed, to TensorBoard."""
+    import importlib.util
+
     from nnpes.training import train
 
     run_dir = tmp_path_factory.mktemp("full")
-    result = train(_config(data_dir, max_epochs=killed_run[1]["epochs"]), run_dir, quiet=True)
+    cfg = _config(data_dir, max_epochs=killed_run[1]["epochs"])
+    cfg["output"].update(wandb={"project": "nnpes-tests", "mode": "offline"},
+                         tensorboard=importlib.util.find_spec("tensorboardX") is not None)
+    saved = sys.modules.get("wandb")
+    sys.modules["wandb"] = fake_wandb
+    try:
+        result = train(cfg, run_dir, quiet=True)
+    finally:
+        if saved is None:
+            sys.modules.pop("wandb")
+        else:
+            sys.modules["wandb"] = saved
     return run_dir, result
 
 
@@ -396,6 +439,69 @@ def test_parity_titles_and_test_table_carry_units():
     assert "MAE 0.5 meV/Å³, RMSE 0.5 meV/Å³\n(MAE 0.0801 GPa, RMSE 0.0801 GPa)" in titles[2]
     table = format_metrics(error_metrics(cmp))
     assert "MAE     0.500  RMSE     0.500  meV/Å³" in table and "MAE     0.080  RMSE     0.080  GPa" in table
+
+
+def _metrics_rows(run_dir) -> list[dict]:
+    import csv
+
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the TensorBoard event files in ``logdir`` (TFRecord framing:
+    length, its CRC, the serialized ``Event``, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
+
+
+def test_tensorboard_event_files_hold_every_metrics_column(full_run):
+    pytest.importorskip("tensorboardX")
+    run_dir, result = full_run
+    rows = _metrics_rows(run_dir)
+    scalars = _tensorboard_scalars(run_dir / "tensorboard")
+    assert set(scalars) == set(rows[0]) - {"epoch"}
+    for r in rows:
+        for tag, by_step in scalars.items():
+            assert by_step[int(r["epoch"])] == pytest.approx(r[tag], rel=1e-5), tag
+
+
+def test_wandb_run_gets_every_metrics_row(full_run, fake_wandb):
+    run_dir, result = full_run
+    rows = _metrics_rows(run_dir)
+    init = [c[1] for c in fake_wandb.calls if c[0] == "init"]
+    assert len(init) == 1 and init[0]["project"] == "nnpes-tests" and init[0]["mode"] == "offline"
+    assert init[0]["config"]["training"]["stress_weight"] == 1.0  # the run's config goes with it
+    logged = [c for c in fake_wandb.calls if c[0] == "log"]
+    assert [step for _, _, step in logged] == [int(r["epoch"]) for r in rows]
+    for (_, data, _), r in zip(logged, rows):
+        assert set(data) == set(r) - {"epoch"}
+        assert all(data[k] == pytest.approx(r[k], rel=1e-5) for k in data)
+    assert fake_wandb.calls[-1] == ("finish",) and (run_dir / "wandb_run_id").read_text() == "fake123"
+
+
+def test_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from nnpes.training.trackers import WandbLog
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    WandbLog({"project": "p"}, tmp_path, {}, resume=False)
+    WandbLog({"project": "p"}, tmp_path, {}, resume=True)
+    first, second = (c[1] for c in fake.calls if c[0] == "init")
+    assert "id" not in first and first["dir"] == str(tmp_path)
+    assert second["id"] == "fake123" and second["resume"] == "allow"
 
 
 def test_killed_and_resumed_equals_uninterrupted(killed_run, full_run, data_dir):

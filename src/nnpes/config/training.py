@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -135,6 +136,18 @@ class TrainingConfig:
 class OutputConfig:
     run_dir: str = doc("where checkpoints, metrics.csv, plots and the model go (relative: to the cwd)", default="runs/run")
     plots: bool = doc("parity plots and learning curve at the end", default=True)
+    tensorboard: bool = doc("every metrics.csv column per epoch as TensorBoard scalars in RUN/tensorboard (pip install 'nnpes[tensorboard]')", default=False)
+    wandb: bool | dict[str, Any] = doc("Weights & Biases: true, or wandb.init arguments, e.g. {project: cu, entity: me, mode: offline}; needs wandb installed", default=False)
+
+    def validate(self, path="output"):
+        for key, module, install in (("tensorboard", "tensorboardX", "pip install 'nnpes[tensorboard]' (tensorboardX)"),
+                                     ("wandb", "wandb", "pip install wandb")):
+            if getattr(self, key):
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    raise ConfigError(f"{path}.{key} is switched on but {module} is not installed: {install}, "
+                                      f"or set {path}.{key}: false") from None
 
 
 @dataclass

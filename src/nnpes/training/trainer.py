@@ -9,7 +9,8 @@ stopped and resumed ends with the same parameters as one that never stopped.
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.csv``, ``train.log``, ``latest.ckpt``,
 ``best.ckpt``, ``model/`` (``nnpes.load_potential``), ``test_metrics.json``, ``parity_test.png``,
-``learning_curve.png``.
+``learning_curve.png``; with ``output.tensorboard`` also ``tensorboard/`` and with ``output.wandb``
+``wandb_run_id`` (``nnpes.training.trackers``: every metrics row also goes there).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.training import parallel
-from nnpes.training.metrics import CSVLog, EpochSums, epoch_row, plot_learning_curve
+from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
 from nnpes.training.run_state import Progress, load_run, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
+from nnpes.training.trackers import open_trackers
 
 LATEST, BEST = "latest.ckpt", "best.ckpt"
 
@@ -196,8 +198,21 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
     compiles = _Compiles()
     train_step, eval_step = _compiled_steps(run, compiles)
-    csv_log = CSVLog(run_dir / "metrics.csv", resume_epoch=progress.epoch)
+    trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
     _explain_log(run)
+    try:
+        state, stop_reason = _epoch_loop(run, train_step, eval_step, state, progress, trackers)
+    finally:
+        trackers.close()
+    n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
+    log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
+        f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
+    return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+
+
+def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: Progress, trackers):
+    """Epochs until a stop criterion; ``progress`` is updated in place. Returns (state, stop reason)."""
+    tcfg, run_dir = run.cfg.training, run.run_dir
     stop_reason = "max_epochs"
     wall0 = time.perf_counter() - progress.elapsed
     while progress.epoch < tcfg.max_epochs:
@@ -214,7 +229,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
         # The epoch's metrics row first, then best, then latest: a kill before latest is saved
         # leaves latest at the previous epoch, which resumes, drops the rows written since (CSVLog)
         # and redoes this epoch identically; a kill after it loses nothing.
-        _report_epoch(run, csv_log, epoch, int(state.step), progress, train_m, valid_m, lr, improved)
+        _report_epoch(run, trackers, epoch, int(state.step), progress, train_m, valid_m, lr, improved)
         if improved:
             save_run(run_dir / BEST, state, progress)
         save_run(run_dir / LATEST, state, progress)
@@ -224,10 +239,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
         if tcfg.max_time is not None and progress.elapsed >= tcfg.max_time:
             stop_reason = "max_time"
             break
-    n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
-    log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
-        f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
-    return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+    return state, stop_reason
 
 
 def _epochs_done(n: int) -> str:
@@ -292,8 +304,8 @@ def _validate(run: _Run, eval_step, state: TrainState, weights) -> dict:
     return sums.reduce()
 
 
-def _report_epoch(run: _Run, csv_log, epoch, step, progress: Progress, train_m, valid_m, lr, improved) -> None:
-    csv_log.write(epoch_row(epoch, step, progress.elapsed, lr, train_m, valid_m))
+def _report_epoch(run: _Run, trackers, epoch, step, progress: Progress, train_m, valid_m, lr, improved) -> None:
+    trackers.write(epoch_row(epoch, step, progress.elapsed, lr, train_m, valid_m))
     stress = f"  S {valid_m['s_mae_meV_A3']:.3g} meV/Å³" if run.use_stress else ""
     run.log(f"epoch {epoch:4d}  loss {train_m['loss']:.4g} / {valid_m['loss']:.4g}  "
             f"valid E {valid_m['e_mae_meV_atom']:.3g} meV/atom  F {valid_m['f_mae_meV_A']:.3g} meV/Å{stress}  "
