@@ -397,6 +397,21 @@ def test_run_shows_stress_and_every_loss_term_and_explains_its_log(full_run):
     assert f"{stress_mae * 1e-3 * 160.21766:9.3f}  RMSE" in log and "GPa  (n=54)" in log
 
 
+def test_log_legend_without_stress_or_validation_set():
+    from types import SimpleNamespace
+
+    from nnpes.config import TrainingConfig
+    from nnpes.training.trainer import _explain_log
+
+    lines = []
+    tcfg = TrainingConfig(loss="huber", ema_decay=None, stress_weight=0.0)
+    _explain_log(SimpleNamespace(cfg=SimpleNamespace(training=tcfg), use_stress=False, valid_loader=None, log=lines.append))
+    assert lines[0].startswith("epoch lines: loss train / valid = w_E·L_E + w_F·L_F (w_E 1, w_F 100); ")
+    assert "2·Huber error of energy per atom (eV/atom) and force components (eV/Å); " in lines[0]
+    assert "valid = the training set (there is no validation set), with the current parameters" in lines[0]
+    assert lines[1].startswith("valid E, F = validation MAE (meV/atom, meV/Å); ") and "Å³" not in lines[1]
+
+
 def test_learning_curve_has_learning_rate_and_stress_and_reads_old_files(full_run, tmp_path):
     import matplotlib.pyplot as plt
 

@@ -256,9 +256,11 @@ def _explain_log(run: _Run) -> None:
     err = "2·Huber" if tcfg.loss == "huber" else "squared"
     valid = "the validation set" if run.valid_loader is not None else "the training set (there is no validation set)"
     params = "EMA parameters" if tcfg.ema_decay is not None else "current parameters"
+    of = ["energy per atom (eV/atom)" if tcfg.energy_per_atom else "energy (eV)", "force components (eV/Å)"]
+    if stress:
+        of.append("stress components (eV/Å³)")
     run.log(f"epoch lines: loss train / valid = w_E·L_E + w_F·L_F{' + w_S·L_S' if stress else ''} ({weights}); "
-            f"L = mean {err} error of energy{' per atom (eV/atom)' if tcfg.energy_per_atom else ' (eV)'}, force components "
-            f"(eV/Å){' and stress components (eV/Å³)' if stress else ''}; valid = {valid}, with the {params}")
+            f"L = mean {err} error of {', '.join(of[:-1])} and {of[-1]}; valid = {valid}, with the {params}")
     run.log(f"valid E, F{', S' if stress else ''} = validation MAE (meV/atom, meV/Å{', meV/Å³' if stress else ''}); "
             "lr = learning rate of the last step; s = wall time; * = best validation loss so far, best.ckpt saved; "
             "metrics.csv has train and valid MAE and RMSE and each loss term")
