@@ -3,6 +3,7 @@ template, every shipped config, and the `nnpes config` command. No model is comp
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,41 @@ def test_template_parses_back_with_every_key(tmp_path):
         from nnpes.config import TrainingConfig
 
         assert set(data["training"]) == {f.name for f in dataclasses.fields(TrainingConfig)}
+
+
+def test_every_template_key_has_a_comment_and_stress_weight_states_its_scale():
+    import re
+
+    from nnpes.models import MODELS, import_builtin_models
+
+    import_builtin_models()
+    for model in sorted(m for m in MODELS if not m.startswith("_")):
+        text = template(model, ["H", "C"])
+        keys = [line for line in text.splitlines() if re.match(r"^ +\w+:", line)]
+        assert len(keys) > 40
+        bare = [line.strip() for line in keys if not re.search(r" # \S", line)]
+        assert not bare, f"{model}: keys without a comment: {bare}"
+    stress = next(line for line in text.splitlines() if line.strip().startswith("stress_weight:"))
+    assert "(eV/Å³)²" in stress and "9 stress components" in stress
+
+
+def test_trackers_need_their_package_at_load(tmp_path, monkeypatch):
+    import types
+
+    cfg = _base(tmp_path)
+    assert load_config(cfg).output.wandb is False and load_config(cfg).output.tensorboard is False
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    for key, value, pattern in (("wandb", {"project": "cu"}, r"output\.wandb .* wandb is not installed: pip install wandb"),
+                                ("wandb", True, "wandb is not installed"),
+                                ("tensorboard", True, r"output\.tensorboard .*nnpes\[tensorboard\]")):
+        with pytest.raises(ConfigError, match=pattern):
+            load_config({**cfg, "output": {key: value}})
+    monkeypatch.setitem(sys.modules, "wandb", types.ModuleType("wandb"))
+    assert load_config({**cfg, "output": {"wandb": {"project": "cu", "tags": ["a"]}}}).output.wandb == {
+        "project": "cu", "tags": ["a"]}
+    with pytest.raises(ConfigError, match=r"output\.wandb: expected"):
+        load_config({**cfg, "output": {"wandb": "cu"}})
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

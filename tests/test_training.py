@@ -9,10 +9,12 @@ the private model registered: the kill -9 test trains in such a child process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,13 +291,55 @@ def killed_run(data_dir, tmp_path_factory):
     return run_dir, result, epoch
 
 
+class FakeWandb(types.ModuleType):
+    """A stand-in ``wandb`` module that records ``init``, ``log`` and ``finish``."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.calls = []
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        fake = self
+
+        class Run:
+            id, name, url = "fake123", "fake-run", ""
+
+            def log(self, data, step=None):
+                fake.calls.append(("log", dict(data), step))
+
+            def finish(self):
+                fake.calls.append(("finish",))
+
+        return Run()
+
+
 @pytest.fixture(scope="module")
-def full_run(data_dir, killed_run, tmp_path_factory):
-    """The same run never interrupted."""
+def fake_wandb():
+    return FakeWandb()
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, killed_run, fake_wandb, tmp_path_factory):
+    """The same run never interrupted; it also logs to (a fake) W&B and, where tensorboardX is
+    installed, to TensorBoard."""
+    import importlib.util
+
     from nnpes.training import train
 
     run_dir = tmp_path_factory.mktemp("full")
-    result = train(_config(data_dir, max_epochs=killed_run[1]["epochs"]), run_dir, quiet=True)
+    cfg = _config(data_dir, max_epochs=killed_run[1]["epochs"])
+    cfg["output"].update(wandb={"project": "nnpes-tests", "mode": "offline"},
+                         tensorboard=importlib.util.find_spec("tensorboardX") is not None)
+    saved = sys.modules.get("wandb")
+    sys.modules["wandb"] = fake_wandb
+    try:
+        result = train(cfg, run_dir, quiet=True)
+    finally:
+        if saved is None:
+            sys.modules.pop("wandb")
+        else:
+            sys.modules["wandb"] = saved
     return run_dir, result
 
 
@@ -316,6 +360,163 @@ def test_run_outputs_and_learning(full_run):
     m = result["test_metrics"]
     assert m["forces_meV_per_A"]["n"] == 6 * 4 * 3 and m["stress_meV_per_A3"]["n"] == 6 * 9
     assert set(m["forces_per_element_meV_per_A"]) == {"Cu"}
+
+
+def test_run_shows_stress_and_every_loss_term_and_explains_its_log(full_run):
+    """A run trained with stress: stress MAE/RMSE (train and valid) and the loss terms in
+    metrics.csv (old columns first, unchanged), stress in the epoch lines and the final table (meV/Å³
+    and GPa), the column legend at the start and a stop line that counts epochs like the epoch lines."""
+    import csv
+
+    from nnpes.training.metrics import COLUMNS
+
+    run_dir, result = full_run
+    with open(run_dir / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[:14] == [  # the first format's columns, in their order
+        "epoch", "step", "time_s", "lr", "train_loss", "valid_loss", "train_e_mae_meV_atom", "train_f_mae_meV_A",
+        "train_f_rmse_meV_A", "valid_e_mae_meV_atom", "valid_e_rmse_meV_atom", "valid_f_mae_meV_A",
+        "valid_f_rmse_meV_A", "valid_s_mae_meV_A3"]
+    assert reader.fieldnames == COLUMNS
+    for r in rows:
+        for split in ("train", "valid"):
+            s_mae, s_rmse = float(r[f"{split}_s_mae_meV_A3"]), float(r[f"{split}_s_rmse_meV_A3"])
+            assert 0 < s_mae <= s_rmse
+            terms = [float(r[f"{split}_loss_{k}"]) for k in ("energy", "forces", "stress")]
+            assert min(terms) > 0 and sum(terms) == pytest.approx(float(r[f"{split}_loss"]), rel=1e-4)
+    log = (run_dir / "train.log").read_text()
+    assert "loss train / valid = w_E·L_E + w_F·L_F + w_S·L_S (w_E 1, w_F 100, w_S 1)" in log
+    assert "with the EMA parameters" in log and "* = best validation loss so far, best.ckpt saved" in log
+    epoch_lines = re.findall(r"\] epoch +\d+ .*", log)
+    assert len(epoch_lines) == result["epochs"] and all("meV/Å³" in line for line in epoch_lines)
+    n = result["epochs"]
+    assert f"epoch {n - 1:4d} " in epoch_lines[-1]
+    assert f"stopped (max_epochs) after {n} epochs (last epoch {n - 1});" in log
+    stress_mae = result["test_metrics"]["stress_meV_per_A3"]["mae"]
+    assert f"{stress_mae * 1e-3 * 160.21766:9.3f}  RMSE" in log and "GPa  (n=54)" in log
+
+
+def test_log_legend_without_stress_or_validation_set():
+    from types import SimpleNamespace
+
+    from nnpes.config import TrainingConfig
+    from nnpes.training.trainer import _explain_log
+
+    lines = []
+    tcfg = TrainingConfig(loss="huber", ema_decay=None, stress_weight=0.0)
+    _explain_log(SimpleNamespace(cfg=SimpleNamespace(training=tcfg), use_stress=False, valid_loader=None, log=lines.append))
+    assert lines[0].startswith("epoch lines: loss train / valid = w_E·L_E + w_F·L_F (w_E 1, w_F 100); ")
+    assert "2·Huber error of energy per atom (eV/atom) and force components (eV/Å); " in lines[0]
+    assert "valid = the training set (there is no validation set), with the current parameters" in lines[0]
+    assert lines[1].startswith("valid E, F = validation MAE (meV/atom, meV/Å); ") and "Å³" not in lines[1]
+
+
+def test_learning_curve_has_learning_rate_and_stress_and_reads_old_files(full_run, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from nnpes.training.metrics import learning_curve_figure, plot_learning_curve, read_csv
+
+    run_dir, result = full_run
+    fig = learning_curve_figure(read_csv(run_dir / "metrics.csv"))
+    axes = {ax.get_ylabel(): ax for ax in fig.axes}
+    lr = axes["learning rate"]
+    assert lr.get_yscale() == "log" and len(lr.get_lines()) == 1
+    assert len(lr.get_lines()[0].get_ydata()) == result["epochs"]
+    assert len(axes["stress error (meV/Å³)"].get_lines()) == 4  # train/valid × MAE/RMSE
+    assert {t.get_text() for t in axes["loss terms w·L"].get_legend().get_texts()} == {
+        f"{split} {term}" for split in ("train", "valid") for term in ("energy", "forces", "stress")}
+    plt.close(fig)
+    old = tmp_path / "old.csv"  # the first metrics.csv format: 14 columns
+    old.write_text("epoch,step,time_s,lr,train_loss,valid_loss,train_e_mae_meV_atom,train_f_mae_meV_A,"
+                   "train_f_rmse_meV_A,valid_e_mae_meV_atom,valid_e_rmse_meV_atom,valid_f_mae_meV_A,"
+                   "valid_f_rmse_meV_A,valid_s_mae_meV_A3\n0,6,1.5,0.001,2.5,2.6,10,90,120,11,13,95,125,nan\n")
+    d = read_csv(old)
+    assert d["train_loss"][0] == 2.5 and np.isnan(d["train_s_rmse_meV_A3"][0])
+    assert plot_learning_curve(old, tmp_path / "old.png").stat().st_size > 1000
+
+
+def test_parity_titles_and_test_table_carry_units():
+    import matplotlib.pyplot as plt
+
+    from nnpes.training.evaluate import error_metrics, format_metrics, parity_figure
+
+    rng = np.random.default_rng(0)
+    f_ref, s_ref = rng.normal(size=(8, 3)), rng.normal(scale=0.01, size=(2, 3, 3))
+    cmp = {"e_ref": np.array([-10.0, -12.0]), "e_pred": np.array([-10.004, -11.99]), "n_atoms": np.array([4, 4]),
+           "f_ref": f_ref, "f_pred": f_ref + 0.01, "f_symbol": np.array(["Cu"] * 8),
+           "s_ref": s_ref, "s_pred": s_ref + 5e-4}
+    fig = parity_figure(cmp)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    assert "MAE 1.75 meV/atom, RMSE 1.9 meV/atom" in titles[0]  # |ΔE|/N = 1 and 2.5 meV/atom
+    assert "MAE 10 meV/Å, RMSE 10 meV/Å" in titles[1]
+    assert "MAE 0.5 meV/Å³, RMSE 0.5 meV/Å³\n(MAE 0.0801 GPa, RMSE 0.0801 GPa)" in titles[2]
+    table = format_metrics(error_metrics(cmp))
+    assert "MAE     0.500  RMSE     0.500  meV/Å³" in table and "MAE     0.080  RMSE     0.080  GPa" in table
+
+
+def _metrics_rows(run_dir) -> list[dict]:
+    import csv
+
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the TensorBoard event files in ``logdir`` (TFRecord framing:
+    length, its CRC, the serialized ``Event``, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
+
+
+def test_tensorboard_event_files_hold_every_metrics_column(full_run):
+    pytest.importorskip("tensorboardX")
+    run_dir, result = full_run
+    rows = _metrics_rows(run_dir)
+    scalars = _tensorboard_scalars(run_dir / "tensorboard")
+    assert set(scalars) == set(rows[0]) - {"epoch"}
+    for r in rows:
+        for tag, by_step in scalars.items():
+            assert by_step[int(r["epoch"])] == pytest.approx(r[tag], rel=1e-5), tag
+
+
+def test_wandb_run_gets_every_metrics_row(full_run, fake_wandb):
+    run_dir, result = full_run
+    rows = _metrics_rows(run_dir)
+    init = [c[1] for c in fake_wandb.calls if c[0] == "init"]
+    assert len(init) == 1 and init[0]["project"] == "nnpes-tests" and init[0]["mode"] == "offline"
+    assert init[0]["config"]["training"]["stress_weight"] == 1.0  # the run's config goes with it
+    logged = [c for c in fake_wandb.calls if c[0] == "log"]
+    assert [step for _, _, step in logged] == [int(r["epoch"]) for r in rows]
+    for (_, data, _), r in zip(logged, rows):
+        assert set(data) == set(r) - {"epoch"}
+        assert all(data[k] == pytest.approx(r[k], rel=1e-5) for k in data)
+    assert fake_wandb.calls[-1] == ("finish",) and (run_dir / "wandb_run_id").read_text() == "fake123"
+
+
+def test_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from nnpes.training.trackers import WandbLog
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    WandbLog({"project": "p"}, tmp_path, {}, resume=False)
+    WandbLog({"project": "p"}, tmp_path, {}, resume=True)
+    first, second = (c[1] for c in fake.calls if c[0] == "init")
+    assert "id" not in first and first["dir"] == str(tmp_path)
+    assert second["id"] == "fake123" and second["resume"] == "allow"
 
 
 def test_killed_and_resumed_equals_uninterrupted(killed_run, full_run, data_dir):

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -65,9 +66,9 @@ class WeightStage:
     """A late training stage (e.g. MACE's stage two: raise w_E, lower the learning rate)."""
 
     epoch: int = doc("from this epoch (0-based) on, use these loss weights", default=0)
-    energy_weight: float | None = None
-    forces_weight: float | None = None
-    stress_weight: float | None = None
+    energy_weight: float | None = doc("w_E from this epoch on (null: unchanged)", default=None)
+    forces_weight: float | None = doc("w_F from this epoch on (null: unchanged)", default=None)
+    stress_weight: float | None = doc("w_S from this epoch on (null: unchanged)", default=None)
     lr_factor: float | None = doc("multiply the learning rate by this from this epoch on (null: 1)", default=None)
 
     def validate(self, path="weight_schedule"):
@@ -87,17 +88,17 @@ class TrainingConfig:
     # loss
     loss: Literal["mse", "huber"] = doc("squared error or Huber per component", default="mse")
     huber_delta: float = doc("Huber transition (in the loss term's units)", default=0.01)
-    energy_weight: float = doc("w_E", default=1.0)
-    forces_weight: float = doc("w_F", default=100.0)
-    stress_weight: float = doc("w_S (used only where stress labels exist)", default=0.0)
+    energy_weight: float = doc("w_E × L_E, L_E = mean ρ(ΔE/N) in (eV/atom)² (ρ = x² or 2·Huber; ΔE² in eV² without energy_per_atom)", default=1.0)
+    forces_weight: float = doc("w_F × L_F, L_F = mean ρ over force components in (eV/Å)²", default=100.0)
+    stress_weight: float = doc("w_S × L_S, L_S = mean ρ over the 9 stress components in (eV/Å³)²: a 1 meV/Å³ (0.16 GPa) error gives 1e-6, a 10 meV/Å force error L_F = 1e-4; only where stress labels exist", default=0.0)
     energy_per_atom: bool = doc("energy term uses (ΔE/N)², else ΔE²", default=True)
     weight_schedule: list[WeightStage] = doc("later stages change loss weights and lr, e.g. raise w_E and lower lr late", default_factory=list)
     # optimiser
     optimizer: Literal["adam", "adamw", "amsgrad"] = doc("optax optimiser", default="adam")
     lr: float = doc("peak learning rate", default=5e-3)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    beta1: float = doc("Adam decay rate of the gradient mean", default=0.9)
+    beta2: float = doc("Adam decay rate of the squared-gradient mean", default=0.999)
+    eps: float = doc("Adam epsilon (added to the root of the squared-gradient mean)", default=1e-8)
     weight_decay: float = doc("decoupled weight decay (adamw) on weight matrices only", default=0.0)
     clip_norm: float | None = doc("clip the global gradient norm (None: off)", default=10.0)
     schedule: Literal["constant", "cosine", "exponential", "plateau"] = doc("after warm-up", default="plateau")
@@ -105,7 +106,7 @@ class TrainingConfig:
     min_lr: float = doc("floor of cosine / plateau decay", default=1e-6)
     decay_rate: float = doc("exponential: lr multiplied by this per epoch", default=0.98)
     plateau_patience: int = doc("plateau: epochs without validation improvement before lr *= plateau_factor", default=10)
-    plateau_factor: float = 0.5
+    plateau_factor: float = doc("plateau: factor on lr after plateau_patience epochs without improvement", default=0.5)
     ema_decay: float | None = doc("EMA of parameters used for validation and saved (None: off)", default=0.99)
     early_stopping_patience: int | None = doc("stop after this many epochs without validation improvement", default=None)
     progress: bool | None = doc("tqdm progress bar (None: only on a terminal)", default=None)
@@ -135,6 +136,18 @@ class TrainingConfig:
 class OutputConfig:
     run_dir: str = doc("where checkpoints, metrics.csv, plots and the model go (relative: to the cwd)", default="runs/run")
     plots: bool = doc("parity plots and learning curve at the end", default=True)
+    tensorboard: bool = doc("every metrics.csv column per epoch as TensorBoard scalars in RUN/tensorboard (pip install 'nnpes[tensorboard]')", default=False)
+    wandb: bool | dict[str, Any] = doc("Weights & Biases: true, or wandb.init arguments, e.g. {project: cu, entity: me, mode: offline}; needs wandb installed", default=False)
+
+    def validate(self, path="output"):
+        for key, module, install in (("tensorboard", "tensorboardX", "pip install 'nnpes[tensorboard]' (tensorboardX)"),
+                                     ("wandb", "wandb", "pip install wandb")):
+            if getattr(self, key):
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    raise ConfigError(f"{path}.{key} is switched on but {module} is not installed: {install}, "
+                                      f"or set {path}.{key}: false") from None
 
 
 @dataclass

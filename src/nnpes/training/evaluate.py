@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 
 from nnpes.data.labels import reference_labels
+
+EV_PER_A3_IN_GPA = 1.0 / units.GPa  # 1 eV/Å³ = 160.2177 GPa
 
 
 def _stats(err: np.ndarray) -> dict:
@@ -70,18 +72,28 @@ def error_metrics(cmp: dict) -> dict:
     return metrics
 
 
-def parity_plot(cmp: dict, path: str | Path, title: str = "") -> Path:
-    """PNG with energy-per-atom, force-component and (if any) stress parity panels."""
+def error_label(err: dict, unit: str) -> str:
+    """"MAE 1.41 meV/atom, RMSE 2.03 meV/atom" (``_stats`` output, meV units); stress adds a line in GPa."""
+    text = f"MAE {err['mae']:.3g} {unit}, RMSE {err['rmse']:.3g} {unit}"
+    if unit == "meV/Å³":
+        gpa = 1e-3 * EV_PER_A3_IN_GPA
+        text += f"\n(MAE {err['mae'] * gpa:.3g} GPa, RMSE {err['rmse'] * gpa:.3g} GPa)"
+    return text
+
+
+def parity_figure(cmp: dict, title: str = ""):
+    """The matplotlib figure of ``parity_plot``; each panel's title names the quantity and its
+    MAE/RMSE with units (``error_label``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("energy", "energy per atom (eV/atom)"), ("forces", "force components (eV/Å)")]
+    panels = [("energy", "energy per atom (eV/atom)", "meV/atom"), ("forces", "force components (eV/Å)", "meV/Å")]
     if cmp["s_ref"].size:
-        panels.append(("stress", "stress components (eV/Å³)"))
+        panels.append(("stress", "stress components (eV/Å³)", "meV/Å³"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
-    for ax, (kind, label) in zip(axes[0], panels):
+    for ax, (kind, label, unit) in zip(axes[0], panels):
         if kind == "energy":
             n = np.maximum(cmp["n_atoms"], 1)
             ref, pred = cmp["e_ref"] / n, cmp["e_pred"] / n
@@ -103,12 +115,20 @@ def parity_plot(cmp: dict, path: str | Path, title: str = "") -> Path:
         if ref.size:
             lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.set_title(f"{label}\nMAE {err['mae']:.3g} m, RMSE {err['rmse']:.3g} m", fontsize=9)
+            ax.set_title(f"{label}\n{error_label(err, unit)}", fontsize=9)
         ax.set_xlabel("reference")
         ax.set_ylabel("predicted")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def parity_plot(cmp: dict, path: str | Path, title: str = "") -> Path:
+    """PNG with energy-per-atom, force-component and (if any) stress parity panels."""
+    import matplotlib.pyplot as plt
+
+    fig = parity_figure(cmp, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -137,9 +157,9 @@ def format_metrics(m: dict) -> str:
     """A few human-readable lines."""
     lines = []
 
-    def fmt(name, s, unit):
+    def fmt(name, s, unit, scale=1.0):
         if s and s.get("n"):
-            lines.append(f"{name:<22} MAE {s['mae']:9.3f}  RMSE {s['rmse']:9.3f}  {unit}  (n={s['n']})")
+            lines.append(f"{name:<22} MAE {s['mae'] * scale:9.3f}  RMSE {s['rmse'] * scale:9.3f}  {unit}  (n={s['n']})")
 
     fmt("energy / atom", m.get("energy_per_atom_meV"), "meV/atom")
     fmt("energy / structure", m.get("energy_per_structure_meV"), "meV")
@@ -147,4 +167,5 @@ def format_metrics(m: dict) -> str:
     for s, v in (m.get("forces_per_element_meV_per_A") or {}).items():
         fmt(f"  forces on {s}", v, "meV/Å")
     fmt("stress", m.get("stress_meV_per_A3"), "meV/Å³")
+    fmt("stress", m.get("stress_meV_per_A3"), "GPa", 1e-3 * EV_PER_A3_IN_GPA)
     return "\n".join(lines)

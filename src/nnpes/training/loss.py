@@ -59,13 +59,24 @@ def loss_terms(pred: dict, graph: jraph.GraphsTuple, *, kind: str = "mse", delta
     return {"energy": e_term, "forces": f_term, "stress": s_term, "mask": c}
 
 
+TERMS = ("energy", "forces", "stress")
+
+
 def loss_sums(pred: dict, graph: jraph.GraphsTuple, weights, *, kind: str = "mse", delta: float = 0.01,
               energy_per_atom: bool = True):
-    """(Σ_k c_k ℓ_k, Σ_k c_k): numerator and denominator of ``total_loss``. The one place the loss
-    weights w_E, w_F, w_S are applied; a data-parallel step sums both over sub-batches first."""
+    """({X: Σ_k c_k w_X ℓ_X,k for X in ``TERMS``}, Σ_k c_k): the numerators of the weighted loss
+    terms (the loss's numerator is their sum) and the denominator of ``total_loss``. The one place
+    the loss weights w_E, w_F, w_S are applied; a data-parallel step sums all of them over
+    sub-batches first."""
     t = loss_terms(pred, graph, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
-    per_graph = weights["energy"] * t["energy"] + weights["forces"] * t["forces"] + weights["stress"] * t["stress"]
-    return jnp.sum(t["mask"] * per_graph), jnp.sum(t["mask"])
+    return {k: jnp.sum(t["mask"] * weights[k] * t[k]) for k in TERMS}, jnp.sum(t["mask"])
+
+
+def mean_terms(nums: dict, den):
+    """(loss, {X: w_X L_X}): the weighted mean loss and its energy/forces/stress parts (they add
+    up to the loss), from ``loss_sums``."""
+    terms = {k: mean_loss(v, den) for k, v in nums.items()}
+    return sum(terms.values()), terms
 
 
 def mean_loss(num, den):
@@ -77,7 +88,7 @@ def total_loss(pred: dict, graph: jraph.GraphsTuple, weights, *, kind: str = "ms
                energy_per_atom: bool = True):
     """Scalar loss (weighted mean over the real graphs of the batch). ``weights`` holds
     ``energy``/``forces``/``stress`` (floats or traced scalars, so a schedule does not recompile)."""
-    return mean_loss(*loss_sums(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=energy_per_atom))
+    return mean_terms(*loss_sums(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=energy_per_atom))[0]
 
 
 def reweight(graph: jraph.GraphsTuple, weight) -> jraph.GraphsTuple:

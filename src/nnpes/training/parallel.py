@@ -245,41 +245,47 @@ def real_graphs(stacked: jraph.GraphsTuple) -> int:
 
 
 def stacked_loss_and_pred(efs: Callable, params, graphs: jraph.GraphsTuple, weights, *, kind: str = "mse",
-                          delta: float = 0.01, energy_per_atom: bool = True, mesh: Mesh | None = None):
+                          delta: float = 0.01, energy_per_atom: bool = True, mesh: Mesh | None = None,
+                          terms: bool = False):
     """Loss of a stacked batch (leading axis D) as the weighted mean over all its real structures,
     Σ_d Σ_k c_k ℓ_k / Σ_d Σ_k c_k: the same number as ``training.loss.total_loss`` on the undivided
     batch. ``efs(params, graph) -> pred`` is the energy/forces/stress function of one padded
     sub-batch; ``params`` (a PyTree, replicated) and ``weights`` are passed through explicitly so
-    that they enter ``shard_map`` as replicated inputs. Returns (loss, stacked predictions).
+    that they enter ``shard_map`` as replicated inputs. Returns (loss, stacked predictions); with
+    ``terms=True`` also the loss terms ``{energy, forces, stress}`` (``loss.mean_terms``: w_X L_X,
+    adding up to the loss).
 
     With ``mesh`` the per-device work runs under ``shard_map``: each device evaluates its own
-    sub-batch as a plain (un-vmapped) graph and the two sums are ``psum``-ed; without it, ``vmap``
+    sub-batch as a plain (un-vmapped) graph and the sums are ``psum``-ed; without it, ``vmap``
     over the leading axis (any placement). Both give the same numbers; ``shard_map`` avoids the
     batched gathers/scatters that ``vmap`` makes of the model's index operations."""
-    from nnpes.training.loss import loss_sums, mean_loss
+    from nnpes.training.loss import loss_sums, mean_terms
 
     def one(params, weights, graph):
         pred = efs(params, graph)
-        num, den = loss_sums(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
-        return num, den, pred
+        nums, den = loss_sums(pred, graph, weights, kind=kind, delta=delta, energy_per_atom=energy_per_atom)
+        return nums, den, pred
 
     def local(params, weights, graphs):
         if graphs.n_node.shape[0] == 1:  # one sub-batch here: evaluate it as a plain graph
-            num, den, pred = one(params, weights, jax.tree_util.tree_map(lambda x: x[0], graphs))
-            return num, den, jax.tree_util.tree_map(lambda x: x[None], pred)
-        num, den, pred = jax.vmap(one, in_axes=(None, None, 0))(params, weights, graphs)
-        return jnp.sum(num), jnp.sum(den), pred
-
-    if mesh is None:
-        num, den, pred = local(params, weights, graphs)
-        return mean_loss(num, den), pred
+            nums, den, pred = one(params, weights, jax.tree_util.tree_map(lambda x: x[0], graphs))
+            return nums, den, jax.tree_util.tree_map(lambda x: x[None], pred)
+        nums, den, pred = jax.vmap(one, in_axes=(None, None, 0))(params, weights, graphs)
+        return jax.tree_util.tree_map(jnp.sum, nums), jnp.sum(den), pred
 
     def sharded(params, weights, graphs):
-        num, den, pred = local(params, weights, graphs)
-        return mean_loss(jax.lax.psum(num, AXIS), jax.lax.psum(den, AXIS)), pred
+        nums, den, pred = local(params, weights, graphs)
+        loss, parts = mean_terms(jax.lax.psum(nums, AXIS), jax.lax.psum(den, AXIS))
+        return loss, pred, parts
 
-    rep, spec = PartitionSpec(), PartitionSpec(AXIS)
-    return jax.shard_map(sharded, mesh=mesh, in_specs=(rep, rep, spec), out_specs=(rep, spec))(params, weights, graphs)
+    if mesh is None:
+        nums, den, pred = local(params, weights, graphs)
+        loss, parts = mean_terms(nums, den)
+    else:
+        rep, spec = PartitionSpec(), PartitionSpec(AXIS)
+        loss, pred, parts = jax.shard_map(sharded, mesh=mesh, in_specs=(rep, rep, spec),
+                                          out_specs=(rep, spec, rep))(params, weights, graphs)
+    return (loss, pred, parts) if terms else (loss, pred)
 
 
 def stacked_error_sums(pred, graphs: jraph.GraphsTuple) -> dict:

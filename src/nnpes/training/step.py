@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from nnpes.training import parallel
-from nnpes.training.loss import error_sums, total_loss
+from nnpes.training.loss import error_sums, loss_sums, mean_terms
 from nnpes.training.optim import ema_update
 
 
@@ -48,11 +48,13 @@ class TrainState:
 
 class StepMetrics(NamedTuple):
     """``loss`` (weighted mean over the batch), ``sums`` (``loss.error_sums``, summed over
-    sub-batches) and ``lr`` (the learning rate the step used; 0 for evaluation)."""
+    sub-batches), ``lr`` (the learning rate the step used; 0 for evaluation) and ``terms``: the
+    weighted loss's ``energy``, ``forces`` and ``stress`` parts w_X L_X (they add up to ``loss``)."""
 
     loss: jax.Array
     sums: dict
     lr: jax.Array
+    terms: dict | None = None
 
 
 class LossOptions(NamedTuple):
@@ -81,11 +83,15 @@ def make_train_step(energy_fn: Callable, tx: optax.GradientTransformation, loss:
     kw = loss._asdict()
 
     def loss_and_pred(params, variables, graph, weights):
+        """(loss, (pred, loss terms)): ``value_and_grad``'s auxiliary output carries both."""
         v = {**variables, "params": params}
         if mesh is not None:
-            return parallel.stacked_loss_and_pred(energy_fn, v, graph, weights, mesh=mesh, **kw)
+            loss_value, pred, terms = parallel.stacked_loss_and_pred(energy_fn, v, graph, weights, mesh=mesh,
+                                                                       terms=True, **kw)
+            return loss_value, (pred, terms)
         pred = energy_fn(v, graph)
-        return total_loss(pred, graph, weights, **kw), pred
+        loss_value, terms = mean_terms(*loss_sums(pred, graph, weights, **kw))
+        return loss_value, (pred, terms)
 
     sums_fn = error_sums if mesh is None else parallel.stacked_error_sums
 
@@ -93,7 +99,7 @@ def make_train_step(energy_fn: Callable, tx: optax.GradientTransformation, loss:
         if on_trace is not None:
             on_trace("train")
         params = state.variables["params"]
-        (loss_value, pred), grads = jax.value_and_grad(loss_and_pred, has_aux=True)(params, state.variables, graph, weights)
+        (loss_value, (pred, terms)), grads = jax.value_and_grad(loss_and_pred, has_aux=True)(params, state.variables, graph, weights)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: (u * lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(params, updates)
@@ -102,14 +108,14 @@ def make_train_step(energy_fn: Callable, tx: optax.GradientTransformation, loss:
         lr = (schedule(state.step) if schedule is not None else 1.0) * lr_scale
         new = state.replace(variables={**state.variables, "params": params}, opt_state=opt_state, ema=ema,
                             step=state.step + 1)
-        return new, StepMetrics(loss_value, sums_fn(pred, graph), lr)
+        return new, StepMetrics(loss_value, sums_fn(pred, graph), lr, terms)
 
     def eval_step(state: TrainState, graph, weights):
         if on_trace is not None:
             on_trace("eval")
         params = state.variables["params"] if state.ema is None else state.ema
-        loss_value, pred = loss_and_pred(params, state.variables, graph, weights)
-        return StepMetrics(loss_value, sums_fn(pred, graph), jnp.zeros_like(loss_value))
+        loss_value, (pred, terms) = loss_and_pred(params, state.variables, graph, weights)
+        return StepMetrics(loss_value, sums_fn(pred, graph), jnp.zeros_like(loss_value), terms)
 
     return train_step, eval_step
 

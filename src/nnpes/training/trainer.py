@@ -9,7 +9,8 @@ stopped and resumed ends with the same parameters as one that never stopped.
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.csv``, ``train.log``, ``latest.ckpt``,
 ``best.ckpt``, ``model/`` (``nnpes.load_potential``), ``test_metrics.json``, ``parity_test.png``,
-``learning_curve.png``.
+``learning_curve.png``; with ``output.tensorboard`` also ``tensorboard/`` and with ``output.wandb``
+``wandb_run_id`` (``nnpes.training.trackers``: every metrics row also goes there).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.training import parallel
-from nnpes.training.metrics import CSVLog, add_sums, plot_learning_curve, reduce_sums
+from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
 from nnpes.training.run_state import Progress, load_run, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
+from nnpes.training.trackers import open_trackers
 
 LATEST, BEST = "latest.ckpt", "best.ckpt"
 
@@ -196,7 +198,21 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
     compiles = _Compiles()
     train_step, eval_step = _compiled_steps(run, compiles)
-    csv_log = CSVLog(run_dir / "metrics.csv", resume_epoch=progress.epoch)
+    trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
+    _explain_log(run)
+    try:
+        state, stop_reason = _epoch_loop(run, train_step, eval_step, state, progress, trackers)
+    finally:
+        trackers.close()
+    n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
+    log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
+        f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
+    return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+
+
+def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: Progress, trackers):
+    """Epochs until a stop criterion; ``progress`` is updated in place. Returns (state, stop reason)."""
+    tcfg, run_dir = run.cfg.training, run.run_dir
     stop_reason = "max_epochs"
     wall0 = time.perf_counter() - progress.elapsed
     while progress.epoch < tcfg.max_epochs:
@@ -213,7 +229,7 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
         # The epoch's metrics row first, then best, then latest: a kill before latest is saved
         # leaves latest at the previous epoch, which resumes, drops the rows written since (CSVLog)
         # and redoes this epoch identically; a kill after it loses nothing.
-        _report_epoch(run, csv_log, epoch, int(state.step), progress, train_m, valid_m, lr, improved)
+        _report_epoch(run, trackers, epoch, int(state.step), progress, train_m, valid_m, lr, improved)
         if improved:
             save_run(run_dir / BEST, state, progress)
         save_run(run_dir / LATEST, state, progress)
@@ -223,10 +239,31 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
         if tcfg.max_time is not None and progress.elapsed >= tcfg.max_time:
             stop_reason = "max_time"
             break
-    n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
-    log(f"stopped ({stop_reason}) after epoch {progress.epoch}; compiles this process: train step "
-        f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
-    return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+    return state, stop_reason
+
+
+def _epochs_done(n: int) -> str:
+    """"200 epochs (last epoch 199)": epoch lines count from 0, ``Progress.epoch`` counts epochs done."""
+    return f"{n} epoch{'s' if n != 1 else ''}" + (f" (last epoch {n - 1})" if n else "")
+
+
+def _explain_log(run: _Run) -> None:
+    """Two lines at the start of training that say what the epoch lines show."""
+    tcfg, stress = run.cfg.training, run.use_stress
+    weights = f"w_E {tcfg.energy_weight:g}, w_F {tcfg.forces_weight:g}" + (f", w_S {tcfg.stress_weight:g}" if stress else "")
+    if tcfg.weight_schedule:
+        weights += ", changed by training.weight_schedule"
+    err = "2·Huber" if tcfg.loss == "huber" else "squared"
+    valid = "the validation set" if run.valid_loader is not None else "the training set (there is no validation set)"
+    params = "EMA parameters" if tcfg.ema_decay is not None else "current parameters"
+    of = ["energy per atom (eV/atom)" if tcfg.energy_per_atom else "energy (eV)", "force components (eV/Å)"]
+    if stress:
+        of.append("stress components (eV/Å³)")
+    run.log(f"epoch lines: loss train / valid = w_E·L_E + w_F·L_F{' + w_S·L_S' if stress else ''} ({weights}); "
+            f"L = mean {err} error of {', '.join(of[:-1])} and {of[-1]}; valid = {valid}, with the {params}")
+    run.log(f"valid E, F{', S' if stress else ''} = validation MAE (meV/atom, meV/Å{', meV/Å³' if stress else ''}); "
+            "lr = learning rate of the last step; s = wall time; * = best validation loss so far, best.ckpt saved; "
+            "metrics.csv has train and valid MAE and RMSE and each loss term")
 
 
 def _compiled_steps(run: _Run, compiles: _Compiles):
@@ -250,45 +287,30 @@ def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, ep
         from tqdm import tqdm
 
         batches = bar = tqdm(batches, total=run.steps_per_epoch, desc=f"epoch {epoch}", leave=False)
-    sums, loss_sum, n_graphs, lr = None, 0.0, 0, math.nan
+    sums, lr = EpochSums(), math.nan
     for graph in batches:
-        n = _n_real(graph)
         state, m = train_step(state, run.put(graph), weights, lr_scale)
-        loss, lr = float(m.loss), m.lr
-        loss_sum += loss * n
-        n_graphs += n
-        sums = add_sums(sums, m.sums)
+        loss, lr = sums.add(m, _n_real(graph)), m.lr
         if not math.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr")
     if bar is not None:
         bar.close()
-    return state, reduce_sums(sums, n_graphs, loss_sum), float(lr)
+    return state, sums.reduce(), float(lr)
 
 
 def _validate(run: _Run, eval_step, state: TrainState, weights) -> dict:
     """Validation metrics with the EMA parameters."""
-    sums, loss_sum, n_graphs = None, 0.0, 0
+    sums = EpochSums()
     for graph in run.valid_loader:
-        n = _n_real(graph)
-        m = eval_step(state, run.put(graph), weights)
-        loss_sum += float(m.loss) * n
-        n_graphs += n
-        sums = add_sums(sums, m.sums)
-    return reduce_sums(sums, n_graphs, loss_sum)
+        sums.add(eval_step(state, run.put(graph), weights), _n_real(graph))
+    return sums.reduce()
 
 
-def _report_epoch(run: _Run, csv_log, epoch, step, progress: Progress, train_m, valid_m, lr, improved) -> None:
-    csv_log.write({
-        "epoch": epoch, "step": step, "time_s": progress.elapsed, "lr": lr,
-        "train_loss": train_m["loss"], "valid_loss": valid_m["loss"],
-        "train_e_mae_meV_atom": train_m["e_mae_meV_atom"], "train_f_mae_meV_A": train_m["f_mae_meV_A"],
-        "train_f_rmse_meV_A": train_m["f_rmse_meV_A"],
-        "valid_e_mae_meV_atom": valid_m["e_mae_meV_atom"], "valid_e_rmse_meV_atom": valid_m["e_rmse_meV_atom"],
-        "valid_f_mae_meV_A": valid_m["f_mae_meV_A"], "valid_f_rmse_meV_A": valid_m["f_rmse_meV_A"],
-        "valid_s_mae_meV_A3": valid_m["s_mae_meV_A3"],
-    })
+def _report_epoch(run: _Run, trackers, epoch, step, progress: Progress, train_m, valid_m, lr, improved) -> None:
+    trackers.write(epoch_row(epoch, step, progress.elapsed, lr, train_m, valid_m))
+    stress = f"  S {valid_m['s_mae_meV_A3']:.3g} meV/Å³" if run.use_stress else ""
     run.log(f"epoch {epoch:4d}  loss {train_m['loss']:.4g} / {valid_m['loss']:.4g}  "
-            f"valid E {valid_m['e_mae_meV_atom']:.3g} meV/atom  F {valid_m['f_mae_meV_A']:.3g} meV/Å  "
+            f"valid E {valid_m['e_mae_meV_atom']:.3g} meV/atom  F {valid_m['f_mae_meV_A']:.3g} meV/Å{stress}  "
             f"lr {lr:.3g}  {progress.elapsed:.0f} s" + ("  *" if improved else ""))
 
 
