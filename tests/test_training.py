@@ -532,6 +532,40 @@ def test_killed_and_resumed_equals_uninterrupted(killed_run, full_run, data_dir)
         train(_config(data_dir), killed_dir, quiet=True)
 
 
+def test_resume_refuses_other_config_or_data_and_writes_nothing(killed_run, data_dir, tmp_path):
+    """Issue 12: --resume with a new split (or model, or data) used to continue silently, mixing
+    the run's weights with new data; now it names what changed, points to --init-from and leaves
+    the run directory as it was."""
+    import shutil
+
+    import yaml
+
+    from nnpes.config import load_config
+    from nnpes.training import train
+    from nnpes.training.run_record import ResumeError, RunRecord
+
+    run_dir = killed_run[0]
+    before = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
+    cfg = yaml.safe_load((run_dir.parent / "cfg.yaml").read_text())
+    for section, key, value, shown in [("data", "split_seed", 1, "data.split_seed: 0 → 1"),
+                                       ("model", "features", 16, "model.features: 8 → 16")]:
+        changed = {**cfg, section: {**cfg[section], key: value}}
+        with pytest.raises(ResumeError, match=f"{shown}.*--init-from"):
+            train(changed, run_dir, resume=True, quiet=True)
+    assert {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()} == before
+    # the same file name with other contents
+    shutil.copy(data_dir / "cu.extxyz", tmp_path / "cu.extxyz")
+    moved = {**cfg, "data": {**cfg["data"], "train": str(tmp_path / "cu.extxyz")}}
+    old = RunRecord.of(load_config(moved))
+    assert old.differences(RunRecord.of(load_config(cfg))) == []  # a moved copy is the same data
+    with open(tmp_path / "cu.extxyz", "a") as f:
+        f.write((data_dir / "cu_test.extxyz").read_text())
+    assert [d.split(":")[0] for d in old.differences(RunRecord.of(load_config(moved)))] == ["data.train"]
+    with pytest.raises(ResumeError, match="holds no run"):
+        train(cfg, tmp_path / "typo", resume=True, quiet=True)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_crash_between_epoch_and_its_metrics_row_loses_no_row(data_dir, tmp_path, monkeypatch):
     """A crash at the moment an epoch is being logged, then --resume: one metrics row per epoch.
     (Before the fix the checkpoint was saved first, so the epoch being logged lost its row.)"""

@@ -29,10 +29,12 @@ import numpy as np
 import yaml
 
 from nnpes.config import Config, load_config
+from nnpes.files import atomic_write_text
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
+from nnpes.training.run_record import RunRecord, check_resume
 from nnpes.training.run_state import Progress, load_run, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
 from nnpes.training.trackers import open_trackers
@@ -129,12 +131,19 @@ class _Compiles:
 
 
 def _open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
+    """Check that ``run_dir`` may take this run (``run_record``), then record the run's config and
+    data there. Nothing in the directory is written before the checks pass."""
     run_dir = Path(run_dir or cfg.output.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and (run_dir / LATEST).exists():
+    has_checkpoint = (run_dir / LATEST).exists()
+    if not resume and has_checkpoint:
         raise FileExistsError(f"{run_dir} already holds a run ({LATEST}); pass --resume or choose another --run-dir")
+    record = RunRecord.of(cfg)
+    if resume:
+        check_resume(run_dir, record, has_checkpoint)
+    run_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(run_dir / "train.log", quiet)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    record.save(run_dir)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     return run_dir, log
 
 

@@ -1,0 +1,124 @@
+"""What a run was started with, so ``--resume`` continues that run and nothing else.
+
+``run.yaml`` in the run directory holds the resolved config (every key, defaults included) and
+the sha256 of every data file. ``--resume`` compares the new config and data with it before
+touching the directory and refuses when they differ: resuming with a changed split, model or
+normalisation data would silently combine old weights with new statistics (issue 12: a model
+250 meV/atom off). A changed run is a new run started from the old weights: fine-tuning
+(``--init-from``).
+
+A few keys may change between resumes because they only say how long or how verbosely to go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nnpes.config import Config
+from nnpes.files import atomic_write_text, yaml_safe
+
+RECORD = "run.yaml"
+
+# Keys a resumed run may change: how long to go on and what to print, not what is learned.
+RESUMABLE = frozenset({
+    "training.max_epochs", "training.max_time", "training.progress", "training.early_stopping_patience",
+    "output.run_dir", "output.plots", "output.tensorboard", "output.wandb",
+})
+DATA_FILES = ("train", "valid", "test", "train_indices", "valid_indices", "test_indices")
+
+
+class ResumeError(ValueError):
+    """``--resume`` asked to continue a run with other config or data, or where there is no run."""
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and prefix.count(".") < 1:  # sections, not dict-valued keys
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass
+class RunRecord:
+    """The resolved config (dotted keys → values) and data files (role → {path, sha256})."""
+
+    config: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "RunRecord":
+        sections = {name: dataclasses.asdict(getattr(cfg, name)) for name in ("data", "training", "output")}
+        sections["model"] = cfg.model.to_dict()  # hyperparameters as model.<key>
+        config = {k: v for k, v in _flat(yaml_safe(sections)).items()
+                  if k.split(".", 1)[1] not in DATA_FILES or not k.startswith("data.")}
+        files = {}
+        for name in DATA_FILES:
+            paths = cfg.data.train_files if name == "train" else [getattr(cfg.data, name)]
+            for i, p in enumerate(x for x in paths if x and Path(x).is_file()):  # a missing file: load_splits says so
+                role = f"data.{name}" + (f"[{i}]" if name == "train" and len(paths) > 1 else "")
+                files[role] = {"path": str(p), "sha256": sha256(p)}
+        return cls(config=config, data=files)
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_text(run_dir / RECORD, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunRecord | None":
+        path = run_dir / RECORD
+        if not path.exists():
+            return None
+        raw = yaml.safe_load(path.read_text()) or {}
+        return cls(config=raw.get("config", {}), data=raw.get("data", {}))
+
+    def differences(self, new: "RunRecord") -> list[str]:
+        """What ``new`` changes that a resumed run may not (one readable item each)."""
+        out = []
+        for key in sorted(set(self.config) | set(new.config)):
+            if key in RESUMABLE:
+                continue
+            old_v, new_v = self.config.get(key, "(unset)"), new.config.get(key, "(unset)")
+            if old_v != new_v:
+                out.append(f"{key}: {old_v!r} → {new_v!r}")
+        for role in sorted(set(self.data) | set(new.data)):
+            old_f, new_f = self.data.get(role), new.data.get(role)
+            if old_f is None or new_f is None:
+                out.append(f"{role}: {'added' if old_f is None else 'removed'}")
+            elif old_f["sha256"] != new_f["sha256"]:
+                out.append(f"{role}: contents differ ({Path(old_f['path']).name} sha256 {old_f['sha256'][:12]} → "
+                           f"{Path(new_f['path']).name} {new_f['sha256'][:12]})")
+        return out
+
+
+def check_resume(run_dir: Path, record: RunRecord, has_checkpoint: bool) -> None:
+    """ResumeError unless ``run_dir`` holds a run started with ``record``'s config and data (the
+    keys in ``RESUMABLE`` may differ). Runs from before ``run.yaml`` existed resume unchecked."""
+    old = RunRecord.load(run_dir)
+    if old is None:
+        if not has_checkpoint:
+            raise ResumeError(f"--resume: {run_dir} holds no run to resume (no {RECORD}, no checkpoint); "
+                              "drop --resume to start a new run there")
+        return
+    diff = old.differences(record)
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ResumeError(f"--resume continues the same run, but {run_dir} was started with other settings: {shown}. "
+                          f"To train on from its weights with new settings or data, fine-tune into a new run "
+                          f"directory: nnpes train CONFIG --init-from {run_dir} --run-dir NEW_DIR")
