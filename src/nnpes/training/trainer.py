@@ -8,8 +8,8 @@ atomically after every epoch
 stopped and resumed ends with the same parameters as one that never stopped.
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.csv``, ``train.log``, ``latest.ckpt``,
-``best.ckpt``, ``model/`` (``nnpes.load_potential``), ``test_metrics.json``, ``parity_test.png``,
-``learning_curve.png``.
+``best.ckpt``, ``model/`` (``nnpes.load_potential``; its ``card.yaml`` records the data and the
+test errors), ``test_metrics.json``, ``parity_test.png``, ``learning_curve.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import yaml
 
 from nnpes.config import Config, load_config
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
+from nnpes.potential.card import DataFile, ModelCard, TrainingData
 from nnpes.training import parallel
 from nnpes.training.metrics import CSVLog, add_sums, plot_learning_curve, reduce_sums
 from nnpes.training.optim import lr_schedule, make_optimizer
@@ -161,7 +162,7 @@ def _setup(cfg: Config, run_dir: Path, log) -> _Run:
         log(f"data parallel over {mesh.size} devices ({jax.process_count()} process(es)): "
             f"{', '.join(str(d) for d in mesh.devices.flat)}")
     log(f"setup {time.perf_counter() - t0:.1f} s; {steps_per_epoch} steps/epoch; model {cfg.model.name} "
-        f"({sum(x.size for x in jax.tree_util.tree_leaves(pot.params['params']))} parameters), dtype {cfg.model.dtype}")
+        f"({pot.n_parameters} parameters), dtype {cfg.model.dtype}")
     return _Run(cfg, run_dir, pot, splits, train_loader, valid_loader, steps_per_epoch, put,
                 make_optimizer(tcfg, steps_per_epoch), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log)
 
@@ -292,8 +293,19 @@ def _report_epoch(run: _Run, csv_log, epoch, step, progress: Progress, train_m, 
             f"lr {lr:.3g}  {progress.elapsed:.0f} s" + ("  *" if improved else ""))
 
 
+def training_data(dcfg, splits: dict) -> TrainingData:
+    """The model card's record of a run's data: every file read (with its sha256) and the number
+    of structures in each split."""
+    files = [DataFile.of("train", p) for p in dcfg.train_files]
+    for role in ("valid", "test", "train_indices", "valid_indices", "test_indices"):
+        if getattr(dcfg, role):
+            files.append(DataFile.of(role, getattr(dcfg, role)))
+    return TrainingData(files, {name: len(frames) for name, frames in splits.items()}, dcfg.energy_unit)
+
+
 def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, compiles: dict, n_buckets: int) -> dict:
-    """Save the best EMA parameters as the model, evaluate on the test set, write plots."""
+    """Save the best EMA parameters as the model (with its card: data, then test errors), evaluate
+    on the test set, write plots."""
     from nnpes.training.evaluate import evaluate, format_metrics
 
     cfg, run_dir, splits, log = run.cfg, run.run_dir, run.splits, run.log
@@ -301,7 +313,8 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
     if (run_dir / BEST).exists():
         best_state, best = load_run(run_dir / BEST, jax.device_get(state))
     model = run.pot.replace(jax.tree_util.tree_map(jnp.asarray, {**best_state.variables, "params": best_state.ema}))
-    model_dir = model.save(run_dir / "model")
+    card = ModelCard.of(model, data=training_data(cfg.data, splits))
+    model_dir = model.save(run_dir / "model", card=card)
     log(f"model (best epoch {best.best_epoch}, EMA parameters) saved to {model_dir}")
     result = {
         "run_dir": str(run_dir), "model": str(model_dir), "stop_reason": stop_reason,
@@ -318,6 +331,8 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
                      plot=(run_dir / f"parity_{name}.png") if cfg.output.plots else None,
                      title=f"{cfg.model.name}, {name} set ({len(test)} structures)")
         result["test_metrics"] = m
+        card.test_split, card.test_metrics = name, m
+        card.save(model_dir)
         log(f"{name} set ({len(test)} structures):\n" + format_metrics(m))
     (run_dir / "result.yaml").write_text(yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
     return result
