@@ -163,7 +163,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, which):
         cfg = {"model": {"name": which, "elements": ELEMENTS, "cutoff": 3.0, **HPARAMS[which]}}
         pot = build_potential(cfg, seed=2, dataset=labelled(structures))
     pot.save(tmp_path / "pot")
-    assert sorted(p.name for p in (tmp_path / "pot").iterdir()) == ["config.yaml", "params.msgpack"]
+    assert sorted(p.name for p in (tmp_path / "pot").iterdir()) == ["card.yaml", "config.yaml", "params.msgpack"]
     saved = yaml.safe_load((tmp_path / "pot" / "config.yaml").read_text())
     import nnpes
 
@@ -176,7 +176,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, which):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     pot.save(tmp_path / "pot")  # overwriting an existing save works and leaves no temp files
-    assert sorted(p.name for p in (tmp_path / "pot").iterdir()) == ["config.yaml", "params.msgpack"]
+    assert sorted(p.name for p in (tmp_path / "pot").iterdir()) == ["card.yaml", "config.yaml", "params.msgpack"]
 
 
 def test_load_errors(tmp_path, toy64):

@@ -561,6 +561,7 @@ def test_resume_refuses_other_config_or_data_and_writes_nothing(killed_run, data
     with open(tmp_path / "cu.extxyz", "a") as f:
         f.write((data_dir / "cu_test.extxyz").read_text())
     assert [d.split(":")[0] for d in old.differences(RunRecord.of(load_config(moved)))] == ["data.train"]
+    assert "data.train: other contents" in RunRecord.load(run_dir).differences(RunRecord.of(load_config(moved)))[0]
     with pytest.raises(ResumeError, match="holds no run"):
         train(cfg, tmp_path / "typo", resume=True, quiet=True)
     assert not (tmp_path / "typo").exists()

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Order is the order in ``nnpes --help``. A module that is absent is skipped.
-SUBCOMMANDS = ["info", "quickstart", "train", "evaluate", "config", "md", "active_learn"]
+SUBCOMMANDS = ["info", "quickstart", "train", "evaluate", "export", "config", "md", "active_learn"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -246,7 +246,7 @@ class FastInteraction(nn.Module):
         messages = functools.partial(_messages, paths=tuple(paths), inputs=tuple(inputs), outputs=tuple(outputs), c=c)
         consts, n_node = (_flatten(h, inputs), kernels), onehot.shape[0]
         per_edge = functools.partial(_edge_messages, messages=messages)
-        blocked = hp.edge_chunk is not None and unit.shape[0] > hp.block_above
+        blocked = _blocked(hp, unit.shape[0])
         chunk = hp.edge_chunk if blocked else None
         edge_sum = lambda: sum_messages(  # noqa: E731
             per_edge, chunk, consts, n_node, unit, basis, senders, receivers, indices_are_sorted=True
@@ -320,6 +320,15 @@ class E3nnInteraction(nn.Module):
         return e3nn.gate(y, even_act=act, odd_act=jnp.tanh, even_gate_act=jax.nn.sigmoid, odd_gate_act=jnp.tanh, normalize_act=False)
 
 
+def _blocked(hp: NequIPHParams, n_edges) -> bool:
+    """Whether the per-edge work runs in blocks (more than ``block_above`` edges). A symbolic edge
+    count (``jax.export`` with symbolic shapes, ``nnpes export``) takes the unblocked path, which
+    is valid for every size and gives the same energies."""
+    if hp.edge_chunk is None or jax.export.is_symbolic_dim(n_edges):
+        return False
+    return n_edges > hp.block_above
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -340,7 +349,7 @@ class NequIP(nn.Module):
         onehot = jax.nn.one_hot(species, self.num_species, dtype=dt)
         embed = nn.Dense(c, use_bias=False, dtype=dt, param_dtype=dt, name="embedding")(onehot)
         if hp.l_max == 1 and hp.implementation == "auto":
-            blocked = hp.edge_chunk is not None and vectors.shape[0] > hp.block_above
+            blocked = _blocked(hp, vectors.shape[0])
             pairs = edge_pairs(vectors, senders, receivers, edge_mask) if hp.radial_per_pair and blocked else None
             feats = {(0, 1): embed}
             for layer in range(hp.num_layers):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from nnpes.graph.padding import pad_graph, to_device
 from nnpes.models import get_model
 from nnpes.models.energy import EnergyModel
 from nnpes.models.inputs import model_inputs, species_table
+from nnpes.potential.card import ModelCard
 from nnpes.potential.potential import CONFIG_FILE, PARAMS_FILE, Potential
 from nnpes.graph.stats import check_known_elements, graph_stats
 from nnpes.potential.predict import padded_batches
@@ -143,7 +145,8 @@ def potential_from_saved(cfg: ModelConfig) -> Potential:
 
 
 def load_potential(path) -> Potential:
-    """Read a directory written by ``Potential.save``; predictions are bit-identical."""
+    """Read a directory written by ``Potential.save``; predictions are bit-identical. The model
+    card, if the directory has one, becomes ``.card`` (None for models saved before cards)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no saved potential at {str(path)!r}")
@@ -169,7 +172,12 @@ def load_potential(path) -> Potential:
         diff = sorted(set(want.items()) ^ set(have.items()))[:5]
         raise ValueError(f"{str(path / PARAMS_FILE)!r}: parameters do not match model {cfg.name!r}: {diff}")
     variables = jax.tree_util.tree_map(jnp.asarray, state)
-    return Potential(cfg, variables, module)
+    try:
+        card = ModelCard.load(path)
+    except ValueError as e:  # the card is a description: the model itself is fine
+        warnings.warn(f"ignoring the model card: {e}", stacklevel=2)
+        card = None
+    return Potential(cfg, variables, module, card=card)
 
 
 def init_params(config: ModelConfig, module: EnergyModel, seed: int = 0):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +17,7 @@ from nnpes.config.model import ModelConfig
 from nnpes.files import atomic_write, yaml_safe
 from nnpes.models.energy import EnergyModel
 from nnpes.models.inputs import species_table
+from nnpes.potential.card import ModelCard, count_parameters
 from nnpes.potential.compiled import TraceCounted, cached, model_key
 from nnpes.potential.energy import energy_forces_stress
 from nnpes.potential.predict import check_structure, predict_structures
@@ -25,17 +26,20 @@ PARAMS_FILE = "params.msgpack"
 CONFIG_FILE = "config.yaml"
 
 
-@dataclass
+@dataclass(repr=False)
 class Potential:
     """Config + module + parameters. Build with ``nnpes.build_potential`` or ``nnpes.load_potential``.
 
     ``params`` is the full flax variables dict ({"params": ..., optionally "constants": ...}); only
-    ``params["params"]`` is trained.
+    ``params["params"]`` is trained. ``card``: the model card (``nnpes.potential.card.ModelCard``)
+    of a loaded or saved potential: versions, date, training data, test errors; None for a fresh
+    potential and for models saved before cards existed.
     """
 
     config: ModelConfig
     params: Any
     module: EnergyModel = None
+    card: ModelCard | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.module is None:
@@ -60,6 +64,16 @@ class Potential:
         return jnp.float64 if self.config.dtype == "float64" else jnp.float32
 
     @property
+    def n_parameters(self) -> int:
+        """Number of trained parameters (scalars in ``params["params"]``)."""
+        return count_parameters(self.params)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Potential({c.name}, elements=[{', '.join(c.elements)}], cutoff={float(c.cutoff)} Å, "
+                f"{self.n_parameters:,} parameters, {c.dtype})")
+
+    @property
     def n_compiles(self) -> int:
         """How many times ``predict``'s jitted function has been traced (one per padded shape)."""
         return self._compiled.n_traces
@@ -76,9 +90,11 @@ class Potential:
         return device_graph(atoms, self.cutoff, self.dtype)
 
     def replace(self, params) -> "Potential":
-        """A copy with new variables; shares the module and the compiled functions."""
+        """A copy with new variables; shares the module and the compiled functions. It has no
+        card: the card described the old parameters."""
         new = copy.copy(self)
         new.params = params
+        new.card = None
         return new
 
     # ---- prediction --------------------------------------------------------------------------
@@ -126,10 +142,16 @@ class Potential:
 
         return {"nnpes_version": __version__, "model": yaml_safe(self.config.to_dict())}
 
-    def save(self, path) -> Path:
-        """Write a directory with ``config.yaml`` and ``params.msgpack``; each file atomically."""
+    def save(self, path, card: ModelCard | None = None) -> Path:
+        """Write a directory with ``config.yaml``, ``params.msgpack`` and the model card
+        ``card.yaml``; each file atomically. ``card`` None: the potential's own card if it has one
+        (loaded, or saved before), else a new one (versions, date, model summary, units). The
+        saved card becomes ``self.card``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        card = card or self.card or ModelCard.of(self)
         atomic_write(path / PARAMS_FILE, flax.serialization.to_bytes(self.params))
         atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
+        card.save(path)
+        self.card = card
         return path

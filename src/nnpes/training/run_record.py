@@ -13,7 +13,6 @@ A few keys may change between resumes because they only say how long or how verb
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 
 from nnpes.config import Config
 from nnpes.files import atomic_write_text, yaml_safe
+from nnpes.potential.card import DataFile
 
 RECORD = "run.yaml"
 
@@ -36,15 +36,6 @@ class ResumeError(ValueError):
     """``--resume`` asked to continue a run with other config or data, or where there is no run."""
 
 
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -56,29 +47,31 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def data_files(dcfg) -> list[DataFile]:
+    """Every data file a run reads (train files, then valid, test and index files), with its
+    sha256; a missing file is left out (``load_splits`` reports it)."""
+    roles = [("train", p) for p in dcfg.train_files] + [(r, getattr(dcfg, r)) for r in DATA_FILES[1:]]
+    return [DataFile.of(role, p) for role, p in roles if p and Path(p).is_file()]
+
+
 @dataclass
 class RunRecord:
-    """The resolved config (dotted keys → values) and data files (role → {path, sha256})."""
+    """The resolved config (dotted keys → values) and the data files read (``DataFile``s)."""
 
     config: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
+    files: list[DataFile] = field(default_factory=list)
 
     @classmethod
     def of(cls, cfg: Config) -> "RunRecord":
         sections = {name: dataclasses.asdict(getattr(cfg, name)) for name in ("data", "training", "output")}
         sections["model"] = cfg.model.to_dict()  # hyperparameters as model.<key>
         config = {k: v for k, v in _flat(yaml_safe(sections)).items()
-                  if k.split(".", 1)[1] not in DATA_FILES or not k.startswith("data.")}
-        files = {}
-        for name in DATA_FILES:
-            paths = cfg.data.train_files if name == "train" else [getattr(cfg.data, name)]
-            for i, p in enumerate(x for x in paths if x and Path(x).is_file()):  # a missing file: load_splits says so
-                role = f"data.{name}" + (f"[{i}]" if name == "train" and len(paths) > 1 else "")
-                files[role] = {"path": str(p), "sha256": sha256(p)}
-        return cls(config=config, data=files)
+                  if not (k.startswith("data.") and k.split(".", 1)[1] in DATA_FILES)}  # files: by contents
+        return cls(config=config, files=data_files(cfg.data))
 
     def save(self, run_dir: Path) -> None:
-        atomic_write_text(run_dir / RECORD, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True))
+        atomic_write_text(run_dir / RECORD, yaml.safe_dump(yaml_safe(dataclasses.asdict(self)), sort_keys=False,
+                                                           allow_unicode=True))
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunRecord | None":
@@ -86,7 +79,7 @@ class RunRecord:
         if not path.exists():
             return None
         raw = yaml.safe_load(path.read_text()) or {}
-        return cls(config=raw.get("config", {}), data=raw.get("data", {}))
+        return cls(config=raw.get("config", {}), files=[DataFile(**f) for f in raw.get("files", [])])
 
     def differences(self, new: "RunRecord") -> list[str]:
         """What ``new`` changes that a resumed run may not (one readable item each)."""
@@ -97,13 +90,12 @@ class RunRecord:
             old_v, new_v = self.config.get(key, "(unset)"), new.config.get(key, "(unset)")
             if old_v != new_v:
                 out.append(f"{key}: {old_v!r} → {new_v!r}")
-        for role in sorted(set(self.data) | set(new.data)):
-            old_f, new_f = self.data.get(role), new.data.get(role)
-            if old_f is None or new_f is None:
-                out.append(f"{role}: {'added' if old_f is None else 'removed'}")
-            elif old_f["sha256"] != new_f["sha256"]:
-                out.append(f"{role}: contents differ ({Path(old_f['path']).name} sha256 {old_f['sha256'][:12]} → "
-                           f"{Path(new_f['path']).name} {new_f['sha256'][:12]})")
+        for role in DATA_FILES:
+            old_f = [f for f in self.files if f.role == role]
+            new_f = [f for f in new.files if f.role == role]
+            if [f.sha256 for f in old_f] != [f.sha256 for f in new_f]:
+                names = lambda fs: ", ".join(f"{Path(f.path).name} ({f.sha256[:12]})" for f in fs) or "none"  # noqa: E731
+                out.append(f"data.{role}: other contents ({names(old_f)} → {names(new_f)})")
         return out
 
 

@@ -8,9 +8,10 @@ atomically after every epoch
 stopped and resumed ends with the same parameters as one that never stopped.
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.csv``, ``train.log``, ``latest.ckpt``,
-``best.ckpt``, ``model/`` (``nnpes.load_potential``), ``test_metrics.json``, ``parity_test.png``,
-``learning_curve.png``; with ``output.tensorboard`` also ``tensorboard/`` and with ``output.wandb``
-``wandb_run_id`` (``nnpes.training.trackers``: every metrics row also goes there).
+``best.ckpt``, ``model/`` (``nnpes.load_potential``; its ``card.yaml`` records the data and the
+test errors), ``test_metrics.json``, ``parity_test.png``, ``learning_curve.png``, ``run.yaml`` (what
+``--resume`` checks, ``run_record``); with ``output.tensorboard`` also ``tensorboard/`` and with
+``output.wandb`` ``wandb_run_id`` (``nnpes.training.trackers``: every metrics row also goes there).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.files import atomic_write_text
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
+from nnpes.potential.card import ModelCard, TrainingData
 from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
@@ -117,6 +119,7 @@ class _Run:
     mesh: object | None
     use_stress: bool
     log: Callable
+    record: RunRecord
 
 
 @dataclass
@@ -144,10 +147,10 @@ def _open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
     log = _Log(run_dir / "train.log", quiet)
     record.save(run_dir)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-    return run_dir, log
+    return run_dir, log, record
 
 
-def _setup(cfg: Config, run_dir: Path, log) -> _Run:
+def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
     """Data, graphs (built once per structure), potential, loaders, mesh and optimiser."""
     from nnpes.potential import build_potential
     from nnpes.training.data import load_splits
@@ -172,9 +175,9 @@ def _setup(cfg: Config, run_dir: Path, log) -> _Run:
         log(f"data parallel over {mesh.size} devices ({jax.process_count()} process(es)): "
             f"{', '.join(str(d) for d in mesh.devices.flat)}")
     log(f"setup {time.perf_counter() - t0:.1f} s; {steps_per_epoch} steps/epoch; model {cfg.model.name} "
-        f"({sum(x.size for x in jax.tree_util.tree_leaves(pot.params['params']))} parameters), dtype {cfg.model.dtype}")
+        f"({pot.n_parameters} parameters), dtype {cfg.model.dtype}")
     return _Run(cfg, run_dir, pot, splits, train_loader, valid_loader, steps_per_epoch, put,
-                make_optimizer(tcfg, steps_per_epoch), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log)
+                make_optimizer(tcfg, steps_per_epoch), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record)
 
 
 def uses_stress(tcfg, graphs) -> bool:
@@ -202,8 +205,8 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
     tcfg = cfg.training
     if tcfg.devices != 1:  # a multi-process run must join before JAX touches a device
         parallel.maybe_initialize_distributed()
-    run_dir, log = _open_run_dir(cfg, run_dir, resume, quiet)
-    run = _setup(cfg, run_dir, log)
+    run_dir, log, record = _open_run_dir(cfg, run_dir, resume, quiet)
+    run = _setup(cfg, run_dir, log, record)
     state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
     compiles = _Compiles()
     train_step, eval_step = _compiled_steps(run, compiles)
@@ -323,8 +326,16 @@ def _report_epoch(run: _Run, trackers, epoch, step, progress: Progress, train_m,
             f"lr {lr:.3g}  {progress.elapsed:.0f} s" + ("  *" if improved else ""))
 
 
+def training_data(run: _Run) -> TrainingData:
+    """The model card's record of a run's data: the files of ``run.yaml`` (with their sha256) and
+    the number of structures in each split."""
+    return TrainingData(run.record.files, {name: len(frames) for name, frames in run.splits.items()},
+                        run.cfg.data.energy_unit)
+
+
 def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, compiles: dict, n_buckets: int) -> dict:
-    """Save the best EMA parameters as the model, evaluate on the test set, write plots."""
+    """Save the best EMA parameters as the model (with its card: data, then test errors), evaluate
+    on the test set, write plots."""
     from nnpes.training.evaluate import evaluate, format_metrics
 
     cfg, run_dir, splits, log = run.cfg, run.run_dir, run.splits, run.log
@@ -332,7 +343,8 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
     if (run_dir / BEST).exists():
         best_state, best = load_run(run_dir / BEST, jax.device_get(state))
     model = run.pot.replace(jax.tree_util.tree_map(jnp.asarray, {**best_state.variables, "params": best_state.ema}))
-    model_dir = model.save(run_dir / "model")
+    card = ModelCard.of(model, data=training_data(run))
+    model_dir = model.save(run_dir / "model", card=card)
     log(f"model (best epoch {best.best_epoch}, EMA parameters) saved to {model_dir}")
     result = {
         "run_dir": str(run_dir), "model": str(model_dir), "stop_reason": stop_reason,
@@ -349,6 +361,8 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
                      plot=(run_dir / f"parity_{name}.png") if cfg.output.plots else None,
                      title=f"{cfg.model.name}, {name} set ({len(test)} structures)")
         result["test_metrics"] = m
+        card.test_split, card.test_metrics = name, m
+        card.save(model_dir)
         log(f"{name} set ({len(test)} structures):\n" + format_metrics(m))
     (run_dir / "result.yaml").write_text(yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
     return result
