@@ -4,6 +4,10 @@ library code therefore always states its dtypes explicitly (float32 unless confi
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite/xTB is 10-100x slower with threads here
+# predict and the CLI turn on JAX's persistent compilation cache: keep the tests' out of ~/.cache
+import tempfile  # noqa: E402
+
+os.environ.setdefault("NNPES_COMPILE_CACHE", tempfile.mkdtemp(prefix="nnpes-test-jax-cache-"))
 
 import jax  # noqa: E402
 

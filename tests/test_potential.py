@@ -256,7 +256,7 @@ def test_many_structures_of_one_bucket_compile_once(toy64):
     assert toy64.n_compiles == before
 
 
-def test_a_set_of_similar_sizes_compiles_once_and_a_mixed_set_a_few_times():
+def test_a_set_of_similar_sizes_compiles_once_and_a_mixed_set_a_few_times(caplog):
     # 40 frames of 44-52 atoms, ~2000-2600 edges each, so one frame per call: their calls used to
     # land on different ladder rungs and compiled once per rung (9 times in issue 12's Cu set);
     # one shared shape now serves the whole set.
@@ -264,8 +264,11 @@ def test_a_set_of_similar_sizes_compiles_once_and_a_mixed_set_a_few_times():
     rng = np.random.default_rng(3)
     frames = [grid_cluster(rng, int(rng.integers(44, 53))) for _ in range(40)]
     before = pot.n_compiles
-    pot.predict(frames)
+    with caplog.at_level("INFO", logger="nnpes"):
+        pot.predict(frames)
+        pot.predict(frames[::-1])  # the same set again: nothing new to compile
     assert pot.n_compiles - before == 1
+    assert [r.getMessage() for r in caplog.records] == ["compiling 1 padded shape for 40 structures…"]
     # sizes far apart: at most one shape per factor of two, not one per call
     mixed = frames[:10] + [grid_cluster(rng, 3) for _ in range(30)] + [grid_cluster(rng, 120, side=6)]
     before = pot.n_compiles

@@ -246,7 +246,8 @@ def test_train_step_and_old_dict_checkpoints_load_into_train_state(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     save_run(tmp_path / "new.ckpt", back, progress)
-    assert (tmp_path / "new.ckpt").read_bytes() == (tmp_path / "old.ckpt").read_bytes()
+    save_checkpoint(tmp_path / "expected.ckpt", {**old, "batch": np.int64(0)})  # the field max_time added
+    assert (tmp_path / "new.ckpt").read_bytes() == (tmp_path / "expected.ckpt").read_bytes()
 
 
 # ---- whole runs ------------------------------------------------------------------------------
@@ -591,6 +592,35 @@ def test_crash_between_epoch_and_its_metrics_row_loses_no_row(data_dir, tmp_path
     assert result["epochs"] == 4 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
 
 
+def test_max_time_stops_inside_an_epoch_and_resumes_from_the_next_batch(data_dir, tmp_path, monkeypatch):
+    """Issue 12: max_time was checked only between epochs (150 s gave 208 s). Now after every step;
+    the stop saves the batches done and the epoch's sums, and --resume ends where an uninterrupted
+    run ends, metrics rows included. The clock is a counter, so the stop lands at a fixed batch."""
+    import csv
+    import itertools
+
+    from flax import serialization
+
+    from nnpes.training import train, trainer
+
+    cfg = _config(data_dir, max_epochs=3, stress_weight=0.0)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    ticks = itertools.count()
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))
+    cut = train({**cfg, "training": {**cfg["training"], "max_time": 10}}, tmp_path / "cut", quiet=True)
+    saved = serialization.msgpack_restore((tmp_path / "cut" / "latest.ckpt").read_bytes())
+    assert cut["stop_reason"] == "max_time" and int(saved["epoch"]) == 1 and 0 < int(saved["batch"]) < 5
+    assert "max_time reached in epoch 1" in (tmp_path / "cut" / "train.log").read_text()
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed["epochs"] == full["epochs"] == 3
+    for a, b in zip(_model_leaves(tmp_path / "full"), _model_leaves(tmp_path / "cut")):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    rows = [list(csv.DictReader(open(tmp_path / d / "metrics.csv"))) for d in ("full", "cut")]
+    for col in ("train_loss", "train_f_mae_meV_A", "valid_loss"):
+        np.testing.assert_allclose([float(r[col]) for r in rows[1]], [float(r[col]) for r in rows[0]], rtol=1e-10)
+
+
 def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):
     """MACE's stage two as a weight_schedule stage: from epoch 2 on, w_E = 10 and lr × 0.1."""
     import csv
@@ -637,6 +667,23 @@ def test_fine_tune_a_float32_run_in_float64_keeps_weights_and_normalisation(data
                           ({"avg_num_neighbors": 3.0}, "avg_num_neighbors")):
         with pytest.raises(ConfigError, match=match):
             build_potential({**second["model"], **change})
+
+
+def test_fine_tune_with_frozen_modules_changes_only_the_others(killed_run, data_dir, tmp_path):
+    from nnpes.potential import load_potential
+    from nnpes.training import train
+
+    start = load_potential(Path(killed_run[0]) / "model").params["params"]
+    cfg = _config(data_dir, max_epochs=1, freeze=["Dense_0", "e0"])
+    cfg["model"] = {**cfg["model"], "init_from": str(killed_run[0])}
+    tuned = load_potential(train(cfg, tmp_path / "ft", quiet=True)["model"]).params["params"]
+    for path, before in jax.tree_util.tree_flatten_with_path(start)[0]:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        after = np.asarray(dict(jax.tree_util.tree_flatten_with_path(tuned)[0])[path])
+        frozen = name.startswith(("inner/Dense_0/", "e0"))
+        assert np.array_equal(after, np.asarray(before)) == frozen, name
+    with pytest.raises(ValueError, match=r"\['embeding'\] match no parameter.*Dense_1"):
+        train(_config(data_dir, max_epochs=1, freeze=["embeding"]), tmp_path / "bad", quiet=True)
 
 
 def test_element_not_in_model_is_named(data_dir, tmp_path):

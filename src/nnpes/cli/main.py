@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # Order is the order in ``nnpes --help``. A module that is absent is skipped.
@@ -25,7 +26,67 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+    for name, p in sub.choices.items():
+        if name not in NO_COMPUTE:
+            add_compute_options(p)
     return parser
+
+
+# Commands that compute nothing with JAX get no --device / --compile-cache.
+NO_COMPUTE = {"config"}
+DEVICES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
+
+
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compute")
+    g.add_argument("--device", choices=sorted(DEVICES), default=None,
+                   help="run JAX on this kind of device (default: JAX's choice, a GPU when one is there; "
+                        "same as JAX_PLATFORMS=cpu / cuda)")
+    g.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                   help="persistent compilation cache: compiled models are kept here and reused by later "
+                        "runs (default: $NNPES_COMPILE_CACHE or ~/.cache/nnpes/jax; 'off' disables)")
+
+
+def apply_compute_options(args) -> None:
+    """Select the device and the compilation cache before anything compiles."""
+    import jax
+
+    from nnpes import compile_cache
+
+    device = getattr(args, "device", None)
+    if device is not None:
+        jax.config.update("jax_platforms", DEVICES[device])
+        try:
+            found = jax.devices()
+        except RuntimeError as e:
+            raise ValueError(f"--device {device}: no such device here ({str(e).splitlines()[0]})") from None
+        if not found:
+            raise ValueError(f"--device {device}: no such device here")
+    if "compile_cache" in args:
+        compile_cache.enable(args.compile_cache)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time of each message."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Progress lines of the library (logger ``nnpes``, e.g. "compiling 2 padded shapes…") on stderr."""
+    logger = logging.getLogger("nnpes")
+    if not any(getattr(h, "nnpes_cli", False) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.nnpes_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    _log_to_stderr()
     try:
+        apply_compute_options(args)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as e:
         # Bad input: a clear one-line error, not a traceback.

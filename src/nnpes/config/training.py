@@ -101,6 +101,9 @@ class TrainingConfig:
     eps: float = doc("Adam epsilon (added to the root of the squared-gradient mean)", default=1e-8)
     weight_decay: float = doc("decoupled weight decay (adamw) on weight matrices only", default=0.0)
     clip_norm: float | None = doc("clip the global gradient norm (None: off)", default=10.0)
+    freeze: list[str] = doc("parameters not trained (fine-tuning): module names or fnmatch patterns of their paths, "
+                            "e.g. [embedding, layer_0] or ['layer_*/RadialMLP_0']; a pattern matching nothing is an error",
+                            default_factory=list)
     schedule: Literal["constant", "cosine", "exponential", "plateau"] = doc("after warm-up", default="plateau")
     warmup_epochs: float = doc("linear warm-up from 0 over this many epochs", default=0.0)
     min_lr: float = doc("floor of cosine / plateau decay", default=1e-6)

@@ -34,6 +34,7 @@ class TraceCounted:
         import jax
 
         self.n_traces = 0
+        self.seen: dict = {}  # static arguments → padded shapes called with (predict announces new ones)
 
         def counted(*args):
             self.n_traces += 1  # runs at trace time only
@@ -43,3 +44,7 @@ class TraceCounted:
 
     def __call__(self, *args):
         return self.fn(*args)
+
+    def shapes_seen(self, *static) -> set:
+        """The set of padded shapes called with for these static arguments (callers add to it)."""
+        return self.seen.setdefault(static, set())

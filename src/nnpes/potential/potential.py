@@ -117,8 +117,9 @@ class Potential:
             self.check_elements(a, None if single else k)
         if compute_stress is None:
             compute_stress = any(bool(np.all(a.pbc)) for a in atoms_list)
-        results = predict_structures(lambda g: self._compiled(self.params, g, bool(compute_stress)),
-                                     atoms_list, self.cutoff, self.dtype)
+        stress = bool(compute_stress)
+        results = predict_structures(lambda g: self._compiled(self.params, g, stress), atoms_list, self.cutoff,
+                                     self.dtype, seen=self._compiled.shapes_seen(stress))
         return results[0] if single else results
 
     def calculator(self, **kwargs):

@@ -4,6 +4,7 @@ calls of bounded size, pad each call to a fixed shape ladder, and split the outp
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -14,6 +15,8 @@ from ase import Atoms
 from nnpes import keys
 from nnpes.graph.build import atoms_to_graph
 from nnpes.graph.padding import batch, bucket_shape, pad_graph, to_device
+
+log = logging.getLogger("nnpes")
 
 # At most this many nodes / edges / graphs per jitted call (a larger structure goes alone). On the
 # 2-core CPU, NequIP's time per aspirin frame rose once a call held more than ~2000 edges (per-edge
@@ -79,11 +82,18 @@ def shared_shapes(shapes: Sequence[tuple[int, int, int]]) -> list[tuple[int, int
     return out
 
 
-def padded_batches(graphs: Sequence[jraph.GraphsTuple], max_edges: int = MAX_EDGES_PER_CALL):
+def padded_batches(graphs: Sequence[jraph.GraphsTuple], max_edges: int = MAX_EDGES_PER_CALL,
+                   seen: set | None = None):
     """(chunk, padded numpy batch) pairs for calls of bounded size (host arrays, float64), padded
-    to a few shapes shared across the calls (``shared_shapes``)."""
+    to a few shapes shared across the calls (``shared_shapes``). ``seen``: the shapes the caller's
+    function is compiled for; new ones are logged (logger ``nnpes``) before the first call and added."""
     groups = [(chunk, batch(chunk)) for chunk in chunks(graphs, max_edges=max_edges)]
     shapes = shared_shapes([bucket_shape(b) for _, b in groups])
+    if seen is not None:
+        new = set(shapes) - seen
+        if new:
+            log.info("compiling %d padded shape%s for %d structures…", len(new), "s" if len(new) > 1 else "", len(graphs))
+        seen |= new
     for (chunk, batched), shape in zip(groups, shapes):
         yield chunk, pad_graph(batched, *shape)
 
@@ -104,13 +114,17 @@ def _split(out: dict, chunk: Sequence[jraph.GraphsTuple], layout: dict) -> list[
 
 
 def predict_structures(fn: Callable, atoms_list: Sequence[Atoms], cutoff: float, dtype, *,
-                       layout: dict = OUTPUT_LAYOUT, max_edges: int = MAX_EDGES_PER_CALL) -> list[dict]:
+                       layout: dict = OUTPUT_LAYOUT, max_edges: int = MAX_EDGES_PER_CALL,
+                       seen: set | None = None) -> list[dict]:
     """``fn(padded device graph) -> dict`` over ``atoms_list``, one dict of float64 numpy outputs per
     structure (``layout`` says which are per node and per graph). ``stress`` is kept only for fully
-    periodic structures."""
+    periodic structures. ``seen``: see ``padded_batches``."""
+    from nnpes import compile_cache
+
+    compile_cache.enable()  # the next process predicting these shapes loads them instead of compiling
     graphs = [atoms_to_graph(a, cutoff) for a in atoms_list]
     results = []
-    for chunk, padded in padded_batches(graphs, max_edges):
+    for chunk, padded in padded_batches(graphs, max_edges, seen):
         out = jax.tree_util.tree_map(np.asarray, fn(to_device(padded, dtype)))
         results.extend(_split(out, chunk, layout))
     for atoms, res in zip(atoms_list, results):

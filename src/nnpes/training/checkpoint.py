@@ -27,13 +27,22 @@ def save_checkpoint(path: str | Path, state) -> None:
     atomic_write(path, data)
 
 
-def load_checkpoint(path: str | Path, template):
-    """Read a checkpoint into the structure of ``template``; clear error if unreadable."""
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw nested dict of a checkpoint (numpy leaves); clear error if unreadable."""
     path = Path(path)
     try:
-        raw = serialization.msgpack_restore(path.read_bytes())
-        return serialization.from_state_dict(template, raw)
+        return serialization.msgpack_restore(path.read_bytes())
     except FileNotFoundError:
         raise
     except Exception as e:  # a foreign or damaged file: say which
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def load_checkpoint(path: str | Path, template, raw: dict | None = None):
+    """Read a checkpoint (or its ``raw`` dict) into the structure of ``template``; keys the template
+    lacks are ignored; clear error if unreadable."""
+    raw = read_checkpoint(path) if raw is None else raw
+    try:
+        return serialization.from_state_dict(template, raw)
+    except Exception as e:
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None

@@ -70,6 +70,21 @@ class EpochSums:
     def reduce(self) -> dict:
         return reduce_sums(self.errors or {}, self.n, self.loss, self.terms)
 
+    def to_tree(self) -> dict:
+        """The sums as a checkpointable tree (a stop inside an epoch saves them)."""
+        return {"n": np.int64(self.n), "loss": np.float64(self.loss),
+                "terms": {k: np.float64(v) for k, v in self.terms.items()},
+                "errors": {k: np.asarray(v, np.float64) for k, v in (self.errors or {}).items()}}
+
+    @classmethod
+    def from_tree(cls, tree: dict | None) -> "EpochSums":
+        sums = cls()
+        if tree:
+            sums.n, sums.loss = int(tree["n"]), float(tree["loss"])
+            sums.terms = {k: float(v) for k, v in (tree.get("terms") or {}).items()}
+            sums.errors = {k: np.asarray(v, np.float64) for k, v in (tree.get("errors") or {}).items()} or None
+        return sums
+
 
 def epoch_row(epoch: int, step: int, time_s: float, lr: float, train_m: dict, valid_m: dict) -> dict:
     """One metrics row: every ``COLUMNS`` key, ``train_X``/``valid_X`` from ``reduce_sums``' ``X``."""

@@ -7,6 +7,8 @@ passes to each step and lowers on a validation plateau, so reduce-on-plateau nev
 
 from __future__ import annotations
 
+import fnmatch
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,14 +36,45 @@ def decay_mask(params):
     """True on weight matrices (ndim ≥ 2) outside the energy wrapper's e0/scale/offset."""
 
     def keep(path, leaf):
-        names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
-        return bool(jnp.ndim(leaf) >= 2 and not any(n in NO_DECAY for n in names))
+        return bool(jnp.ndim(leaf) >= 2 and not any(n in NO_DECAY for n in _param_names(path)))
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Clip → Adam/AMSGrad moments → decoupled weight decay (adamw, masked) → −lr(step)."""
+def _param_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def frozen_mask(params, patterns) -> object:
+    """True on the parameters ``training.freeze`` names: a pattern (fnmatch) matches a parameter when
+    it matches its path or a module above it, with or without the wrapper's ``inner/`` prefix
+    (``embedding``, ``layer_0``, ``layer_*/RadialMLP_0``, ``e0``). ValueError for a pattern that
+    matches nothing, listing the modules there are."""
+
+    def candidates(path):
+        names = _param_names(path)
+        prefixes = ["/".join(names[:i]) for i in range(1, len(names) + 1)]
+        return prefixes + [p.split("/", 1)[1] for p in prefixes if p.startswith("inner/") and "/" in p]
+
+    used = set()
+
+    def frozen(path, _leaf):
+        hits = {p for p in patterns if any(fnmatch.fnmatchcase(c, p) for c in candidates(path))}
+        used.update(hits)
+        return bool(hits)
+
+    mask = jax.tree_util.tree_map_with_path(frozen, params)
+    unused = [p for p in patterns if p not in used]
+    if unused:
+        paths = [_param_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        modules = sorted({(p[1:] if p[0] == "inner" and len(p) > 1 else p)[0] for p in paths})
+        raise ValueError(f"training.freeze: {unused} match no parameter of the model; it has {modules}")
+    return mask
+
+
+def make_optimizer(cfg, steps_per_epoch: int, params=None) -> optax.GradientTransformation:
+    """Clip → Adam/AMSGrad moments → decoupled weight decay (adamw, masked) → −lr(step); the
+    parameters ``cfg.freeze`` names (``frozen_mask``; needs ``params``) get no update at all."""
     parts = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
@@ -52,10 +85,17 @@ def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
     if cfg.optimizer == "adamw" and cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch)))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    freeze = getattr(cfg, "freeze", None)
+    if not freeze:
+        return tx  # the same state layout as before freeze existed: old checkpoints resume
+    labels = jax.tree_util.tree_map(lambda f: "frozen" if f else "train", frozen_mask(params, freeze))
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def ema_update(ema, params, decay: float, step):
     """EMA with the usual warm start: effective decay min(decay, (1+t)/(10+t))."""
     d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-    return jax.tree_util.tree_map(lambda e, p: (d * e + (1.0 - d) * p).astype(p.dtype), ema, params)
+    # e + (1-d)(p-e), not d·e + (1-d)·p: equal in exact arithmetic, and a parameter that does not
+    # move (training.freeze) keeps its EMA bit for bit.
+    return jax.tree_util.tree_map(lambda e, p: (e + (1.0 - d) * (p - e)).astype(p.dtype), ema, params)

@@ -3,7 +3,9 @@
 A checkpoint is one flat mapping with the field names of every earlier version (``variables``,
 ``opt_state``, ``ema``, ``step``, ``epoch``, ``best_loss``, ``best_epoch``, ``lr_scale``,
 ``plateau_bad``, ``stop_bad``, ``elapsed``), so checkpoints written before ``TrainState`` existed
-load and resume unchanged.
+load and resume unchanged. A run stopped by ``max_time`` inside an epoch also saves ``batch`` (the
+batches of that epoch done) and ``partial`` (the epoch's metric sums so far), so it resumes at the
+next batch; fields a checkpoint lacks take their defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnpes.training.checkpoint import load_checkpoint, save_checkpoint
+from nnpes.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from nnpes.training.step import TrainState
 
 
@@ -33,6 +35,7 @@ class Progress:
     plateau_bad: int = 0
     stop_bad: int = 0
     elapsed: float = 0.0
+    batch: int = 0  # batches of epoch ``epoch`` already done (a stop inside an epoch)
 
     def update(self, valid_loss: float, tcfg) -> bool:
         """Account for one finished epoch with validation loss ``valid_loss``; lowers ``lr_scale``
@@ -49,7 +52,7 @@ class Progress:
         return False
 
 
-_INTS = ("epoch", "best_epoch", "plateau_bad", "stop_bad")
+_INTS = ("epoch", "best_epoch", "plateau_bad", "stop_bad", "batch")
 
 
 def _tree(state: TrainState, progress: Progress) -> dict:
@@ -61,17 +64,29 @@ def _tree(state: TrainState, progress: Progress) -> dict:
     return out
 
 
-def save_run(path: str | Path, state: TrainState, progress: Progress) -> None:
-    """Checkpoint ``state`` and ``progress`` atomically (``checkpoint.save_checkpoint``)."""
-    save_checkpoint(path, _tree(state, progress))
+def save_run(path: str | Path, state: TrainState, progress: Progress, partial: dict | None = None) -> None:
+    """Checkpoint ``state`` and ``progress`` atomically (``checkpoint.save_checkpoint``), with the
+    metric sums of a partly done epoch (``partial``, when ``progress.batch`` > 0)."""
+    tree = _tree(state, progress)
+    if partial is not None:
+        tree["partial"] = partial
+    save_checkpoint(path, tree)
 
 
 def load_run(path: str | Path, state: TrainState, progress: Progress | None = None) -> tuple[TrainState, Progress]:
     """Read a checkpoint written by ``save_run`` (or by the dict-state trainer before it) into the
     structure of the template ``state``; returns the restored (TrainState, Progress) on the device."""
-    raw = load_checkpoint(path, jax.device_get(_tree(state, progress or Progress())))
+    raw = read_checkpoint(path)
+    defaults = _tree(state, Progress())
+    raw = {**{k: v for k, v in defaults.items() if k not in ("variables", "opt_state", "ema", "step")}, **raw}
+    raw = load_checkpoint(path, jax.device_get(_tree(state, progress or Progress())), raw)
     dev = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
     restored = TrainState(variables=dev(raw["variables"]), opt_state=dev(raw["opt_state"]), ema=dev(raw["ema"]),
                           step=jnp.asarray(int(raw["step"]), jnp.int32))
     kw = {f.name: (int if f.name in _INTS else float)(raw[f.name]) for f in dataclasses.fields(Progress)}
     return restored, Progress(**kw)
+
+
+def partial_epoch(path: str | Path) -> dict | None:
+    """The metric sums of the partly done epoch saved in a checkpoint (``save_run(partial=)``), if any."""
+    return read_checkpoint(path).get("partial")

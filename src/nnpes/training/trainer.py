@@ -36,12 +36,13 @@ from nnpes.potential.card import ModelCard, TrainingData
 from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
-from nnpes.training.run_record import RunRecord, check_resume
-from nnpes.training.run_state import Progress, load_run, save_run
+from nnpes.training.run_record import RECORD, RunRecord, check_resume
+from nnpes.training.run_state import Progress, load_run, partial_epoch, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
 from nnpes.training.trackers import open_trackers
 
 LATEST, BEST = "latest.ckpt", "best.ckpt"
+clock = time.perf_counter  # the wall clock of max_time (a test may replace it)
 
 
 def make_loader(graphs, tcfg, batch_size: int, shuffle: bool, seed: int) -> GraphLoader:
@@ -120,6 +121,21 @@ class _Run:
     use_stress: bool
     log: Callable
     record: RunRecord
+    compiled: set = dataclasses.field(default_factory=set)  # (step, batch shape) seen in this process
+
+    def announce_compile(self, which: str, graph) -> None:
+        """Say so before a step meets a batch shape it has not been compiled for (a compile takes
+        seconds to minutes, and a progress bar's estimate would be wrong meanwhile)."""
+        shape = (which, tuple(np.shape(graph.n_node)), tuple(np.shape(graph.senders)))
+        if shape in self.compiled:
+            return
+        self.compiled.add(shape)
+        loader = self.train_loader if which == "train" else self.valid_loader
+        total = len(getattr(loader, "shapes", ()) or ())
+        n = sum(1 for s in self.compiled if s[0] == which)
+        of = f" {n} of {total}" if total else ""
+        self.log(f"compiling the {which} step for batch shape{of} ({int(np.sum(graph.n_node))} nodes, "
+                 f"{int(np.size(graph.senders))} edges)…")
 
 
 @dataclass
@@ -177,7 +193,7 @@ def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
     log(f"setup {time.perf_counter() - t0:.1f} s; {steps_per_epoch} steps/epoch; model {cfg.model.name} "
         f"({pot.n_parameters} parameters), dtype {cfg.model.dtype}")
     return _Run(cfg, run_dir, pot, splits, train_loader, valid_loader, steps_per_epoch, put,
-                make_optimizer(tcfg, steps_per_epoch), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record)
+                make_optimizer(tcfg, steps_per_epoch, pot.params["params"]), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record)
 
 
 def uses_stress(tcfg, graphs) -> bool:
@@ -196,13 +212,18 @@ def _initial_state(run: _Run, resuming: bool) -> tuple[TrainState, Progress]:
     return state, progress
 
 
-def train(config, run_dir: str | Path | None = None, *, resume: bool = False, overrides=None,
+def train(config, run_dir: str | Path | None = None, *, resume: bool | str = False, overrides=None,
           quiet: bool = False) -> dict:
     """Train from ``config`` (YAML path, dict or ``Config``) into ``run_dir`` (default
-    ``output.run_dir``). Returns a summary dict (stop reason, best validation loss, test metrics,
+    ``output.run_dir``). ``resume``: True continues the run there (an error if there is none, or if
+    config or data differ: ``run_record``); ``"auto"`` resumes if there is a run, else starts one.
+    Returns a summary dict (stop reason, best validation loss, test metrics,
     number of compiles, path of the saved model)."""
     cfg: Config = config if isinstance(config, Config) else load_config(config, overrides)
     tcfg = cfg.training
+    if resume == "auto":  # resume a run that is there, else start one (notebooks re-run top to bottom)
+        where = Path(run_dir or cfg.output.run_dir)
+        resume = (where / LATEST).exists() or (where / RECORD).exists()
     if tcfg.devices != 1:  # a multi-process run must join before JAX touches a device
         parallel.maybe_initialize_distributed()
     run_dir, log, record = _open_run_dir(cfg, run_dir, resume, quiet)
@@ -223,21 +244,37 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool = False, ov
 
 
 def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: Progress, trackers):
-    """Epochs until a stop criterion; ``progress`` is updated in place. Returns (state, stop reason)."""
+    """Epochs until a stop criterion; ``progress`` is updated in place. Returns (state, stop reason).
+
+    ``training.max_time`` bounds the wall time of the epochs (steps, their compilation, validation,
+    checkpoints; not the setup before them nor the final test evaluation), summed over resumes. It
+    is checked after every step: a stop inside an epoch saves ``latest`` with the batches done, and
+    ``--resume`` goes on from the next batch exactly."""
     tcfg, run_dir = run.cfg.training, run.run_dir
-    stop_reason = "max_epochs"
-    wall0 = time.perf_counter() - progress.elapsed
+    wall0 = clock() - progress.elapsed
+    deadline = None if tcfg.max_time is None else wall0 + tcfg.max_time
+    partial = partial_epoch(run_dir / LATEST) if progress.batch else None
     while progress.epoch < tcfg.max_epochs:
-        if tcfg.max_time is not None and progress.elapsed >= tcfg.max_time:
-            stop_reason = "max_time"
-            break
+        if deadline is not None and clock() >= deadline:
+            return state, "max_time"
         epoch = progress.epoch
         weights = {k: jnp.asarray(v, run.pot.dtype) for k, v in loss_weights(tcfg, epoch).items()}
         lr_scale = jnp.asarray(progress.lr_scale * stage_lr_factor(tcfg, epoch), run.pot.dtype)
-        state, train_m, lr = _train_epoch(run, train_step, state, weights, lr_scale, epoch)
+        state, sums, lr, done = _train_epoch(run, train_step, state, weights, lr_scale, epoch, start=progress.batch,
+                                             sums=EpochSums.from_tree(partial), deadline=deadline)
+        partial = None
+        progress.elapsed = clock() - wall0
+        if done < run.steps_per_epoch:  # max_time inside the epoch
+            progress.batch = done
+            save_run(run_dir / LATEST, state, progress, partial=sums.to_tree())
+            run.log(f"max_time reached in epoch {epoch} after {done} of {run.steps_per_epoch} batches; "
+                    "saved, --resume goes on from the next batch")
+            return state, "max_time"
+        progress.batch = 0
+        train_m = sums.reduce()
         valid_m = _validate(run, eval_step, state, weights) if run.valid_loader is not None else dict(train_m)
         improved = progress.update(valid_m["loss"], tcfg)
-        progress.elapsed = time.perf_counter() - wall0
+        progress.elapsed = clock() - wall0
         # The epoch's metrics row first, then best, then latest: a kill before latest is saved
         # leaves latest at the previous epoch, which resumes, drops the rows written since (CSVLog)
         # and redoes this epoch identically; a kill after it loses nothing.
@@ -246,12 +283,8 @@ def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: P
             save_run(run_dir / BEST, state, progress)
         save_run(run_dir / LATEST, state, progress)
         if tcfg.early_stopping_patience is not None and progress.stop_bad >= tcfg.early_stopping_patience:
-            stop_reason = "early_stopping"
-            break
-        if tcfg.max_time is not None and progress.elapsed >= tcfg.max_time:
-            stop_reason = "max_time"
-            break
-    return state, stop_reason
+            return state, "early_stopping"
+    return state, "max_epochs"
 
 
 def _epochs_done(n: int) -> str:
@@ -289,8 +322,11 @@ def _compiled_steps(run: _Run, compiles: _Compiles):
     return compile_steps(train_step, eval_step, mesh=run.mesh, precision=tcfg.matmul_precision)
 
 
-def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, epoch: int):
-    """One pass over the training batches; returns (state, epoch metrics, last learning rate)."""
+def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, epoch: int, *, start: int = 0,
+                 sums: EpochSums | None = None, deadline: float | None = None):
+    """The training batches of ``epoch`` from batch ``start`` on (``sums``: those before it), until
+    the end or the first step that ends at or after ``deadline`` (``clock()`` time). Returns (state,
+    sums, last learning rate, batches of the epoch done)."""
     run.train_loader.set_epoch(epoch)
     batches = iter(run.train_loader)
     progress = sys.stderr.isatty() if run.cfg.training.progress is None else run.cfg.training.progress
@@ -298,22 +334,28 @@ def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, ep
     if progress:
         from tqdm import tqdm
 
-        batches = bar = tqdm(batches, total=run.steps_per_epoch, desc=f"epoch {epoch}", leave=False)
-    sums, lr = EpochSums(), math.nan
-    for graph in batches:
+        batches = bar = tqdm(batches, total=run.steps_per_epoch, initial=start, desc=f"epoch {epoch}", leave=False)
+    sums, lr, done = sums or EpochSums(), math.nan, start
+    for i, graph in enumerate(batches):
+        if i < start:  # done before a stop inside this epoch: the order is the same, skip them
+            continue
+        run.announce_compile("train", graph)
         state, m = train_step(state, run.put(graph), weights, lr_scale)
-        loss, lr = sums.add(m, _n_real(graph)), m.lr
+        loss, lr, done = sums.add(m, _n_real(graph)), m.lr, i + 1
         if not math.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr")
+        if deadline is not None and done < run.steps_per_epoch and clock() >= deadline:
+            break
     if bar is not None:
         bar.close()
-    return state, sums.reduce(), float(lr)
+    return state, sums, float(lr), done
 
 
 def _validate(run: _Run, eval_step, state: TrainState, weights) -> dict:
     """Validation metrics with the EMA parameters."""
     sums = EpochSums()
     for graph in run.valid_loader:
+        run.announce_compile("eval", graph)
         sums.add(eval_step(state, run.put(graph), weights), _n_real(graph))
     return sums.reduce()
 
