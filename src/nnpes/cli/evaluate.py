@@ -1,4 +1,5 @@
-"""``nnpes evaluate RUN_OR_MODEL DATA [--out metrics.json] [--plot parity.png]``."""
+"""``nnpes evaluate RUN_OR_MODEL DATA [--out metrics.json] [--plot parity.png]``; a committee (the
+directory ``Ensemble.save`` writes, or a ``--committee`` run) also reports its uncertainty."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="errors of a trained model on labelled data",
-                              description="Energy/force/stress errors (meV) of a model on a labelled file.")
-    p.add_argument("model", help="a run directory (uses RUN/model) or a saved model directory")
+                              description="Energy/force/stress errors (meV) of a model on a labelled file; for a "
+                                          "committee, the errors of its mean and its calibrated uncertainty.")
+    p.add_argument("model", help="a run directory (uses RUN/model, or RUN/committee of a --committee run), a saved "
+                                 "model directory or a saved committee directory")
     p.add_argument("data", help="labelled structures (any format nnpes.data.read_structures reads)")
     p.add_argument("--energy-unit", default="eV", help="unit of energies in DATA (e.g. kcal/mol for rMD17)")
     p.add_argument("--index", default=":", help="frames to use, ase syntax (default ':')")
@@ -26,12 +29,24 @@ def model_dir(path: str) -> Path:
     return p
 
 
+def committee_dir(path: str) -> Path | None:
+    """The saved committee at ``path`` or in the run directory ``path/committee``, else None."""
+    from nnpes.active.ensemble import META_FILE
+
+    for p in (Path(path), Path(path) / "committee"):
+        if (p / META_FILE).is_file():
+            return p
+    return None
+
+
 def run(args) -> int:
+    from nnpes.active.ensemble import load_ensemble
     from nnpes.data import read_structures
     from nnpes.potential import load_potential
     from nnpes.training.evaluate import evaluate, format_metrics
 
-    pot = load_potential(model_dir(args.model))
+    committee = committee_dir(args.model)
+    pot = load_ensemble(committee) if committee is not None else load_potential(model_dir(args.model))
     atoms = read_structures(args.data, index=args.index, energy_unit=args.energy_unit)
     m = evaluate(pot, atoms, out=args.out, plot=args.plot, title=Path(args.data).name)
     print(format_metrics(m))

@@ -39,6 +39,7 @@ class DataConfig:
     train_indices: str | None = doc("index file (one integer per line) choosing the train frames; overrides the split", default=None)
     valid_indices: str | None = doc("index file for the validation frames", default=None)
     test_indices: str | None = doc("index file for the test frames", default=None)
+    bootstrap_seed: int | None = doc("resample the train split with replacement (as many draws as frames) by this seed; valid and test untouched, normalisation from the whole train split (committee_mode: bootstrap sets it per member)", default=None)
 
     def validate(self, path="data"):
         if not self.train:
@@ -116,10 +117,15 @@ class TrainingConfig:
     # devices (nnpes.training.parallel)
     devices: int | Literal["all"] = doc("data-parallel devices: 1 = plain single-device step; N or 'all' = batch split over a mesh", default=1)
     matmul_precision: Literal["default", "high", "highest"] = doc("jax.default_matmul_precision of the steps; 'highest' = full float32 on GPUs (default there: TF32)", default="default")
+    # committee (nnpes.training.committee)
+    committee: int = doc("K >= 2: train K members into RUN/members/k (seed + k), then a calibrated committee in RUN/committee; 1: one model", default=1)
+    committee_mode: Literal["seeds", "bootstrap"] = doc("how members differ: seeds (init and data order) or bootstrap (also a resampled train split each)", default="seeds")
 
     def validate(self, path="training"):
         if self.batch_size < 1:
             raise ConfigError(f"{path}.batch_size must be >= 1, got {self.batch_size}")
+        if self.committee < 1:
+            raise ConfigError(f"{path}.committee must be >= 1 (2 or more for a committee), got {self.committee}")
         if self.devices != "all" and self.devices < 1:
             raise ConfigError(f"{path}.devices must be >= 1 or 'all', got {self.devices}")
         if self.max_epochs < 0:

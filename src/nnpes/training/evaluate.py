@@ -136,15 +136,76 @@ def parity_plot(cmp: dict, path: str | Path, title: str = "") -> Path:
     return path
 
 
+def _spearman(x, y) -> float | None:
+    """Spearman rank correlation, None where undefined (fewer than 3 points, or a constant input)."""
+    if len(x) < 3:
+        return None
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: nan, reported as None
+        rho = float(spearmanr(x, y).statistic)
+    return rho if np.isfinite(rho) else None
+
+
+def uncertainty_metrics(atoms_list: Sequence[Atoms], preds: Sequence[dict], std_scale: float = 1.0) -> dict:
+    """A committee's uncertainty next to its errors, from ``Ensemble.predict`` output (standard
+    deviations already multiplied by ``std_scale``); DeePMD ``dp model-devi``'s measures plus a check
+    of their calibration against the labels. meV units.
+
+    σ_i is atom i's force standard deviation over the members (the norm of the 3-vector spread,
+    DeePMD's devi_f); |ΔF_i| the committee-mean force error. Calibrated σ means RMS(|ΔF|/σ) ≈ 1, and,
+    for Gaussian errors, about 68 % (95 %) of force components within σ/√3 (2σ/√3) of the label."""
+    f_std = np.concatenate([p["force_std"] for p in preds])
+    out = {
+        "committee_size": int(np.shape(preds[0]["member_energy"])[0]),
+        "std_scale": float(std_scale),
+        "mean_force_std_meV_per_A": 1e3 * float(np.mean(f_std)) if f_std.size else None,
+        "mean_max_force_std_meV_per_A": 1e3 * float(np.mean([p["max_force_std"] for p in preds])),
+        "mean_energy_std_meV_per_atom": 1e3 * float(np.mean([p["energy_std_per_atom"] for p in preds])),
+    }
+    sigma, err, comp, max_sigma, max_err = [], [], [], [], []
+    for atoms, p in zip(atoms_list, preds):
+        _, f, _ = reference_labels(atoms)
+        if f is None or not len(atoms):
+            continue
+        diff = np.asarray(p["forces"], np.float64) - np.asarray(f, np.float64)
+        sigma.append(np.asarray(p["force_std"], np.float64))
+        err.append(np.linalg.norm(diff, axis=-1))
+        comp.append(np.abs(diff))
+        max_sigma.append(float(np.max(sigma[-1])))
+        max_err.append(float(np.max(err[-1])))
+    if not sigma:
+        return out
+    sigma, err, comp = np.concatenate(sigma), np.concatenate(err), np.concatenate(comp)
+    comp_sigma = np.broadcast_to(sigma[:, None] / np.sqrt(3.0), comp.shape)  # per-component σ
+    ok = sigma > 0
+    out.update({
+        "force_components_within_1std": float(np.mean(comp < comp_sigma)),
+        "force_components_within_2std": float(np.mean(comp < 2.0 * comp_sigma)),
+        "rms_force_error_over_std": float(np.sqrt(np.mean((err[ok] / sigma[ok]) ** 2))) if ok.any() else None,
+        "spearman_max_force_std_vs_max_force_error": _spearman(max_sigma, max_err),
+        "n_structures_with_forces": len(max_sigma),
+    })
+    return out
+
+
 def evaluate(potential, atoms_list: Sequence[Atoms], *, out: str | Path | None = None,
              plot: str | Path | None = None, title: str = "") -> dict:
-    """Errors of ``potential`` on labelled ``atoms_list``; optionally write JSON and a parity PNG."""
+    """Errors of ``potential`` on labelled ``atoms_list``; optionally write JSON and a parity PNG.
+    For a committee (an ``Ensemble``) the errors are the committee mean's, and ``uncertainty``
+    (``uncertainty_metrics``) holds its calibrated uncertainty."""
     if not atoms_list:
         raise ValueError("evaluate: no structures given")
-    cmp = predict_and_compare(potential, atoms_list)
+    preds = potential.predict(list(atoms_list))
+    cmp = predict_and_compare(potential, atoms_list, preds)
     if cmp["e_ref"].size == 0 and cmp["f_ref"].size == 0:
         raise ValueError("evaluate: the structures carry neither energy nor force labels")
     metrics = error_metrics(cmp)
+    if "force_std" in preds[0]:
+        metrics["uncertainty"] = uncertainty_metrics(atoms_list, preds, getattr(potential, "std_scale", 1.0))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(metrics, indent=2))
@@ -168,4 +229,25 @@ def format_metrics(m: dict) -> str:
         fmt(f"  forces on {s}", v, "meV/Å")
     fmt("stress", m.get("stress_meV_per_A3"), "meV/Å³")
     fmt("stress", m.get("stress_meV_per_A3"), "GPa", 1e-3 * EV_PER_A3_IN_GPA)
+    if m.get("uncertainty"):
+        lines.extend(format_uncertainty(m["uncertainty"]))
     return "\n".join(lines)
+
+
+def format_uncertainty(u: dict) -> list[str]:
+    """The lines of ``format_metrics`` for a committee's ``uncertainty``."""
+    num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    lines = [f"committee of {u['committee_size']} members, uncertainty (standard deviations × std_scale "
+             f"{u['std_scale']:.3g}):",
+             f"{'  force std / atom':<22} mean {num(u['mean_force_std_meV_per_A'], '9.3f')}  "
+             f"max per structure (mean) {u['mean_max_force_std_meV_per_A']:.3f}  meV/Å",
+             f"{'  energy std':<22} mean {u['mean_energy_std_meV_per_atom']:9.3f}  meV/atom"]
+    if "force_components_within_1std" in u:
+        lines += [
+            f"{'  calibration':<22} force components within 1σ {100 * u['force_components_within_1std']:.1f} %, "
+            f"2σ {100 * u['force_components_within_2std']:.1f} % (Gaussian: 68.3 %, 95.4 %); "
+            f"RMS(|ΔF|/σ) {num(u['rms_force_error_over_std'], '.3f')} (1 if calibrated)",
+            f"{'  ranking':<22} Spearman(max force std, max |ΔF|) over "
+            f"{u['n_structures_with_forces']} structures: {num(u['spearman_max_force_std_vs_max_force_error'], '.3f')}",
+        ]
+    return lines

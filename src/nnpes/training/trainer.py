@@ -32,7 +32,9 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.files import atomic_write_text
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
+from nnpes.potential import energy_forces_stress
 from nnpes.potential.card import ModelCard, TrainingData
+from nnpes.potential.compiled import model_key
 from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
@@ -43,6 +45,8 @@ from nnpes.training.trackers import open_trackers
 
 LATEST, BEST = "latest.ckpt", "best.ckpt"
 clock = time.perf_counter  # the wall clock of max_time (a test may replace it)
+RESULT = "result.yaml"  # the summary ``train`` returns, written last
+MEMBERS = "members"  # a committee run's member runs (nnpes.training.committee)
 
 
 def make_loader(graphs, tcfg, batch_size: int, shuffle: bool, seed: int) -> GraphLoader:
@@ -149,13 +153,15 @@ class _Compiles:
         setattr(self, which, getattr(self, which) + 1)
 
 
-def _open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
+def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
     """Check that ``run_dir`` may take this run (``run_record``), then record the run's config and
-    data there. Nothing in the directory is written before the checks pass."""
+    data there. Nothing in the directory is written before the checks pass. Returns (run_dir, log,
+    record). A run is there when it holds a checkpoint or a committee's ``members/``."""
     run_dir = Path(run_dir or cfg.output.run_dir)
-    has_checkpoint = (run_dir / LATEST).exists()
+    held = [name for name in (LATEST, MEMBERS) if (run_dir / name).exists()]
+    has_checkpoint = bool(held)
     if not resume and has_checkpoint:
-        raise FileExistsError(f"{run_dir} already holds a run ({LATEST}); pass --resume or choose another --run-dir")
+        raise FileExistsError(f"{run_dir} already holds a run ({held[0]}); pass --resume or choose another --run-dir")
     record = RunRecord.of(cfg)
     if resume:
         check_resume(run_dir, record, has_checkpoint)
@@ -177,6 +183,8 @@ def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
     train_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
     valid_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["valid"]]
     pot = build_potential(cfg.model, seed=tcfg.seed, dataset=splits["train"], graphs=train_graphs)
+    if cfg.data.bootstrap_seed is not None:  # after the statistics: every bootstrap member shares them
+        train_graphs = bootstrap_train(train_graphs, cfg.data.bootstrap_seed, log)
     vbs = tcfg.valid_batch_size or tcfg.batch_size
     train_loader = make_loader(train_graphs, tcfg, tcfg.batch_size, True, tcfg.seed)
     valid_loader = make_loader(valid_graphs, tcfg, vbs, False, 0) if valid_graphs else None
@@ -196,6 +204,17 @@ def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
                 make_optimizer(tcfg, steps_per_epoch, pot.params["params"]), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record)
 
 
+def bootstrap_train(graphs: list, seed: int, log) -> list:
+    """The train graphs resampled with replacement (``data.bootstrap_seed``); only ever the train
+    split, so no validation or test structure can enter."""
+    from nnpes.data import bootstrap_indices
+
+    idx = bootstrap_indices(len(graphs), seed)
+    log(f"bootstrap (data.bootstrap_seed {seed}): {len(idx)} draws from the {len(graphs)} train structures, "
+        f"{len(np.unique(idx))} distinct")
+    return [graphs[int(i)] for i in idx]
+
+
 def uses_stress(tcfg, graphs) -> bool:
     """Whether the steps compute stress: some structure has stress labels and some stage weights it."""
     has_stress = any(float(g.globals["has_stress"][0]) > 0 for g in graphs)
@@ -213,24 +232,31 @@ def _initial_state(run: _Run, resuming: bool) -> tuple[TrainState, Progress]:
 
 
 def train(config, run_dir: str | Path | None = None, *, resume: bool | str = False, overrides=None,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, step_cache: dict | None = None) -> dict:
     """Train from ``config`` (YAML path, dict or ``Config``) into ``run_dir`` (default
     ``output.run_dir``). ``resume``: True continues the run there (an error if there is none, or if
     config or data differ: ``run_record``); ``"auto"`` resumes if there is a run, else starts one.
-    Returns a summary dict (stop reason, best validation loss, test metrics,
-    number of compiles, path of the saved model)."""
+    Returns a summary dict (stop reason, best validation loss, test metrics, number of compiles,
+    path of the saved model). With ``training.committee`` K >= 2 it trains a committee instead
+    (``nnpes.training.committee.train_committee``). ``step_cache``: a dict that runs in this process
+    share their compiled steps through (they compile once per model, data size and training
+    settings other than the seed)."""
     cfg: Config = config if isinstance(config, Config) else load_config(config, overrides)
     tcfg = cfg.training
     if resume == "auto":  # resume a run that is there, else start one (notebooks re-run top to bottom)
         where = Path(run_dir or cfg.output.run_dir)
-        resume = (where / LATEST).exists() or (where / RECORD).exists()
+        resume = any((where / x).exists() for x in (LATEST, RECORD, MEMBERS))
+    if tcfg.committee > 1:
+        from nnpes.training.committee import train_committee
+
+        return train_committee(cfg, run_dir, resume=resume, quiet=quiet)
     if tcfg.devices != 1:  # a multi-process run must join before JAX touches a device
         parallel.maybe_initialize_distributed()
-    run_dir, log, record = _open_run_dir(cfg, run_dir, resume, quiet)
+    run_dir, log, record = open_run_dir(cfg, run_dir, resume, quiet)
     run = _setup(cfg, run_dir, log, record)
     state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
     compiles = _Compiles()
-    train_step, eval_step = _compiled_steps(run, compiles)
+    train_step, eval_step = _compiled_steps(run, compiles, step_cache)
     trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
     _explain_log(run)
     try:
@@ -241,6 +267,20 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool | str = Fal
     log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
         f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
     return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+
+
+def finished_run(run_dir, tcfg) -> dict | None:
+    """The summary (``result.yaml``) of the run in ``run_dir`` when it has ended and ``tcfg``'s stop
+    criteria would not continue it (a resume with a larger ``max_epochs`` or ``max_time`` would);
+    None otherwise."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULT).is_file() or not (run_dir / "model").is_dir():
+        return None
+    r = yaml.safe_load((run_dir / RESULT).read_text()) or {}
+    done = (r.get("epochs", 0) >= tcfg.max_epochs
+            or (tcfg.max_time is not None and r.get("elapsed_s", 0.0) >= tcfg.max_time)
+            or (r.get("stop_reason") == "early_stopping" and tcfg.early_stopping_patience is not None))
+    return r if done else None
 
 
 def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: Progress, trackers):
@@ -311,15 +351,41 @@ def _explain_log(run: _Run) -> None:
             "metrics.csv has train and valid MAE and RMSE and each loss term")
 
 
-def _compiled_steps(run: _Run, compiles: _Compiles):
-    """The jitted train and eval steps of this run (``step.make_train_step``)."""
-    tcfg = run.cfg.training
-    stress = run.use_stress
-    train_step, eval_step = make_train_step(
-        lambda v, g: run.pot.energy_forces_stress(v, g, compute_stress=stress), run.tx, LossOptions.of(tcfg),
-        schedule=lr_schedule(tcfg, run.steps_per_epoch), ema_decay=0.0 if tcfg.ema_decay is None else tcfg.ema_decay,
-        mesh=run.mesh, on_trace=compiles)
-    return compile_steps(train_step, eval_step, mesh=run.mesh, precision=tcfg.matmul_precision)
+class _TraceSink:
+    """``on_trace`` of shared steps: counts each compile into the ``_Compiles`` of the run using them."""
+
+    target: _Compiles | None = None
+
+    def __call__(self, which: str) -> None:
+        if self.target is not None:
+            self.target(which)
+
+
+def _compiled_steps(run: _Run, compiles: _Compiles, step_cache: dict | None = None):
+    """The jitted train and eval steps of this run (``step.make_train_step``). With ``step_cache``
+    (a committee's members share one) a run of the same model, data size and training settings but
+    another seed reuses the steps an earlier run compiled."""
+    tcfg, stress, mesh = run.cfg.training, run.use_stress, run.mesh
+    module, table, tx = run.pot.module, run.pot.table, run.tx
+
+    def make():
+        sink = _TraceSink()
+        train_step, eval_step = make_train_step(
+            lambda v, g: energy_forces_stress(module, table, v, g, stress), tx, LossOptions.of(tcfg),
+            schedule=lr_schedule(tcfg, run.steps_per_epoch), ema_decay=0.0 if tcfg.ema_decay is None else tcfg.ema_decay,
+            mesh=mesh, on_trace=sink)
+        return sink, compile_steps(train_step, eval_step, mesh=mesh, precision=tcfg.matmul_precision)
+
+    if step_cache is None or mesh is not None:
+        sink, steps = make()
+    else:  # everything the steps close over, bar the seed (it only sets the initial parameters and data order)
+        key = (model_key(module, run.cfg.model.elements), run.cfg.model.dtype, run.steps_per_epoch, stress,
+               repr(dataclasses.replace(tcfg, seed=0)))
+        if key not in step_cache:
+            step_cache[key] = make()
+        sink, steps = step_cache[key]
+    sink.target = compiles
+    return steps
 
 
 def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, epoch: int, *, start: int = 0,
@@ -406,5 +472,5 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
         card.test_split, card.test_metrics = name, m
         card.save(model_dir)
         log(f"{name} set ({len(test)} structures):\n" + format_metrics(m))
-    (run_dir / "result.yaml").write_text(yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
+    atomic_write_text(run_dir / RESULT, yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
     return result
