@@ -32,8 +32,26 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     assert first["dir"] == str(cache) and first["hits"] == 0 and any(cache.iterdir())
     second = json.loads(_run(str(cache), "-c", SCRIPT).stdout.splitlines()[-1])
     assert second["hits"] >= 1
-    off = json.loads(_run("off", "-c", SCRIPT).stdout.splitlines()[-1])
-    assert off["dir"] is None and off["hits"] == 0
+
+
+def test_off_leaves_the_cache_off_and_a_users_own_directory_is_kept(tmp_path, monkeypatch):
+    import jax
+
+    from nnpes import compile_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("NNPES_COMPILE_CACHE", "off")
+        assert compile_cache.enable() is None and jax.config.jax_compilation_cache_dir is None
+        monkeypatch.delenv("NNPES_COMPILE_CACHE")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        assert compile_cache.enable() == tmp_path / "nnpes" / "jax" / compile_cache.cpu_tag()
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        assert compile_cache.enable() == tmp_path / "mine"  # set by the user: kept
+        assert compile_cache.enable("off") is None and jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 def test_cli_options_set_the_cache_and_refuse_a_missing_device(tmp_path):

@@ -69,10 +69,6 @@ def test_coupling_is_cached_and_reduces_a_vector_square_to_its_norm():
 # ---- the physics battery and the configuration -----------------------------------------------
 
 
-def test_physics_battery_in_float64():
-    assert testing.run_battery("mace", hparams=SMALL) == ["symmetry", "derivatives", "locality", "padding", "no_recompile"]
-
-
 def test_template_comments_every_mace_key():
     text = template("mace", ["H", "C"])
     model = yaml.safe_load(text)["model"]
