@@ -4,7 +4,8 @@ EMT copper (ase.calculators.emt, energies, forces and stress). "Old" data: rattl
 fcc bulk cells; "new" data: a 4-layer (111) slab with an adatom, rattled, which the old model has
 never seen (surfaces). A NequIP (2 layers, 16 channels, r_c 4 Å, float32) is trained on the old set;
 then, from its weights, fine-tuned on the new set (`nnpes train --init-from`, lr a tenth), with and
-without `training.freeze: [embedding, layer_0]`; for reference a model trained on the new set from
+without `training.freeze: [embedding, layer_0]` or `[e0, offset, scale]`, and with the old training
+data replayed next to the new (`data.train: [new, old]`); for reference a model trained on the new set from
 scratch with the same budget. Each train split: 60 old / 40 new frames, tests: 40 each.
 
     taskset -c 0 python benchmarks/fine_tune.py --minutes 4
@@ -76,12 +77,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="benchmarks/out/fine_tune")
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget of each run (max_time)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only the models whose name contains one of these "
+                    "(the data and, for fine-tuning, the base run must be in --work already)")
     args = ap.parse_args()
     from nnpes.training import train
 
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.only:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     sets = {"old_train": old_frames(60, 0), "old_test": old_frames(40, 1),
             "new_train": new_frames(40, 2), "new_test": new_frames(40, 3)}
     for name, frames in sets.items():
@@ -96,14 +100,24 @@ def main():
         "from scratch (new data)": config(work / "new_train.extxyz", work / "new_test.extxyz", work / "scratch",
                                           args.minutes, 5e-3),
     }
-    for name in ("fine-tuned (new data, lr/10)", "fine-tuned, frozen embedding + layer_0"):
+    runs["fine-tuned, frozen e0/offset/scale"] = config(work / "new_train.extxyz", work / "new_test.extxyz",
+                                                       work / "ft_frozen_energy", args.minutes, 5e-4,
+                                                       freeze=["e0", "offset", "scale"])
+    replay = config(work / "new_train.extxyz", work / "new_test.extxyz", work / "ft_replay", args.minutes, 5e-4)
+    replay["data"]["train"] = [str(work / "new_train.extxyz"), str(work / "old_train.extxyz")]
+    runs["fine-tuned on new + old data (replay)"] = replay
+    for name in [n for n in runs if n.startswith("fine-tuned")]:
         runs[name]["model"] = {**MODEL, "init_from": str(work / "base")}
+    if args.only:
+        runs = {k: v for k, v in runs.items() if any(o in k for o in args.only)}
     table = {}
     for name, cfg in runs.items():
         result = train(cfg, quiet=True)
         table[name] = {"epochs": result["epochs"],
                        "old": errors(result["model"], sets["old_test"]), "new": errors(result["model"], sets["new_test"])}
         print(name, json.dumps(table[name]), flush=True)
+    old = json.loads((work / "results.json").read_text()) if args.only and (work / "results.json").exists() else {}
+    table = {**old, **table}
     (work / "results.json").write_text(json.dumps(table, indent=1))
     print("\n| model | epochs | old test E (meV/atom) | old test F (meV/Å) | new test E (meV/atom) | new test F (meV/Å) |")
     print("|---|---|---|---|---|---|")
