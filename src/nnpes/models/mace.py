@@ -3,13 +3,14 @@
 Node features h (C channels of each hidden irrep, natural parity 0e + 1o + 2e + ...); one layer:
 
     A_i = Linear( 1/avg_num_neighbors Σ_j R(r_ij) ⊙ [Linear(h_j) ⊗ Y(r̂_ij)] )   one-particle basis,
-          C channels of each of Y's irreps 0e + 1o + ... + max_ell
+          C channels of each of Y's irreps 0e + 1o + ... + max_ell; on the first layer followed by
+          a per-element linear Linear_{Z_i} (mace-torch's first-layer skip_tp)
     R(r) = MLP_silu(Bessel(r) · u(r))      u: polynomial envelope, no biases: R vanishes at r_cut
     B_i = SymmetricContraction_ν≤correlation(A_i; W_{Z_i})                   product basis (mace_ops)
     h_i ← Linear(B_i) + SelfConnection(h_i, Z_i)                            (no residual on layer 1)
 
-Species enter as a one-hot embedding (linear → C scalars), through the per-element contraction
-weights and the per-element self-connection. Readouts: a linear of the scalars after every layer
+Species enter as a one-hot embedding (linear → C scalars), through the first layer's per-element
+mix of A, the per-element contraction weights and the per-element self-connection. Readouts: a linear of the scalars after every layer
 but the last, a small MLP (``mlp_irreps``) after the last; their sum is E_i. The last layer
 computes only the scalars the readout needs. Full E(3) symmetry (rotations and reflections).
 """
@@ -119,6 +120,9 @@ class Interaction(nn.Module):
         msg = msg * w
         a = jax.ops.segment_sum(msg.array, receivers, n_node, indices_are_sorted=True) / self.avg_num_neighbors
         a = e3nn.flax.Linear(c * sh.irreps, force_irreps_out=True, name="linear_a")(e3nn.IrrepsArray(msg.irreps, a))
+        if not self.residual:  # the first layer mixes A's channels per element (MACE's skip_tp there)
+            a = e3nn.flax.Linear(a.irreps, num_indexed_weights=self.num_species, force_irreps_out=True,
+                                 name="species_mix")(species, a)
         b = self._product_basis(a.mul_to_axis(c).array, species)  # (N, C, D)
         target = e3nn.Irreps(self.target)
         b = e3nn.IrrepsArray(self._single(target), b).axis_to_mul()
