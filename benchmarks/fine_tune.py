@@ -112,6 +112,7 @@ def main():
         runs = {k: v for k, v in runs.items() if any(o in k for o in args.only)}
     table = {}
     for name, cfg in runs.items():
+        shutil.rmtree(cfg["output"]["run_dir"], ignore_errors=True)  # --only: a run of an earlier call
         result = train(cfg, quiet=True)
         table[name] = {"epochs": result["epochs"],
                        "old": errors(result["model"], sets["old_test"]), "new": errors(result["model"], sets["new_test"])}
