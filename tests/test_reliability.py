@@ -1,0 +1,119 @@
+"""Issue 14, runs that cannot corrupt each other: the run directory lock (a second ``nnpes train``
+/ ``nnpes active-learn`` fails at once; a lock left by a ``kill -9``'d process does not block). The
+other process holding a lock is a tiny script that says when it holds it, so no test depends on
+timing. Tiny model and EMT copper of ``test_training``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_training import _config, data_dir  # noqa: F401  (registers "_tiny_mlp"; data_dir is a fixture)
+
+# The holder loads nnpes/lock.py alone (it imports nothing of nnpes), so it starts in a blink.
+HOLD = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('lock', sys.argv[1]); "
+        "m = sys.modules['lock'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "lock = m.lock_run_dir(sys.argv[2]); print('locked', flush=True); sys.stdin.read()")
+
+
+@contextmanager
+def held_by_another_process(run_dir):
+    """A child process that holds ``run_dir``'s lock until it is killed or the block ends."""
+    from nnpes import lock
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, lock.__file__, str(run_dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"locked\n"  # it holds the lock from here on
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _in_use(run_dir, pid) -> str:
+    """The error's text up to the start time, as a regex."""
+    return rf"run directory {run_dir} is in use by pid {pid} on {socket.gethostname()} \(started at "
+
+
+def _write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---- item 1: two runs in one directory -----------------------------------------------------
+
+
+def test_a_second_run_on_a_run_directory_in_use_fails_at_once_and_a_killed_holder_does_not_block(
+        data_dir, tmp_path, capsys):  # noqa: F811
+    from nnpes.active.loop import ActiveLearning
+    from nnpes.cli.main import main
+    from nnpes.lock import RunDirInUse
+    from nnpes.training import train
+    from test_active import loop_config
+
+    run_dir = tmp_path / "run"
+    cfg = _config(data_dir)
+    cfg["output"]["plots"] = False
+    train_yaml = _write_config(cfg, tmp_path / "train.yaml")
+    al_yaml = _write_config(loop_config(tmp_path), tmp_path / "al.yaml")
+    with held_by_another_process(run_dir) as holder:
+        message = _in_use(run_dir, holder.pid)
+        with pytest.raises(RunDirInUse, match=message + r".*\); wait for it or choose another --run-dir$"):
+            train(cfg, run_dir, quiet=True)
+        with pytest.raises(RunDirInUse, match=message):  # a committee locks its own directory
+            train({**cfg, "training": {**cfg["training"], "committee": 2}}, run_dir, quiet=True)
+        with pytest.raises(RunDirInUse, match=message):
+            ActiveLearning(loop_config(tmp_path), run_dir, log=None)
+        capsys.readouterr()
+        for argv in (["train", str(train_yaml), "--run-dir", str(run_dir)],
+                     ["train", str(train_yaml), "--run-dir", str(run_dir), "--resume"],
+                     ["active-learn", str(al_yaml), "--run-dir", str(run_dir)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"in use by pid {holder.pid}" in err, err
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]  # nothing was checked or written
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock: the OS drops it
+        holder.wait()
+        assert json.loads((run_dir / ".lock").read_text())["pid"] == holder.pid  # the record stays behind
+    result = train({**cfg, "training": {**cfg["training"], "max_epochs": 0}}, run_dir, quiet=True)  # ... and does not block
+    assert (run_dir / "model").is_dir() and result["run_dir"] == str(run_dir)
+    with held_by_another_process(run_dir):  # the run released it when it ended
+        pass
+
+
+def test_the_lock_is_reentrant_in_its_thread_refuses_other_threads_and_committee_members_lock_their_own(tmp_path):
+    from nnpes.lock import RunDirInUse, lock_run_dir
+
+    run_dir = tmp_path / "committee"
+    errors = []
+
+    def other_thread():
+        try:
+            lock_run_dir(run_dir)
+        except RunDirInUse as e:
+            errors.append(str(e))
+
+    with lock_run_dir(run_dir) as outer:
+        with lock_run_dir(run_dir):  # nested (train → train_committee; active-learning run → loop)
+            pass
+        assert outer.held
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert len(errors) == 1 and f"in use by pid {os.getpid()}" in errors[0]
+        with held_by_another_process(run_dir / "members" / "0"):  # a member's lock is its own directory's
+            pass
+    with held_by_another_process(run_dir):  # released after the outer block
+        pass
