@@ -1,7 +1,7 @@
 """Issue 14, runs that cannot corrupt each other: the run directory lock (a second ``nnpes train``
 / ``nnpes active-learn`` fails at once; a lock left by a ``kill -9``'d process does not block). The
 other process holding a lock is a tiny script that says when it holds it, so no test depends on
-timing. Tiny model and EMT copper of ``test_training``."""
+timing. The label store's one record per key. Tiny model and EMT copper of ``test_training``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from ase import Atoms
 
 from test_training import _config, data_dir  # noqa: F401  (registers "_tiny_mlp"; data_dir is a fixture)
 
@@ -117,3 +119,29 @@ def test_the_lock_is_reentrant_in_its_thread_refuses_other_threads_and_committee
             pass
     with held_by_another_process(run_dir):  # released after the outer block
         pass
+
+
+# ---- item 2: the label store holds a key once --------------------------------------------------
+
+
+def test_label_store_ignores_a_key_it_already_holds(tmp_path):
+    from nnpes.oracle import CalculatorOracle, LabelStore, label_into_store
+
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]])
+    result = {"energy": 1.0, "forces": np.zeros((2, 3))}
+    store = LabelStore(tmp_path / "labels.jsonl")
+    assert store.add_result("a", atoms, result) is True
+    assert store.add_result("a", atoms, {**result, "energy": 2.0}) is False  # a replay or a second writer
+    assert store.add_result("b", atoms, None, error="boom") is True
+    assert store.add_result("b", atoms, result) is False
+    lines = store.path.read_text().splitlines()
+    assert [json.loads(x)["key"] for x in lines] == ["a", "b"] and len(store) == 2
+    # a file that already holds a key twice reads back with its first record only
+    with open(store.path, "a") as f:
+        f.write(lines[0].replace('"energy":1.0', '"energy":3.0') + "\n")
+    reopened = LabelStore(store.path)
+    assert len(reopened) == 2 and [a.get_potential_energy() for a in reopened.atoms("ok")] == [1.0]
+    # a key given twice in one call is labelled once
+    counts = label_into_store([atoms, atoms, atoms], ["c", "c", "a"], CalculatorOracle("ase.calculators.emt.EMT"), reopened)
+    assert counts["submitted"] == 1 and counts["skipped"] == 2
+    assert [r["key"] for r in LabelStore(store.path).records] == ["a", "b", "c"]
