@@ -1,7 +1,8 @@
 """Issue 14, runs that cannot corrupt each other: the run directory lock (a second ``nnpes train``
 / ``nnpes active-learn`` fails at once; a lock left by a ``kill -9``'d process does not block). The
 other process holding a lock is a tiny script that says when it holds it, so no test depends on
-timing. The label store's one record per key. Tiny model and EMT copper of ``test_training``."""
+timing. The label store's one record per key; training refused without usable labels
+(``data.energy_key`` / ``data.forces_key``). Tiny model and EMT copper of ``test_training``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from ase import Atoms
 
-from test_training import _config, data_dir  # noqa: F401  (registers "_tiny_mlp"; data_dir is a fixture)
+from test_training import _config, _copper, data_dir  # noqa: F401  (registers "_tiny_mlp"; data_dir is a fixture)
 
 # The holder loads nnpes/lock.py alone (it imports nothing of nnpes), so it starts in a blink.
 HOLD = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('lock', sys.argv[1]); "
@@ -145,3 +146,74 @@ def test_label_store_ignores_a_key_it_already_holds(tmp_path):
     counts = label_into_store([atoms, atoms, atoms], ["c", "c", "a"], CalculatorOracle("ase.calculators.emt.EMT"), reopened)
     assert counts["submitted"] == 1 and counts["skipped"] == 2
     assert [r["key"] for r in LabelStore(store.path).records] == ["a", "b", "c"]
+
+
+# ---- item 3: training with no usable labels --------------------------------------------------
+
+
+def _ref_labelled(frames: list) -> list:
+    """The frames with their labels under other names (REF_energy / REF_forces), no calculator."""
+    out = []
+    for a in frames:
+        b = Atoms(a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
+        b.info["REF_energy"] = a.get_potential_energy()
+        b.new_array("REF_forces", a.get_forces())
+        out.append(b)
+    return out
+
+
+def test_training_refuses_a_file_without_usable_labels_and_trains_with_its_label_keys(data_dir, tmp_path, capsys):  # noqa: F811
+    from ase.io import write
+
+    from nnpes.cli.main import main
+    from nnpes.data import DataError
+    from nnpes.training import train
+
+    ref = tmp_path / "ref.extxyz"
+    write(ref, _ref_labelled(_copper(12, 3)))
+    cfg = _config(data_dir, max_epochs=1)
+    cfg["data"] = {"train": str(ref), "n_valid": 0}  # no validation or test: one compile, the train step
+    cfg["output"]["plots"] = False
+    expected = (f"{ref}: no energy or force labels in the training split (keys found: REF_energy, REF_forces); "
+                "set data.energy_key / data.forces_key")
+    with pytest.raises(DataError) as e:
+        train(cfg, tmp_path / "refused", quiet=True)
+    assert str(e.value) == expected
+    capsys.readouterr()
+    assert main(["train", str(_write_config(cfg, tmp_path / "cfg.yaml")), "--run-dir", str(tmp_path / "cli")]) == 2
+    assert capsys.readouterr().err == f"nnpes train: error: {expected}\n"
+    assert not (tmp_path / "cli" / "latest.ckpt").exists()
+
+    cfg["data"].update(energy_key="REF_energy", forces_key="REF_forces")
+    result = train(cfg, tmp_path / "run", quiet=True)
+    row = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    row = dict(zip(row[0].split(","), row[1].split(",")))
+    assert float(row["train_loss_energy"]) > 0 and float(row["train_loss_forces"]) > 0
+    assert result["epochs"] == 1 and (tmp_path / "run" / "model").is_dir()
+
+
+def test_forces_without_energies_warn_loudly(tmp_path):
+    from ase.io import write
+
+    from nnpes.data import read_structures
+    from nnpes.training.data import check_train_labels
+
+    frames = _ref_labelled(_copper(2, 4))
+    for a in frames:
+        a.arrays["forces"] = a.arrays.pop("REF_forces")
+    write(tmp_path / "f.extxyz", frames)
+    warning = check_train_labels(read_structures(tmp_path / "f.extxyz"))
+    assert "force labels but no energy labels" in warning and "REF_energy" in warning and "E0" in warning
+    assert check_train_labels(read_structures(tmp_path / "f.extxyz", energy_key="REF_energy")) is None
+
+
+def test_runs_recorded_before_the_label_keys_existed_still_resume(data_dir):  # noqa: F811
+    from nnpes.config import load_config
+    from nnpes.training.run_record import RunRecord
+
+    new = RunRecord.of(load_config(_config(data_dir)))
+    assert new.config["data.energy_key"] is None
+    old = RunRecord({k: v for k, v in new.config.items() if not k.endswith("_key")}, new.files)
+    assert old.differences(new) == []
+    keyed = RunRecord.of(load_config({**_config(data_dir), "data": {**_config(data_dir)["data"], "energy_key": "E"}}))
+    assert old.differences(keyed) == ["data.energy_key: None → 'E'"]

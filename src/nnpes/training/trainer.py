@@ -21,6 +21,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -185,10 +186,14 @@ def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
 def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
     """Data, graphs (built once per structure), potential, loaders, mesh and optimiser."""
     from nnpes.potential import build_potential
-    from nnpes.training.data import load_splits
+    from nnpes.training.data import check_train_labels, load_splits
 
     tcfg, t0 = cfg.training, time.perf_counter()
     splits = load_splits(cfg.data, cfg.model.elements)
+    warning = check_train_labels(splits["train"])  # no labels at all: an error
+    if warning:
+        log(f"WARNING: {warning}")
+        warnings.warn(warning, stacklevel=3)
     log(f"data: {len(splits['train'])} train, {len(splits['valid'])} valid, {len(splits['test'])} test structures")
     train_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
     valid_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["valid"]]
