@@ -2,7 +2,8 @@
 / ``nnpes active-learn`` fails at once; a lock left by a ``kill -9``'d process does not block). The
 other process holding a lock is a tiny script that says when it holds it, so no test depends on
 timing. The label store's one record per key; training refused without usable labels
-(``data.energy_key`` / ``data.forces_key``). Tiny model and EMT copper of ``test_training``."""
+(``data.energy_key`` / ``data.forces_key``); ``nnpes md`` stopping a run that blew up. Tiny model
+and EMT copper of ``test_training``; MD on ``_toy``."""
 
 from __future__ import annotations
 
@@ -217,3 +218,59 @@ def test_runs_recorded_before_the_label_keys_existed_still_resume(data_dir):  # 
     assert old.differences(new) == []
     keyed = RunRecord.of(load_config({**_config(data_dir), "data": {**_config(data_dir)["data"], "energy_key": "E"}}))
     assert old.differences(keyed) == ["data.energy_key: None → 'E'"]
+
+
+# ---- item 4: nnpes md knows when a run blew up -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hydrogen(tmp_path_factory):
+    """A ``_toy`` potential for H (repulsive at short range), saved, and a rattled simple-cubic H
+    box: stable with a 0.25 fs step, blown up within 10 steps of 20 fs."""
+    import _toy_model  # noqa: F401  (registers "_toy")
+    from nnpes.potential import build_potential
+
+    pot = build_potential({"name": "_toy", "elements": ["H"], "cutoff": 3.0, "dtype": "float64"}, seed=0)
+    atoms = Atoms("H", positions=[[0, 0, 0]], cell=[1.6, 1.6, 1.6], pbc=True).repeat(3)
+    atoms.rattle(0.05, seed=0)
+    return pot, pot.save(tmp_path_factory.mktemp("h") / "model"), atoms
+
+
+def test_md_with_a_20_fs_step_stops_with_an_error_and_keeps_its_output(hydrogen, tmp_path, capsys):
+    from ase.io import read, write
+
+    from nnpes.cli.main import main
+    from nnpes.md import read_thermo
+
+    _, model_dir, atoms = hydrogen
+    write(tmp_path / "h.extxyz", atoms)
+    out = tmp_path / "md"
+    rc = main(["md", str(model_dir), str(tmp_path / "h.extxyz"), "--timestep", "20", "--steps", "200",
+               "--thermo-every", "10", "--traj-every", "50", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "ns/day" not in captured.out
+    assert captured.err.count("\n") == 1 and captured.err.startswith("nnpes md: error: MD blew up at step 10 (200 fs): "
+                                                                      "temperature "), captured.err
+    assert "> max_temperature 5000 K" in captured.err and str(out) in captured.err
+    assert list(read_thermo(out / "thermo.log")["step"]) == [0, 10]
+    frames = read(out / "trajectory.extxyz", index=":")
+    assert [f.info["step"] for f in frames] == [0, 10]  # frame 0, and the frame that failed
+
+
+def test_md_stops_on_overlapping_atoms_energy_drift_and_atoms_flying_apart(hydrogen, tmp_path):
+    from nnpes.md import MDInstability, run_md
+
+    pot, _, atoms = hydrogen
+    overlap = atoms.copy()
+    overlap.positions[1] = overlap.positions[0] + [0.3, 0.0, 0.0]
+    with pytest.raises(MDInstability, match=r"at step 0 \(0 fs\): atoms 0 and 1 are 0\.300 Å apart \(min_distance 0\.5 Å\)"):
+        run_md(pot, overlap, steps=20, timestep=0.25, out_dir=tmp_path / "overlap")
+    assert len((tmp_path / "overlap" / "trajectory.extxyz").read_text().splitlines()) == 2 + len(atoms)
+    settings = dict(steps=20, timestep=0.25, ensemble="nve", temperature=300.0, thermo_every=10)
+    ok = run_md(pot, atoms, **settings)  # the bounds as they are: the run is fine
+    assert ok.steps == 20
+    with pytest.raises(MDInstability, match=r"at step 10 .*conserved energy drifted by .* eV/atom \(max_energy_drift 1e-12"):
+        run_md(pot, atoms, max_energy_drift=1e-12, **settings)
+    with pytest.raises(MDInstability, match=r"at step 10 .*atom \d+ moved .* Å in 2\.5 fs \(max_displacement 0\.001 Å\): "
+                                            "the atoms are flying apart"):
+        run_md(pot, atoms, max_displacement=1e-3, **settings)
