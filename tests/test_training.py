@@ -546,14 +546,18 @@ def test_resume_refuses_other_config_or_data_and_writes_nothing(killed_run, data
     from nnpes.training.run_record import ResumeError, RunRecord
 
     run_dir = killed_run[0]
-    before = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
+
+    def files():  # the run's files; .lock only records who last held the directory (nnpes.lock)
+        return {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file() and f.name != ".lock"}
+
+    before = files()
     cfg = yaml.safe_load((run_dir.parent / "cfg.yaml").read_text())
     for section, key, value, shown in [("data", "split_seed", 1, "data.split_seed: 0 → 1"),
                                        ("model", "features", 16, "model.features: 8 → 16")]:
         changed = {**cfg, section: {**cfg[section], key: value}}
         with pytest.raises(ResumeError, match=f"{shown}.*--init-from"):
             train(changed, run_dir, resume=True, quiet=True)
-    assert {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()} == before
+    assert files() == before
     # the same file name with other contents
     shutil.copy(data_dir / "cu.extxyz", tmp_path / "cu.extxyz")
     moved = {**cfg, "data": {**cfg["data"], "train": str(tmp_path / "cu.extxyz")}}

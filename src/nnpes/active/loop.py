@@ -8,6 +8,9 @@ Every stage writes its artefacts atomically under ``run_dir/iter_NNN/`` and then
 crash at any point, ``run(..., resume=True)`` restarts the stage recorded in the state: a finished
 stage is never redone, an interrupted one is redone from its inputs, and labelling skips every key
 already in the store, so no finished oracle call is repeated and no label is lost.
+
+The run directory is locked while a loop runs in it (``nnpes.lock``): a second ``nnpes
+active-learn`` on the same directory fails at once instead of interleaving its labels and state.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from nnpes.active.explore import explore
 from nnpes.oracle import LabelStore, label_into_store, make_executor, make_oracle
 from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
 from nnpes.files import atomic_write_text, yaml_safe
+from nnpes.lock import lock_run_dir
 from nnpes.config.active import ExploreConfig, load_config
 from nnpes.data import read_structures
 
@@ -85,14 +89,19 @@ class ActiveLearning:
                  hooks: dict | None = None, log: Callable | None = print):
         self.cfg = load_config(config)
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.oracle = oracle if oracle is not None else make_oracle(self.cfg.oracle)
-        self._executor = executor
-        self.hooks = hooks or {}
-        self.log = log or (lambda *a: None)
-        self.store = LabelStore(self.run_dir / LABELS_FILE)
-        self.state = self._load_state()
-        self._initial = None
+        # Before anything in the directory is read or written: a second loop there fails at once.
+        self._lock = lock_run_dir(self.run_dir)
+        try:
+            self.oracle = oracle if oracle is not None else make_oracle(self.cfg.oracle)
+            self._executor = executor
+            self.hooks = hooks or {}
+            self.log = log or (lambda *a: None)
+            self.store = LabelStore(self.run_dir / LABELS_FILE)
+            self.state = self._load_state()
+            self._initial = None
+        except BaseException:
+            self.close()
+            raise
 
     # state ----------------------------------------------------------------------------------
 
@@ -279,32 +288,41 @@ class ActiveLearning:
     # driver ---------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Run the stages until done; the run directory's lock is released at the end, however
+        it ends."""
         stages = {"init": self.stage_init, "train": self.stage_train, "explore": self.stage_explore,
                   "select": self.stage_select, "label": self.stage_label}
-        while self.state["stage"] != "done":
-            stage = self.state["stage"]
-            if stage not in stages:
-                raise ValueError(f"{self.run_dir / STATE_FILE}: unknown stage {stage!r}")
-            nxt = stages[stage]()
-            self._commit(nxt)
-        return self.state
+        try:
+            while self.state["stage"] != "done":
+                stage = self.state["stage"]
+                if stage not in stages:
+                    raise ValueError(f"{self.run_dir / STATE_FILE}: unknown stage {stage!r}")
+                nxt = stages[stage]()
+                self._commit(nxt)
+            return self.state
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run directory (``run`` does so when it ends)."""
+        self._lock.release()
 
 
 def run(config, run_dir, *, resume: bool = False, **kwargs) -> dict:
     """Run (or, with ``resume``, continue) an active-learning loop in ``run_dir``; returns the
     final state with the per-iteration ``history``."""
     run_dir = Path(run_dir)
-    if (run_dir / STATE_FILE).exists() and not resume:
-        raise ValueError(f"{str(run_dir)!r} already holds an active-learning run; pass --resume to continue it")
-    cfg = load_config(config)
-    for key in ("initial", "starts", "test"):
-        path = getattr(cfg.data, key)
-        if path is not None and not Path(path).exists():
-            raise FileNotFoundError(f"data.{key}: {path!r} not found")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Keep the config next to the run so a resume uses the same settings.
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        atomic_write_text(cfg_path, yaml.safe_dump(yaml_safe(cfg.to_dict()), sort_keys=False))
-    return ActiveLearning(cfg, run_dir, **kwargs).run()
+    with lock_run_dir(run_dir):  # before anything is checked or written (ActiveLearning takes it again)
+        if (run_dir / STATE_FILE).exists() and not resume:
+            raise ValueError(f"{str(run_dir)!r} already holds an active-learning run; pass --resume to continue it")
+        cfg = load_config(config)
+        for key in ("initial", "starts", "test"):
+            path = getattr(cfg.data, key)
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(f"data.{key}: {path!r} not found")
+        # Keep the config next to the run so a resume uses the same settings.
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.exists():
+            atomic_write_text(cfg_path, yaml.safe_dump(yaml_safe(cfg.to_dict()), sort_keys=False))
+        return ActiveLearning(cfg, run_dir, **kwargs).run()
 

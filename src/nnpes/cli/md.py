@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "md", help="run molecular dynamics with a saved potential",
         description="Molecular dynamics (NVE velocity Verlet, NVT Langevin BAOAB or Nosé–Hoover chain). "
-        "Writes OUT/thermo.log and OUT/trajectory.extxyz as it runs.",
+        "Writes OUT/thermo.log and OUT/trajectory.extxyz as it runs, and stops with an error when the run "
+        "blows up (temperature, energy drift, atoms too close or flying apart).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="directory written by Potential.save")
@@ -27,6 +29,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--traj-every", type=int, default=100, help="steps between trajectory frames")
     p.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("blow-up checks", "after every thermo interval; a run that passes one stops with an "
+                             "error (rc 1), keeping the thermo log and trajectory so far; 'inf' switches a check off")
+    g.add_argument("--max-temperature", type=float, default=None, metavar="K",
+                   help="stop above this temperature; unset: nvt 10x --temperature, at least 1000 K, "
+                        "nve the larger of 5000 K and 10x the starting temperature")
+    g.add_argument("--max-energy-drift", type=float, default=0.1, metavar="EV_PER_ATOM",
+                   help="stop when the conserved energy (nve, nose-hoover) drifts more than this from its start")
+    g.add_argument("--min-distance", type=float, default=0.5, metavar="A",
+                   help="stop when two atoms are closer than this (also checked before the first step; 0: off)")
+    g.add_argument("--max-displacement", type=float, default=None, metavar="A",
+                   help="stop when an atom moves more than this in one thermo interval: atoms flying apart; "
+                        "unset: the larger of the model cutoff and 0.2 A/fs x the interval")
     p.add_argument("--out", default="md_out", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -37,7 +51,7 @@ def run(args) -> int:
 
     from ase.io import read
 
-    from nnpes.md import MDConfig, check_elements, run_md
+    from nnpes.md import MDConfig, MDInstability, check_elements, run_md
     from nnpes.potential import load_potential
 
     pot = load_potential(args.model)
@@ -48,9 +62,14 @@ def run(args) -> int:
     cfg = MDConfig(
         steps=args.steps, timestep=args.timestep, ensemble=args.ensemble, temperature=args.temperature,
         thermostat=args.thermostat, friction=args.friction, tau=args.tau, thermo_every=args.thermo_every,
-        traj_every=args.traj_every, seed=args.seed, skin=args.skin,
+        traj_every=args.traj_every, seed=args.seed, skin=args.skin, max_temperature=args.max_temperature,
+        max_energy_drift=args.max_energy_drift, min_distance=args.min_distance, max_displacement=args.max_displacement,
     )
-    res = run_md(pot, atoms, cfg, out_dir=args.out, progress=not args.no_progress)
+    try:
+        res = run_md(pot, atoms, cfg, out_dir=args.out, progress=not args.no_progress)
+    except MDInstability as e:  # the run failed: say so in one line, with a non-zero exit code
+        print(f"nnpes md: error: {e}", file=sys.stderr)
+        return 1
     print(
         f"{res.steps} steps of {args.timestep} fs ({len(atoms)} atoms) in {res.wall_s:.1f} s: "
         f"{res.ns_per_day:.3f} ns/day (after compilation); neighbour-list reallocations: {res.n_reallocations}; "

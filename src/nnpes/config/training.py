@@ -39,6 +39,9 @@ class DataConfig:
     train_indices: str | None = doc("index file (one integer per line) choosing the train frames; overrides the split", default=None)
     valid_indices: str | None = doc("index file for the validation frames", default=None)
     test_indices: str | None = doc("index file for the test frames", default=None)
+    energy_key: str | None = doc("extxyz info key holding the energies, e.g. REF_energy (default: the calculator's energy, or info 'energy')", default=None)
+    forces_key: str | None = doc("extxyz array key holding the forces, e.g. REF_forces (default: the calculator's forces, or array 'forces')", default=None)
+    stress_key: str | None = doc("extxyz info key holding the stress, e.g. REF_stress (default: the calculator's stress, or info 'stress')", default=None)
     bootstrap_seed: int | None = doc("resample the train split with replacement (as many draws as frames) by this seed; valid and test untouched, normalisation from the whole train split (committee_mode: bootstrap sets it per member)", default=None)
 
     def validate(self, path="data"):

@@ -7,8 +7,9 @@
 - ``md_functions(ensemble, atoms)``: the same with a ``CommitteeEnergyFn`` (committee mean, and
   ``members`` for every member's energy and forces), which committee exploration integrates.
 - ``run_md(pot, atoms, MDConfig(...))`` (or keyword settings): the driver behind ``nnpes md``
-  (thermo log, extxyz trajectory); ``run_blocks``: its block loop with overflow → reallocate →
-  redo, shared with committee exploration.
+  (thermo log, extxyz trajectory; stops with ``MDInstability`` when the run blows up: temperature,
+  conserved-energy drift, atoms too close or flying apart); ``run_blocks``: its block loop with
+  overflow → reallocate → redo, shared with committee exploration.
 Units: Å, fs, amu, eV, K; velocities in Å/fs.
 """
 
@@ -21,10 +22,10 @@ from nnpes.md.integrators import (
 )
 from nnpes.md.io import THERMO_COLUMNS, ThermoLog, TrajectoryWriter, read_thermo
 from nnpes.graph.verlet import NeighborFn, VerletList, bucket_size, neighbor_list_fn
-from nnpes.md.run import BlockRun, MDConfig, MDResult, make_integrator, run_blocks, run_md
+from nnpes.md.run import BlockRun, MDConfig, MDInstability, MDResult, make_integrator, run_blocks, run_md
 
 __all__ = [
-    "ACCEL", "BlockRun", "CommitteeEnergyFn", "CommitteeOutput", "EnergyFn", "Integrator", "MDConfig",
+    "ACCEL", "BlockRun", "CommitteeEnergyFn", "CommitteeOutput", "EnergyFn", "Integrator", "MDConfig", "MDInstability",
     "MDFunctions", "MDResult", "MDState", "NeighborFn", "VerletList",
     "THERMO_COLUMNS", "ThermoLog", "TrajectoryWriter", "bucket_size", "check_elements", "force_fn",
     "kinetic_energy", "langevin", "make_integrator", "maxwell_boltzmann", "md_functions",

@@ -3,8 +3,11 @@ the crash-safe store.
 
 ``LabelStore`` is an append-only JSON-lines file: every result (or failure) is one line, written,
 flushed and fsynced before anything uses it, keyed by a request id so a resumed run never repeats
-a finished call. A line cut short by a crash is dropped when the store is opened. Failures are
-recorded and skipped, never fatal.
+a finished call. A key is stored once: writing a key the store already holds is a no-op (the first
+record is the label), and a file that holds a key twice (a replay, or two writers before run
+directories were locked) reads back with its first record only, so nothing trains on duplicates.
+A line cut short by a crash is dropped when the store is opened. Failures are recorded and
+skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def make_executor(kind: str = "process", workers: int | None = None, address: st
 
 
 class LabelStore:
-    """Append-only JSON-lines store of oracle results keyed by request id."""
+    """Append-only JSON-lines store of oracle results keyed by request id; one record per key."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -91,26 +94,36 @@ class LabelStore:
                 os.fsync(f.fileno())
 
     def _read(self) -> list[dict]:
-        records = []
+        """The records in file order, each key's first record only."""
+        records, self._keys = [], set()
         with open(self.path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{self.path}: line {lineno} is not a valid label record ({e})") from None
+                if record["key"] not in self._keys:
+                    self._keys.add(record["key"])
+                    records.append(record)
         return records
 
-    def append(self, record: dict) -> None:
+    def append(self, record: dict) -> bool:
+        """Store ``record`` (fsynced); False, and nothing written, when its key is already held."""
+        if record["key"] in self._keys:
+            return False
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self._records.append(record)
+        self._keys.add(record["key"])
+        return True
 
-    def add_result(self, key: str, atoms: Atoms, result: dict | None, error: str | None = None, **meta) -> None:
+    def add_result(self, key: str, atoms: Atoms, result: dict | None, error: str | None = None, **meta) -> bool:
+        """Store one oracle result (or its ``error``); False when ``key`` is already held."""
         rec = {
             "key": key, "status": "ok" if error is None else "failed", **meta,
             "numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
@@ -123,14 +136,14 @@ class LabelStore:
             rec["forces"] = np.asarray(result["forces"]).tolist()
             if result.get("stress") is not None:
                 rec["stress"] = np.asarray(result["stress"]).tolist()
-        self.append(rec)
+        return self.append(rec)
 
     @property
     def records(self) -> list[dict]:
         return list(self._records)
 
     def keys(self) -> set[str]:
-        return {r["key"] for r in self._records}
+        return set(self._keys)
 
     def atoms(self, status: str = "ok") -> list[Atoms]:
         """Labelled structures (SinglePointCalculator) in the order they were stored."""
@@ -167,7 +180,11 @@ def label_into_store(structures: Sequence[Atoms], keys: Sequence[str], oracle: C
     done = store.keys()
     executor = executor or SerialExecutor()
     futures = {}
-    todo = [(k, a, m) for k, a, m in zip(keys, structures, meta or [{}] * len(keys)) if k not in done]
+    todo = []
+    for k, a, m in zip(keys, structures, meta or [{}] * len(keys)):
+        if k not in done:  # a key already held, or given twice, is labelled once
+            done.add(k)
+            todo.append((k, a, m))
     counts = {"submitted": len(todo), "ok": 0, "failed": 0, "skipped": len(keys) - len(todo)}
 
     def finish(key, atoms, m, result, error):

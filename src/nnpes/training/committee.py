@@ -10,6 +10,7 @@ whole train split, so the members share it). The members' models are stacked int
 error), and it is evaluated on the test split with its uncertainty (``evaluate.uncertainty_metrics``).
 
 Run directory:
+    .lock                     held while the committee trains (``nnpes.lock``; members lock their own)
     config.yaml, run.yaml     the committee's resolved config and data (what ``--resume`` checks)
     train.log                 the committee's log (each member also has its own)
     members/k/                member k: a single-model run directory (its own model/, checkpoints, ...)
@@ -55,10 +56,16 @@ def train_committee(cfg: Config, run_dir=None, *, resume: bool = False, quiet: b
     """Train ``cfg.training.committee`` members into ``run_dir/members/k``, then save the calibrated
     committee in ``run_dir/committee`` and evaluate it. Returns a summary dict like ``train``'s
     (``model`` is the committee directory; ``members`` the members' model directories)."""
-    size, mode = cfg.training.committee, cfg.training.committee_mode
+    size = cfg.training.committee
     if size < 2:
         raise ValueError(f"training.committee: a committee needs at least 2 members, got {size}")
-    run_dir, log, _ = open_run_dir(cfg, run_dir, resume, quiet)
+    run_dir, log, _, lock = open_run_dir(cfg, run_dir, resume, quiet)
+    with lock:  # the committee's directory; each member's run locks its own RUN/members/k
+        return _train_members(cfg, run_dir, quiet, log)
+
+
+def _train_members(cfg: Config, run_dir: Path, quiet: bool, log) -> dict:
+    size, mode = cfg.training.committee, cfg.training.committee_mode
     log(f"committee of {size} members (training.seed {cfg.training.seed}..{cfg.training.seed + size - 1}"
         + (", each on a bootstrap resample of the train split" if mode == "bootstrap" else "") + f") in {run_dir / MEMBERS}")
     members, step_cache = [], {}  # the members share their compiled steps

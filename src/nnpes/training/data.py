@@ -10,6 +10,35 @@ from pathlib import Path
 from nnpes.graph.stats import check_known_elements
 
 
+LABEL_KEYS = ("energy_key", "forces_key", "stress_key")  # data.* keys passed to read_structures
+# Fields of a read frame that are not labels under another name (for "keys found in it").
+_NOT_LABELS = {"source", "frame", "numbers", "positions", "momenta", "masses", "initial_charges",
+               "initial_magmoms", "tags", "pbc", "energy_not_used", "forces_not_used", "stress_not_used"}
+
+
+def check_train_labels(frames: list) -> str | None:
+    """Refuse (``DataError``, naming the files and the keys found in them) a training split with no
+    energy and no force label at all: it would train at loss 0 and save a meaningless model. With
+    forces but no energies, return a warning (E0 and the energy offset are then arbitrary); else None."""
+    from nnpes.data import DataError
+    from nnpes.data.labels import raw_labels
+
+    labels = [raw_labels(a) for a in frames]
+    has_energy = any("energy" in x for x in labels)
+    has_forces = any("forces" in x for x in labels)
+    if has_energy:
+        return None
+    files = ", ".join(dict.fromkeys(str(a.info.get("source", "?")) for a in frames))
+    found = sorted({k for a in frames for k in (*a.info, *a.arrays)} - _NOT_LABELS)
+    keys = f"keys found: {', '.join(found) if found else 'none'}"
+    if not has_forces:
+        raise DataError(files, f"no energy or force labels in the training split ({keys}); "
+                               "set data.energy_key / data.forces_key")
+    return (f"{files}: the training split has force labels but no energy labels ({keys}): E0 and the energy "
+            "offset of the model are arbitrary, its energies are meaningful only up to a constant; "
+            "set data.energy_key if the energies are stored under another name")
+
+
 def _count(value, n: int) -> int:
     return int(round(value * n)) if isinstance(value, float) else int(value)
 
@@ -17,7 +46,8 @@ def _count(value, n: int) -> int:
 def _read(path: str, dcfg, elements):
     from nnpes.data import DataError, read_structures
 
-    atoms = read_structures(path, index=dcfg.index, energy_unit=dcfg.energy_unit, format=dcfg.format)
+    atoms = read_structures(path, index=dcfg.index, energy_unit=dcfg.energy_unit, format=dcfg.format,
+                            **{k: getattr(dcfg, k) for k in LABEL_KEYS if getattr(dcfg, k) is not None})
     if not atoms:
         raise DataError(path, f"no structures selected (index {dcfg.index!r})")
     check_known_elements(atoms, elements)  # names the file and the frame's index in it

@@ -30,6 +30,8 @@ RESUMABLE = frozenset({
     "output.run_dir", "output.plots", "output.tensorboard", "output.wandb",
 })
 DATA_FILES = ("train", "valid", "test", "train_indices", "valid_indices", "test_indices")
+# Keys added after runs were recorded: a record without one was made with its default.
+ADDED_KEYS = {"data.energy_key": None, "data.forces_key": None, "data.stress_key": None}
 
 
 class ResumeError(ValueError):
@@ -87,7 +89,7 @@ class RunRecord:
         for key in sorted(set(self.config) | set(new.config)):
             if key in RESUMABLE:
                 continue
-            old_v, new_v = self.config.get(key, "(unset)"), new.config.get(key, "(unset)")
+            old_v, new_v = (c.get(key, ADDED_KEYS.get(key, "(unset)")) for c in (self.config, new.config))
             if old_v != new_v:
                 out.append(f"{key}: {old_v!r} → {new_v!r}")
         for role in DATA_FILES:

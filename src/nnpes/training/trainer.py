@@ -10,8 +10,9 @@ stopped and resumed ends with the same parameters as one that never stopped.
 Run directory: ``config.yaml`` (resolved config), ``metrics.csv``, ``train.log``, ``latest.ckpt``,
 ``best.ckpt``, ``model/`` (``nnpes.load_potential``; its ``card.yaml`` records the data and the
 test errors), ``test_metrics.json``, ``parity_test.png``, ``learning_curve.png``, ``run.yaml`` (what
-``--resume`` checks, ``run_record``); with ``output.tensorboard`` also ``tensorboard/`` and with
-``output.wandb`` ``wandb_run_id`` (``nnpes.training.trackers``: every metrics row also goes there).
+``--resume`` checks, ``run_record``), ``.lock`` (locked while a run is in it, ``nnpes.lock``); with
+``output.tensorboard`` also ``tensorboard/`` and with ``output.wandb`` ``wandb_run_id``
+(``nnpes.training.trackers``: every metrics row also goes there).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,7 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.files import atomic_write_text
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
+from nnpes.lock import lock_run_dir
 from nnpes.potential import energy_forces_stress
 from nnpes.potential.card import ModelCard, TrainingData
 from nnpes.potential.compiled import model_key
@@ -154,31 +157,43 @@ class _Compiles:
 
 
 def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
-    """Check that ``run_dir`` may take this run (``run_record``), then record the run's config and
-    data there. Nothing in the directory is written before the checks pass. Returns (run_dir, log,
-    record). A run is there when it holds a checkpoint or a committee's ``members/``."""
+    """Lock ``run_dir`` for this run (``nnpes.lock``: a second run there fails at once), check that
+    it may take this run (``run_record``), then record the run's config and data there. Nothing in
+    the directory is written before the lock is held and the checks pass. Returns (run_dir, log,
+    record, lock); the caller releases the lock when the run ends. A run is there when it holds a
+    checkpoint or a committee's ``members/``."""
     run_dir = Path(run_dir or cfg.output.run_dir)
-    held = [name for name in (LATEST, MEMBERS) if (run_dir / name).exists()]
-    has_checkpoint = bool(held)
-    if not resume and has_checkpoint:
-        raise FileExistsError(f"{run_dir} already holds a run ({held[0]}); pass --resume or choose another --run-dir")
     record = RunRecord.of(cfg)
-    if resume:
-        check_resume(run_dir, record, has_checkpoint)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(run_dir / "train.log", quiet)
-    record.save(run_dir)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-    return run_dir, log, record
+    if resume and not run_dir.exists():  # nothing to lock and nothing is created: there is no run
+        check_resume(run_dir, record, False)
+    lock = lock_run_dir(run_dir)
+    try:
+        held = [name for name in (LATEST, MEMBERS) if (run_dir / name).exists()]
+        has_checkpoint = bool(held)
+        if not resume and has_checkpoint:
+            raise FileExistsError(f"{run_dir} already holds a run ({held[0]}); pass --resume or choose another --run-dir")
+        if resume:
+            check_resume(run_dir, record, has_checkpoint)
+        log = _Log(run_dir / "train.log", quiet)
+        record.save(run_dir)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, log, record, lock
 
 
 def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
     """Data, graphs (built once per structure), potential, loaders, mesh and optimiser."""
     from nnpes.potential import build_potential
-    from nnpes.training.data import load_splits
+    from nnpes.training.data import check_train_labels, load_splits
 
     tcfg, t0 = cfg.training, time.perf_counter()
     splits = load_splits(cfg.data, cfg.model.elements)
+    warning = check_train_labels(splits["train"])  # no labels at all: an error
+    if warning:
+        log(f"WARNING: {warning}")
+        warnings.warn(warning, stacklevel=3)
     log(f"data: {len(splits['train'])} train, {len(splits['valid'])} valid, {len(splits['test'])} test structures")
     train_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
     valid_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["valid"]]
@@ -252,21 +267,22 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool | str = Fal
         return train_committee(cfg, run_dir, resume=resume, quiet=quiet)
     if tcfg.devices != 1:  # a multi-process run must join before JAX touches a device
         parallel.maybe_initialize_distributed()
-    run_dir, log, record = open_run_dir(cfg, run_dir, resume, quiet)
-    run = _setup(cfg, run_dir, log, record)
-    state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
-    compiles = _Compiles()
-    train_step, eval_step = _compiled_steps(run, compiles, step_cache)
-    trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
-    _explain_log(run)
-    try:
-        state, stop_reason = _epoch_loop(run, train_step, eval_step, state, progress, trackers)
-    finally:
-        trackers.close()
-    n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
-    log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
-        f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
-    return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
+    run_dir, log, record, lock = open_run_dir(cfg, run_dir, resume, quiet)
+    with lock:  # held until the run ends, however it ends
+        run = _setup(cfg, run_dir, log, record)
+        state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
+        compiles = _Compiles()
+        train_step, eval_step = _compiled_steps(run, compiles, step_cache)
+        trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
+        _explain_log(run)
+        try:
+            state, stop_reason = _epoch_loop(run, train_step, eval_step, state, progress, trackers)
+        finally:
+            trackers.close()
+        n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
+        log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
+            f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
+        return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
 
 
 def finished_run(run_dir, tcfg) -> dict | None:
