@@ -9,7 +9,8 @@ PYTHONPATH and its own benchmark scripts:
 ``inference.py`` (aspirin E+F, 540-atom water E+F, training step on 8 aspirins; standard NequIP,
 float32), ``md.py`` (velocity Verlet under lax.scan, fcc Cu 108 and 1008 atoms) and the committee
 speed of ``active_learning.py speed`` (K = 4, one vmapped call, aspirin). Prints medians over
-rounds and after/before ratios as a markdown table.
+rounds and after/before ratios as a markdown table. ``--model mace --only "inference aspirin"
+"inference water540" "inference train"`` compares MACE at its standard size.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ def _run(root: Path, args: list[str]) -> str:
     return proc.stdout
 
 
+MODEL = "nequip"  # --model
+
+
 def inference(root: Path, name: str) -> float:
-    out = _run(root, ["benchmarks/inference.py", "--one", name, "--repeats", "7"])
+    out = _run(root, ["benchmarks/inference.py", "--one", name, "--repeats", "7", "--model", MODEL])
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
     return 1e3 * json.loads(line[7:])["seconds"]
 
@@ -64,10 +68,16 @@ def main():
     ap.add_argument("before", type=Path)
     ap.add_argument("after", type=Path)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model", default="nequip", help="model of the inference benchmarks (standard size)")
+    ap.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="a subset of the benchmarks")
     args = ap.parse_args()
+    global MODEL
+    MODEL = args.model
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
     runs = {"before": {}, "after": {}}
     for name, bench in BENCHMARKS.items():
+        if args.only and name not in args.only:
+            continue
         for r in range(args.rounds):
             for label in (("before", "after") if r % 2 == 0 else ("after", "before")):
                 for key, value in bench(roots[label]).items():

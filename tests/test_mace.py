@@ -19,7 +19,9 @@ from nnpes.config import template
 from nnpes.config.model import parse_model_config
 from nnpes.config.schema import ConfigError
 from nnpes.models.mace import MACEHParams
-from nnpes.models.mace_ops import coupling, symmetric_contraction
+from nnpes.models import mace as mace_module
+from nnpes.potential import compiled
+from nnpes.models.mace_ops import coupling, edge_messages, edge_product, symmetric_contraction, to_e3nn_layout
 from nnpes.potential import build_potential, load_potential
 from nnpes.testing import make_structure
 
@@ -63,6 +65,53 @@ def test_coupling_is_cached_and_reduces_a_vector_square_to_its_norm():
     a = np.array([[[1.0, -2.0, 0.5]]])
     b = symmetric_contraction(jnp.asarray(a), [jnp.ones((1, 1, 1))], [cp])
     np.testing.assert_allclose(b[0, 0, 0], c[0] * np.sum(a**2), rtol=1e-12)
+
+
+def test_contraction_in_node_blocks_equals_the_dense_coupling_sum():
+    """All orders at once, in blocks of 2 nodes (with a padded last block), against the plain
+    Σ_ν Σ_p,q C^ν_pq A^p W_q of the couplings."""
+    n, c = 5, 3
+    a = jax.random.normal(jax.random.PRNGKey(1), (n, c, e3nn.Irreps(A_IRREPS).dim), jnp.float64)
+    cps = [coupling(A_IRREPS, B_IRREPS, nu) for nu in (1, 2, 3)]
+    ws = [jax.random.normal(jax.random.PRNGKey(nu), (n, cp.coefficients.shape[1], c), jnp.float64) for nu, cp in enumerate(cps)]
+    reference = sum(
+        jnp.einsum("pnk,pqD,nqk->nkD", jnp.prod(jnp.moveaxis(a, -1, 0)[cp.monomials], axis=1), cp.coefficients, w)
+        for cp, w in zip(cps, ws)
+    )
+    for block in (2, n):
+        np.testing.assert_allclose(symmetric_contraction(a, ws, cps, node_block=block), reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("irreps_h", ["0e", "0e+1o"])
+def test_edge_messages_equal_e3nn_tensor_product(irreps_h):
+    """The written-out one-particle-basis messages = e3nn-jax's tensor_product(h_j, Y).regroup(),
+    radial weights applied per path and channel, in e3nn-jax's layout (what linear_a reads)."""
+    c, e = 3, 6
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    irreps = e3nn.Irreps([(c, ir) for _, ir in e3nn.Irreps(irreps_h)])
+    h = e3nn.IrrepsArray(irreps, jax.random.normal(k1, (e, irreps.dim), jnp.float64))
+    sh = e3nn.spherical_harmonics("0e+1o+2e+3o", jax.random.normal(k2, (e, 3), jnp.float64), normalize=True)
+    reference = e3nn.tensor_product(h, sh, filter_ir_out=sh.irreps).regroup()
+    w = jax.random.normal(k3, (e, reference.irreps.num_irreps), jnp.float64)
+    product = edge_product(irreps_h, str(sh.irreps))
+    mine = edge_messages(jnp.swapaxes(h.mul_to_axis(c).array, 1, 2), sh.array, w.reshape(e, -1, c), product)
+    assert e3nn.Irreps([(m * c, ir) for m, ir in e3nn.Irreps(product.irreps_out)]) == reference.irreps
+    np.testing.assert_allclose(to_e3nn_layout(mine, product), (reference * w).array, rtol=1e-12, atol=1e-12)
+
+
+def test_edge_blocks_give_the_unblocked_energies_and_forces(monkeypatch):
+    """Per-edge work summed in blocks of 16 edges (aggregation.sum_messages) = all edges at once."""
+    pot = build_potential({"name": "mace", "elements": ["Cu"], "cutoff": 4.0, "dtype": "float64", **SMALL}, seed=0)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.05, seed=1)
+    ref = pot.predict(atoms)
+    monkeypatch.setattr(mace_module, "BLOCK_ABOVE", 0)
+    monkeypatch.setattr(mace_module, "EDGE_CHUNK", 16)
+    monkeypatch.setattr(compiled, "_CACHE", {})  # a fresh trace, not the unblocked compile
+    pot = build_potential({"name": "mace", "elements": ["Cu"], "cutoff": 4.0, "dtype": "float64", **SMALL}, seed=0)
+    blocked = pot.predict(atoms)
+    assert blocked["energy"] == pytest.approx(ref["energy"], rel=1e-12)
+    np.testing.assert_allclose(blocked["forces"], ref["forces"], atol=1e-12)
 
 
 # ---- the physics battery and the configuration -----------------------------------------------

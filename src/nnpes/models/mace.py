@@ -17,6 +17,7 @@ computes only the scalars the readout needs. Full E(3) symmetry (rotations and r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,10 +28,14 @@ import jax.numpy as jnp
 
 from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
-from nnpes.models.mace_ops import coupling, symmetric_contraction
-from nnpes.models.radial import edge_geometry
+from nnpes.models.aggregation import sum_messages, use_blocks
+from nnpes.models.mace_ops import coupling, edge_messages, edge_product, symmetric_contraction, to_e3nn_layout
+from nnpes.models.radial import edge_geometry, mlp
 
 GATES = {"silu": jax.nn.silu, "tanh": jnp.tanh}
+# Above BLOCK_ABOVE edges the per-edge messages are made and summed EDGE_CHUNK edges at a time
+# (aggregation.sum_messages): benchmarks/README.md, MACE.
+EDGE_CHUNK, BLOCK_ABOVE = 128, 8192
 
 
 @dataclass
@@ -85,20 +90,36 @@ class MACEHParams:
         return self.hidden[0].mul
 
 
-class MLP(nn.Module):
-    """Dense layers without biases (zero in, zero out), ``gate`` between them. (..., n) → (..., widths[-1])."""
+class Kernel(nn.Module):
+    """One bias-free dense layer's weights with nn.Dense's parameter name and initialiser."""
 
-    widths: tuple
-    gate: str
+    shape: tuple
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x):
-        for k, width in enumerate(self.widths):
-            if k:
-                x = GATES[self.gate](x)
-            x = nn.Dense(width, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name=f"dense_{k}")(x)
-        return x
+    def __call__(self):
+        return self.param("kernel", nn.initializers.lecun_normal(), self.shape, self.dtype)
+
+
+class MLPKernels(nn.Module):
+    """Weights (params ``dense_k/kernel``) of a bias-free MLP with layer sizes ``sizes`` (input
+    first), as a list for the pure ``radial.mlp``, so the MLP can also run inside ``lax.scan``."""
+
+    sizes: tuple
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self) -> list:
+        pairs = zip(self.sizes[:-1], self.sizes[1:])
+        return [Kernel((a, b), self.dtype, name=f"dense_{k}")() for k, (a, b) in enumerate(pairs)]
+
+
+def _edge_messages(consts, sh, basis, senders, receivers, *, product, gate):
+    """Messages j → i of a block of edges: (receivers (B,), (B, rows·C)) (mace_ops.edge_messages)."""
+    h, kernels = consts  # h (N, d_h, C)
+    w = mlp(kernels, basis, gate)
+    m = edge_messages(h[senders], sh, w.reshape(w.shape[0], len(product.paths), h.shape[-1]), product)
+    return [(receivers, m.reshape(m.shape[0], -1))]
 
 
 class Interaction(nn.Module):
@@ -115,11 +136,16 @@ class Interaction(nn.Module):
     def __call__(self, h, species, sh, basis, senders, receivers):
         hp, c, n_node = self.hp, self.hp.channels, species.shape[0]
         up = e3nn.flax.Linear(h.irreps, name="linear_up")(h)
-        msg = e3nn.tensor_product(up[senders], sh, filter_ir_out=sh.irreps).regroup()
-        w = MLP((*hp.radial_mlp, msg.irreps.num_irreps), hp.gate, self.dtype, name="radial_mlp")(basis)
-        msg = msg * w
-        a = jax.ops.segment_sum(msg.array, receivers, n_node, indices_are_sorted=True) / self.avg_num_neighbors
-        a = e3nn.flax.Linear(c * sh.irreps, force_irreps_out=True, name="linear_a")(e3nn.IrrepsArray(msg.irreps, a))
+        product = edge_product(str(self._single(up.irreps)), str(sh.irreps))
+        sizes = (basis.shape[1], *hp.radial_mlp, len(product.paths) * c)
+        consts = (jnp.swapaxes(up.mul_to_axis(c).array, 1, 2), MLPKernels(sizes, self.dtype, name="radial_mlp")())
+        per_edge = functools.partial(_edge_messages, product=product, gate=GATES[hp.gate])
+        chunk = EDGE_CHUNK if use_blocks(sh.shape[0], EDGE_CHUNK, BLOCK_ABOVE) else None
+        a = sum_messages(per_edge, chunk, consts, n_node, sh.array, basis, senders, receivers, indices_are_sorted=True)
+        a = to_e3nn_layout(a.reshape(n_node, -1, c), product) / self.avg_num_neighbors
+        msg_irreps = e3nn.Irreps([(mul * c, ir) for mul, ir in e3nn.Irreps(product.irreps_out)])
+        a = e3nn.IrrepsArray(msg_irreps, a)
+        a = e3nn.flax.Linear(c * sh.irreps, force_irreps_out=True, name="linear_a")(a)
         if not self.residual:  # the first layer mixes A's channels per element (MACE's skip_tp there)
             a = e3nn.flax.Linear(a.irreps, num_indexed_weights=self.num_species, force_irreps_out=True,
                                  name="species_mix")(species, a)
@@ -179,7 +205,8 @@ class MACE(nn.Module):
             )
             scalars = h.filter(keep="0e").array
             widths = (e3nn.Irreps(hp.mlp_irreps).num_irreps, 1) if last else (1,)
-            energy = energy + MLP(widths, hp.gate, dt, name=f"readout_{layer}")(scalars)[:, 0]
+            readout = MLPKernels((scalars.shape[-1], *widths), dt, name=f"readout_{layer}")()
+            energy = energy + mlp(readout, scalars, GATES[hp.gate])[:, 0]
         return jnp.where(node_mask, energy, 0.0)
 
 

@@ -42,8 +42,9 @@ import jax.numpy as jnp
 
 from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
+from nnpes.models.aggregation import sum_messages, use_blocks
 from nnpes.models.nequip_ops import edge_pairs
-from nnpes.models.radial import edge_geometry
+from nnpes.models.radial import edge_geometry, mlp
 
 ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh}
 
@@ -99,40 +100,6 @@ class RadialMLP(nn.Module):
             self.param(name, lambda key, shape: {"kernel": init(key, shape, self.dtype)}, (a, b))["kernel"]
             for name, a, b in zip(names, sizes[:-1], sizes[1:])
         ]
-
-
-def radial_mlp(kernels: list, basis):
-    """(E, n_basis) enveloped basis → (E, out) weights. No biases and silu(0) = 0: zero basis in,
-    zero weights out, so weights are smooth and vanish with the envelope at r_cut."""
-    x = basis
-    for k in kernels[:-1]:
-        x = jax.nn.silu(x @ k)
-    return x @ kernels[-1]
-
-
-def sum_messages(fn, chunk: int | None, consts, n_node: int, *edge_arrays, indices_are_sorted=False):
-    """(N, D) Σ of per-edge messages over their target nodes. fn(consts, *edge_arrays) returns a
-    list of (targets (B,) int, messages (B, D)).
-
-    Above ``chunk`` rows the sum runs as a ``lax.scan`` over blocks of ``chunk`` rows,
-    rematerialised in the backward pass: per-edge intermediates stay block-sized (in cache, and
-    memory O(N + chunk) rather than O(E)). Rows are padded to whole blocks with zeros (zero
-    basis → zero radial weights → zero message)."""
-    n_rows = edge_arrays[0].shape[0]
-    if chunk is None or n_rows <= chunk:
-        return sum(jax.ops.segment_sum(m, t, n_node, indices_are_sorted=indices_are_sorted) for t, m in fn(consts, *edge_arrays))
-    n_blocks = -(-n_rows // chunk)
-    pad = n_blocks * chunk - n_rows
-    blocks = [jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape((n_blocks, chunk) + x.shape[1:]) for x in edge_arrays]
-    body = jax.checkpoint(lambda xs: fn(consts, *xs))
-
-    def step(acc, xs):
-        for t, m in body(xs):
-            acc = acc.at[t].add(m, indices_are_sorted=indices_are_sorted)
-        return acc, None
-
-    width = jax.eval_shape(body, [x[0, :1] for x in blocks])[0][1].shape[-1]
-    return jax.lax.scan(step, jnp.zeros((n_node, width), consts[0].dtype), blocks)[0]
 
 
 # ---------------------------------------------------------------- explicit l ≤ 1 implementation
@@ -213,14 +180,14 @@ def _messages(h_j, unit, w, *, paths, inputs, outputs, c):
 def _edge_messages(consts, unit, basis, senders, receivers, *, messages):
     """One directed edge per row: the message j → i."""
     h, kernels = consts
-    return [(receivers, messages(h[senders], unit, radial_mlp(kernels, basis)))]
+    return [(receivers, messages(h[senders], unit, mlp(kernels, basis)))]
 
 
 def _pair_messages(consts, unit, basis, senders, receivers, *, messages):
     """One unordered pair per row (the edge i ← j with its reverse): both messages from one
     evaluation of the radial MLP; the reverse edge's unit vector is −r̂."""
     h, kernels = consts
-    w = radial_mlp(kernels, basis)
+    w = mlp(kernels, basis)
     return [(receivers, messages(h[senders], unit, w)), (senders, messages(h[receivers], -unit, w))]
 
 
@@ -305,7 +272,7 @@ class E3nnInteraction(nn.Module):
             parts.append(e3nn.tensor_product(h_j, sh, filter_ir_out=hidden))
         msg = e3nn.concatenate(parts).regroup()
         kernels = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, msg.irreps.num_irreps, self.dtype, name="RadialMLP_0")(basis.shape[1])
-        w = radial_mlp(kernels, basis)
+        w = mlp(kernels, basis)
         msg = msg * w
         agg = e3nn.IrrepsArray(msg.irreps, jax.ops.segment_sum(msg.array, receivers, species.shape[0], indices_are_sorted=True))
         agg = agg / self.avg_num_neighbors
@@ -321,12 +288,8 @@ class E3nnInteraction(nn.Module):
 
 
 def _blocked(hp: NequIPHParams, n_edges) -> bool:
-    """Whether the per-edge work runs in blocks (more than ``block_above`` edges). A symbolic edge
-    count (``jax.export`` with symbolic shapes, ``nnpes export``) takes the unblocked path, which
-    is valid for every size and gives the same energies."""
-    if hp.edge_chunk is None or jax.export.is_symbolic_dim(n_edges):
-        return False
-    return n_edges > hp.block_above
+    """Whether the per-edge work runs in blocks (aggregation.use_blocks)."""
+    return use_blocks(n_edges, hp.edge_chunk, hp.block_above)
 
 
 # ---------------------------------------------------------------- the model

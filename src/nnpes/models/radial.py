@@ -7,6 +7,7 @@ well-defined gradients, and callers mask padding edges out.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -53,3 +54,13 @@ def edge_geometry(vectors, edge_mask, cutoff: float, num_bessel: int, p: int):
     env = polynomial_envelope(r, cutoff, p) * edge_mask
     basis = bessel_basis(r, cutoff, num_bessel) * env[:, None]
     return jnp.where(edge_mask[:, None], unit, 0.0), basis
+
+
+def mlp(kernels: list, x, gate=jax.nn.silu):
+    """Bias-free dense layers ``kernels`` with ``gate`` between them: (..., n) → (..., out).
+    As the radial MLP, (E, n_basis) enveloped basis → (E, out) weights: with gate(0) = 0, zero
+    basis in gives zero weights out, so the weights are smooth and vanish with the envelope at
+    r_cut. A pure function, so it can run inside ``lax.scan``."""
+    for k in kernels[:-1]:
+        x = gate(x @ k)
+    return x @ kernels[-1]
