@@ -66,11 +66,15 @@ def toy():
     return build_potential(TOY, seed=0)
 
 
-def test_config_key_default_off_saved_only_when_on(toy, tmp_path):
-    off = toy
+@pytest.fixture(scope="module")
+def toy_zbl():
+    return build_potential({**TOY, "pair_repulsion": "zbl"}, seed=0)
+
+
+def test_config_key_default_off_saved_only_when_on(toy, toy_zbl, tmp_path):
+    off, on = toy, toy_zbl
     assert off.config.pair_repulsion == "none" and off.module.repulsion is None
     assert "pair_repulsion" not in yaml.safe_load((off.save(tmp_path / "off") / "config.yaml").read_text())["model"]
-    on = build_potential({**TOY, "pair_repulsion": "zbl"}, seed=0)
     assert jax.tree_util.tree_structure(on.params) == jax.tree_util.tree_structure(off.params)  # nothing trained
     on.save(tmp_path / "on")
     back = load_potential(tmp_path / "on")
@@ -140,3 +144,16 @@ def test_md_start_closer_than_the_data_warns(carded):
         warnings.simplefilter("error", ShortDistanceWarning)
         with pytest.raises(ShortDistanceWarning, match=r"atoms 0 and 1 \(H-C\) are 0.900 Å apart.* is 1.000 Å"):
             run_md(carded, Atoms("CH", positions=[[0, 0, 0], [0.9, 0, 0]]), steps=1, timestep=0.1)
+
+
+def test_md_energy_function_carries_the_term(toy_zbl):
+    """The on-device Verlet list feeds the same term: MD's energy and forces equal predict's."""
+    on = toy_zbl
+    atoms = Atoms("CHO", positions=[[0, 0, 0], [0.6, 0, 0], [0.0, 0.9, 0.1]])  # C–H inside r_in, C–O switching
+    neighbor_fn, energy_fn = on.md_functions(atoms)
+    r = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(r)
+    ref = on.predict(atoms)
+    energy, forces = jax.jit(energy_fn.energy_and_forces)(r, nbrs)
+    assert float(energy) == pytest.approx(ref["energy"], rel=1e-12)
+    np.testing.assert_allclose(forces, ref["forces"], atol=1e-10)
