@@ -150,6 +150,7 @@ def test_trained_model_card_has_data_and_test_errors_and_info_shows_them(tmp_pat
     out = capsys.readouterr().out
     m = result["test_metrics"]
     assert "frames: train 6, valid 2, test 3" in out
+    assert "shortest distances (Å): " + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()) in out
     assert re.search(rf"^ +test +{re.escape(str(tmp_path / 'hco_test.extxyz'))} +sha256 {sha['hco_test.extxyz'][:12]}$", out, re.M)
     assert f"{m['energy_per_atom_meV']['mae']:9.3f}" in out and "meV/atom" in out and "meV/Å" in out
     assert "on the test set" in out and "jax " in out and "created   " in out
