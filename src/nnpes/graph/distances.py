@@ -71,19 +71,26 @@ def close_contacts(graphs: Sequence[jraph.GraphsTuple], shortest: dict[str, floa
                    cutoff: float) -> list[CloseContact]:
     """The closest pair of each structure that comes closer than ``shortest`` allows (at most one
     per structure: the one furthest inside its bound, relative to it)."""
+    from ase.data import atomic_numbers
+
+    # bound[Z_i, Z_j] Å: vectorised over edges (predict runs this on every call).
+    bound = np.full((119, 119), float(cutoff))
+    for name, d in shortest.items():
+        a, b = (atomic_numbers[s] for s in name.split("-"))
+        bound[a, b] = bound[b, a] = d
     found = []
     for k, g in enumerate(graphs):
         if len(g.senders) == 0:
             continue
         numbers = np.asarray(g.nodes[keys.NUMBERS])
+        z_r, z_s = numbers[g.receivers], numbers[g.senders]
         d = edge_lengths(g)
-        names = [pair_name(a, b, elements) for a, b in zip(numbers[g.receivers], numbers[g.senders])]
-        bound = np.array([shortest.get(n, cutoff) for n in names])
-        ratio = d / bound
+        ratio = d / bound[z_r, z_s]
         e = int(np.argmin(ratio))
         if ratio[e] < 1.0:
             i, j = sorted((int(g.receivers[e]), int(g.senders[e])))
-            found.append(CloseContact(k, i, j, names[e], float(d[e]), float(bound[e]), names[e] in shortest))
+            name = pair_name(z_r[e], z_s[e], elements)
+            found.append(CloseContact(k, i, j, name, float(d[e]), float(bound[z_r[e], z_s[e]]), name in shortest))
     return found
 
 

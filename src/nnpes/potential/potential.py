@@ -128,7 +128,8 @@ class Potential:
 
     @property
     def shortest_distances(self) -> dict[str, float] | None:
-        """Å per element pair ("C-H") in the training data, from the model card; None if not recorded."""
+        """Å per element pair ("H-C", in the model's element order) in the training data, from the
+        model card; None if not recorded."""
         data = self.card.data if self.card is not None else None
         return data.shortest_distances if data is not None else None
 
