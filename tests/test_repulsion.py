@@ -157,3 +157,13 @@ def test_md_energy_function_carries_the_term(toy_zbl):
     energy, forces = jax.jit(energy_fn.energy_and_forces)(r, nbrs)
     assert float(energy) == pytest.approx(ref["energy"], rel=1e-12)
     np.testing.assert_allclose(forces, ref["forces"], atol=1e-10)
+
+
+def test_check_pair_repulsion_catches_a_switch_with_a_kink(monkeypatch):
+    """A linear switch (continuous E, forces that jump at r_in and r_out) fails the check."""
+    from nnpes import models, testing
+
+    monkeypatch.setattr(models.repulsion, "switch", lambda r, r_in, r_out: 1.0 - jnp.clip((r - r_in) / (r_out - r_in), 0, 1))
+    ev = testing.Evaluator(build_potential({**TOY, "pair_repulsion": "zbl"}, seed=0))
+    with pytest.raises(AssertionError, match=r"^_toy cutoff: F jumps at the cutoff"):
+        testing.check_pair_repulsion(ev)
