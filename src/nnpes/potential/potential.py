@@ -123,7 +123,7 @@ class Potential:
         stress = bool(compute_stress)
         results = predict_structures(lambda g: self._compiled(self.params, g, stress), atoms_list, self.cutoff,
                                      self.dtype, seen=self._compiled.shapes_seen(stress),
-                                     inspect=lambda graphs: self.warn_close_contacts(graphs, stacklevel=5))
+                                     check_graphs=lambda graphs: self.warn_close_contacts(graphs, stacklevel=5))
         return results[0] if single else results
 
     @property
