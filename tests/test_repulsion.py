@@ -36,13 +36,13 @@ def test_zbl_values_switch_and_radii():
     assert float(zbl_potential(1.0, 8.0, 1.0)) == pytest.approx(4.77232, rel=1e-5)
     r_in, r_out = switching_radii([1, 6, 8])  # ase covalent radii H 0.31, C 0.76, O 0.66 Å
     assert r_in[0, 1] == pytest.approx(0.5 * 1.07) and r_out[0, 2] == pytest.approx(0.8 * 0.97)
-    ds = jax.grad(switch)
-    dds = jax.grad(ds)
-    for r, value in ((0.5, 1.0), (0.8, 0.0)):  # C² at both radii, exactly 1 and 0 outside
-        assert float(switch(r, 0.5, 0.8)) == value and float(ds(r, 0.5, 0.8)) == 0.0
-        assert abs(float(dds(r, 0.5, 0.8))) < 1e-9
-    assert float(switch(0.1, 0.5, 0.8)) == 1.0 and float(switch(2.0, 0.5, 0.8)) == 0.0
-    assert float(ds(0.65, 0.5, 0.8)) < 0
+    # s, s', s'' at r = 0.1, r_in, mid, r_out, 2.0 (one jitted call: eager float64 ops are slow)
+    s, ds, dds = (np.asarray(x) for x in jax.jit(jax.vmap(lambda r: (
+        switch(r, 0.5, 0.8), jax.grad(switch)(r, 0.5, 0.8), jax.grad(jax.grad(switch))(r, 0.5, 0.8))))(
+        jnp.array([0.1, 0.5, 0.65, 0.8, 2.0])))
+    assert list(s[[0, 1]]) == [1.0, 1.0] and list(s[[3, 4]]) == [0.0, 0.0]  # exactly, outside
+    assert list(ds[[0, 1, 3, 4]]) == [0.0] * 4 and ds[2] < 0
+    assert np.abs(dds[[1, 3]]).max() < 1e-9  # C² at both radii
 
 
 def test_zbl_is_exactly_zero_with_zero_gradient_on_padding_and_beyond_r_out():
@@ -53,8 +53,12 @@ def test_zbl_is_exactly_zero_with_zero_gradient_on_padding_and_beyond_r_out():
     species = jnp.array([0, 1, 2, 0])
     senders, receivers = jnp.array([1, 0, 2, 1, 3, 3]), jnp.array([0, 1, 1, 2, 3, 3])
     mask = jnp.array([True, True, True, True, False, False])
-    e = term(vectors, species, senders, receivers, mask)
-    g = jax.grad(lambda v: term(v, species, senders, receivers, mask).sum())(vectors)
+
+    def energies_and_grad(v):  # one jitted call: eager float64 ops are slow
+        energy = lambda w: term(w, species, senders, receivers, mask)  # noqa: E731
+        return energy(v), jax.grad(lambda w: energy(w).sum())(v)
+
+    e, g = jax.jit(energies_and_grad)(vectors)
     v_ch = float(zbl_potential(0.6, 1.0, 6.0) * switch(0.6, 0.5 * 1.07, 0.8 * 1.07))
     np.testing.assert_allclose(e[:2], 0.5 * v_ch, rtol=1e-12)
     assert np.all(np.asarray(e[2:]) == 0.0) and np.all(np.asarray(g[2:]) == 0.0)
