@@ -10,12 +10,14 @@ import re
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 import _toy_model  # noqa: F401  (registers "_toy")
 from nnpes.cli.main import main
 from nnpes.files import atomic_write, current_umask
+from nnpes.graph.distances import shortest_distances
 from nnpes.potential import CARD_FILE, ModelCard, build_potential, load_potential
 
 
@@ -133,11 +135,22 @@ def test_trained_model_card_has_data_and_test_errors_and_info_shows_them(tmp_pat
     assert card.data.frames == {"train": 6, "valid": 2, "test": 3} and card.data.energy_unit == "eV"
     assert card.test_split == "test" and card.test_metrics == result["test_metrics"]
     assert card.model.elements == ["H", "C", "O"] and card.model.n_parameters == 19
+    from nnpes.config import load_config
+    from nnpes.graph import atoms_to_graph
+    from nnpes.training.data import load_splits
+
+    train_split = load_splits(load_config(tmp_path / "run" / "config.yaml").data, TOY["elements"])["train"]
+    assert card.data.shortest_distances == shortest_distances(
+        [atoms_to_graph(a, TOY["cutoff"]) for a in train_split], TOY["elements"])
+    assert set(card.data.shortest_distances) <= {"H-H", "H-C", "H-O", "C-C", "C-O", "O-O"}
+    closest = min((a.get_all_distances(mic=True) + 9 * np.eye(len(a))).min() for a in train_split)  # ase, independently
+    assert min(card.data.shortest_distances.values()) == pytest.approx(closest, abs=1e-4)
 
     assert main(["info", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     m = result["test_metrics"]
     assert "frames: train 6, valid 2, test 3" in out
+    assert "shortest distances (Å): " + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()) in out
     assert re.search(rf"^ +test +{re.escape(str(tmp_path / 'hco_test.extxyz'))} +sha256 {sha['hco_test.extxyz'][:12]}$", out, re.M)
     assert f"{m['energy_per_atom_meV']['mae']:9.3f}" in out and "meV/atom" in out and "meV/Å" in out
     assert "on the test set" in out and "jax " in out and "created   " in out

@@ -13,6 +13,7 @@ developing it; the private test models live in ``tests/_toy_model.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -116,6 +117,19 @@ def test_atom_crossing_cutoff_in_a_molecule(model):
     y = 1.5
     x_c = np.sqrt(CUTOFF**2 - y**2)
     testing.check_cutoff_crossing(model, lambda x: Atoms("HCO", positions=[[0, 0, 0], [1.5, 0, 0], [x, y, 0.0]]), x_c)
+
+
+# ---- short-range repulsion (model.pair_repulsion: zbl) ---------------------------------------
+
+
+def test_pair_repulsion(model):
+    """The same weights with the ZBL term on: zero beyond r_out, smooth at both switching radii,
+    every dimer rising monotonically below r_in for these random weights, forces and stress by
+    finite differences with pairs in every regime (``nnpes.testing.check_pair_repulsion``)."""
+    from nnpes.potential.potential import Potential
+
+    on = Potential(dataclasses.replace(model.pot.config, pair_repulsion="zbl"), model.pot.params)
+    testing.check_pair_repulsion(testing.Evaluator(on, name=f"{model.name}+zbl"), off=model)
 
 
 # ---- batching and compilation ----------------------------------------------------------------

@@ -57,6 +57,9 @@ def describe_model(path) -> str:
         lines.append(f"data      frames: {frames} (energies in the files: {card.data.energy_unit})")
         width = max((len(f.role) for f in card.data.files), default=0)
         lines += [f"          {f.role:<{width}}  {f.path}  sha256 {f.sha256[:12]}" for f in card.data.files]
+        if card.data.shortest_distances:  # predict warns below these
+            lines.append("          shortest distances (Å): "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()))
     if card.test_metrics:
         from nnpes.training.evaluate import format_metrics
 

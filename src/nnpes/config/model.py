@@ -24,6 +24,9 @@ class ModelConfig:
     # A saved potential (or a run directory holding model/) to start from: its weights and its
     # normalisation (e0, scale, avg_num_neighbors, descriptor statistics) are kept; dtype may differ.
     init_from: str | None = None
+    # A fixed, untrained short-range pair term added to the energy (nnpes.models.repulsion):
+    # "zbl" = ZBL screened nuclear repulsion, switched off between 0.5 and 0.8 × (R_cov,i + R_cov,j).
+    pair_repulsion: Literal["none", "zbl"] = "none"
     hparams: Any = None  # the registered model's hyperparameter dataclass
 
     def validate(self, path: str = "model"):
@@ -42,6 +45,20 @@ class ModelConfig:
             unknown = set(self.e0) - set(self.elements)
             if unknown:
                 raise ConfigError(f"{path}.e0: elements {sorted(unknown)} are not in model.elements")
+        if self.pair_repulsion == "zbl":
+            self._check_repulsion_range(path)
+
+    def _check_repulsion_range(self, path: str) -> None:
+        # The term must be zero at the cutoff: pairs beyond it are not in the neighbour list.
+        import numpy as np
+
+        from nnpes.models.repulsion import switching_radii
+
+        _, r_out = switching_radii(self.numbers)
+        i, j = np.unravel_index(np.argmax(r_out), r_out.shape)
+        if r_out[i, j] > self.cutoff:
+            raise ConfigError(f"{path}.pair_repulsion: zbl reaches {r_out[i, j]:.2f} Å for "
+                              f"{self.elements[i]}–{self.elements[j]}, beyond the cutoff {self.cutoff} Å; raise model.cutoff")
 
     @property
     def numbers(self) -> list[int]:
@@ -49,8 +66,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hparams"}
-        if d["init_from"] is None:  # saved models stay readable by versions without the key
+        # Saved models stay readable by versions without these keys.
+        if d["init_from"] is None:
             del d["init_from"]
+        if d["pair_repulsion"] == "none":
+            del d["pair_repulsion"]
         d.update(dataclasses.asdict(self.hparams))
         return d
 

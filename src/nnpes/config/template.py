@@ -27,6 +27,7 @@ MODEL_DOCS = {
     "e0": "eV per element; null: least squares on the training set",
     "scale": "eV; null: force RMS of the training set",
     "init_from": "fine-tune: saved model or run dir; keeps its weights and normalisation",
+    "pair_repulsion": "none or zbl: fixed ZBL nuclear repulsion, zero beyond 0.8·(R_cov,i + R_cov,j)",
 }
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from nnpes.graph.build import atoms_to_graph
 from nnpes.md.functions import md_functions
 from nnpes.md.integrators import (
     Integrator, MDState, kinetic_energy, langevin, maxwell_boltzmann, nose_hoover_chain, run_steps,
@@ -191,6 +192,9 @@ def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=N
     ``settings`` are MDConfig fields (``run_md(pot, atoms, steps=1000, timestep=0.5)``); given with
     ``config`` they override it."""
     cfg = MDConfig(**settings) if config is None else dataclasses.replace(config, **settings)
+    warn_start = getattr(potential, "warn_close_contacts", None)  # a Potential with a model card
+    if warn_start is not None:  # start closer than the training data: ShortDistanceWarning
+        warn_start([atoms_to_graph(atoms, potential.cutoff)], stacklevel=3)
     neighbor_fn, energy_fn = md_functions(potential, atoms, skin=cfg.skin, capacity_multiplier=cfg.capacity_multiplier)
     dtype = energy_fn.dtype
     integrator = make_integrator(energy_fn.energy_and_forces, cfg.ensemble, cfg.timestep, cfg.temperature,

@@ -1,8 +1,8 @@
-"""E = Σ_i (σ_Z E_i + E0_Z) + b around any registered per-atom model."""
+"""E = Σ_i (σ_Z E_i + E0_Z) + b (+ a fixed pair repulsion) around any registered per-atom model."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,11 +16,14 @@ class EnergyModel(nn.Module):
     Parameters: ``scale`` (n_elements,) σ_Z, ``e0`` (n_elements,) E0_Z in eV, ``offset`` b in eV.
     The offset is shared out as b / N_atoms over the atoms of each structure, so per-atom energies
     still sum to E; it lives here once and the loss has no second copy.
+    ``repulsion``: an untrained pair term (e.g. ``nnpes.models.repulsion.ZBLRepulsion``) called as
+    ``repulsion(vectors, species, senders, receivers, edge_mask) -> (N,)`` eV, added unscaled.
     """
 
     inner: nn.Module
     e0_init: Sequence[float]
     scale_init: float = 1.0
+    repulsion: Callable | None = None
 
     @nn.compact
     def __call__(self, inputs: ModelInputs):
@@ -32,4 +35,6 @@ class EnergyModel(nn.Module):
         e_i = self.inner(vectors, species, inputs.senders, inputs.receivers, inputs.edge_mask, node_mask)
         atoms_in_graph = jnp.maximum(inputs.n_node[inputs.node_graph], 1).astype(vectors.dtype)
         e = scale[species] * e_i + e0[species] + offset / atoms_in_graph
+        if self.repulsion is not None:
+            e = e + self.repulsion(vectors, species, inputs.senders, inputs.receivers, inputs.edge_mask)
         return jnp.where(node_mask, e, 0.0)

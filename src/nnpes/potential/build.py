@@ -23,6 +23,7 @@ from nnpes.graph.padding import pad_graph, to_device
 from nnpes.models import get_model
 from nnpes.models.energy import EnergyModel
 from nnpes.models.inputs import model_inputs, species_table
+from nnpes.models.repulsion import ZBLRepulsion
 from nnpes.potential.card import ModelCard
 from nnpes.potential.potential import CONFIG_FILE, PARAMS_FILE, Potential
 from nnpes.graph.stats import check_known_elements, graph_stats
@@ -33,7 +34,8 @@ def make_module(config: ModelConfig) -> EnergyModel:
     spec = get_model(config.name)
     inner = spec.build(config.hparams, config)
     e0 = [float((config.e0 or {}).get(s, 0.0)) for s in config.elements]
-    return EnergyModel(inner=inner, e0_init=tuple(e0), scale_init=float(config.scale or 1.0))
+    repulsion = ZBLRepulsion(tuple(config.numbers)) if config.pair_repulsion == "zbl" else None
+    return EnergyModel(inner=inner, e0_init=tuple(e0), scale_init=float(config.scale or 1.0), repulsion=repulsion)
 
 
 def _model_section(config) -> ModelConfig:

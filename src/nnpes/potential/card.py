@@ -78,12 +78,18 @@ class TrainingData:
     files: list[DataFile]
     frames: dict[str, int]  # structures per split: train, valid, test
     energy_unit: str = "eV"  # of the files (converted to eV when read)
+    # Å, shortest distance of each element pair ("C-H") in the train split (within the cutoff);
+    # predict warns below it (nnpes.graph.distances). None: cards written before it was recorded.
+    shortest_distances: dict[str, float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingData":
         d = _known(cls, d)
         files = [DataFile(**_known(DataFile, f)) for f in d.pop("files", None) or []]
-        return cls(files=files, frames={str(k): int(v) for k, v in (d.pop("frames", None) or {}).items()}, **d)
+        shortest = d.pop("shortest_distances", None)
+        shortest = None if shortest is None else {str(k): float(v) for k, v in shortest.items()}
+        return cls(files=files, frames={str(k): int(v) for k, v in (d.pop("frames", None) or {}).items()},
+                   shortest_distances=shortest, **d)
 
 
 @dataclass

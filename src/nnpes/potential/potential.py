@@ -15,6 +15,7 @@ from ase import Atoms
 
 from nnpes.config.model import ModelConfig
 from nnpes.files import atomic_write, yaml_safe
+from nnpes.graph.distances import warn_close_contacts
 from nnpes.models.energy import EnergyModel
 from nnpes.models.inputs import species_table
 from nnpes.potential.card import ModelCard, count_parameters
@@ -110,6 +111,8 @@ class Potential:
 
         Structures are batched and padded to a few bucket shapes, so predicting many structures
         of similar size compiles once. ``compute_stress=None``: only if some structure is periodic.
+        Two atoms closer than the training data's shortest distance of their element pair (model
+        card) give one ``ShortDistanceWarning`` per call, naming the closest such pair.
         """
         single = isinstance(atoms, Atoms)
         atoms_list = [atoms] if single else list(atoms)
@@ -119,8 +122,21 @@ class Potential:
             compute_stress = any(bool(np.all(a.pbc)) for a in atoms_list)
         stress = bool(compute_stress)
         results = predict_structures(lambda g: self._compiled(self.params, g, stress), atoms_list, self.cutoff,
-                                     self.dtype, seen=self._compiled.shapes_seen(stress))
+                                     self.dtype, seen=self._compiled.shapes_seen(stress),
+                                     check_graphs=lambda graphs: self.warn_close_contacts(graphs, stacklevel=5))
         return results[0] if single else results
+
+    @property
+    def shortest_distances(self) -> dict[str, float] | None:
+        """Å per element pair ("H-C", in the model's element order) in the training data, from the
+        model card; None if not recorded."""
+        data = self.card.data if self.card is not None else None
+        return data.shortest_distances if data is not None else None
+
+    def warn_close_contacts(self, graphs, stacklevel: int = 2) -> list:
+        """One ``ShortDistanceWarning`` if a pair in ``graphs`` (host graphs at the model's cutoff)
+        is closer than ``shortest_distances``; returns the ``CloseContact``s, one per structure."""
+        return warn_close_contacts(graphs, self.shortest_distances, self.elements, self.cutoff, stacklevel + 1)
 
     def calculator(self, **kwargs):
         """An ase Calculator (energy, free_energy, forces, stress, energies)."""

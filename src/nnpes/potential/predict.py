@@ -115,14 +115,17 @@ def _split(out: dict, chunk: Sequence[jraph.GraphsTuple], layout: dict) -> list[
 
 def predict_structures(fn: Callable, atoms_list: Sequence[Atoms], cutoff: float, dtype, *,
                        layout: dict = OUTPUT_LAYOUT, max_edges: int = MAX_EDGES_PER_CALL,
-                       seen: set | None = None) -> list[dict]:
+                       seen: set | None = None, check_graphs: Callable | None = None) -> list[dict]:
     """``fn(padded device graph) -> dict`` over ``atoms_list``, one dict of float64 numpy outputs per
     structure (``layout`` says which are per node and per graph). ``stress`` is kept only for fully
-    periodic structures. ``seen``: see ``padded_batches``."""
+    periodic structures. ``seen``: see ``padded_batches``. ``check_graphs(graphs)``: called once with
+    the structures' host graphs before any prediction (e.g. to warn of close contacts)."""
     from nnpes import compile_cache
 
     compile_cache.enable()  # the next process predicting these shapes loads them instead of compiling
     graphs = [atoms_to_graph(a, cutoff) for a in atoms_list]
+    if check_graphs is not None:
+        check_graphs(graphs)
     results = []
     for chunk, padded in padded_batches(graphs, max_edges, seen):
         out = jax.tree_util.tree_map(np.asarray, fn(to_device(padded, dtype)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-from nnpes.testing import checks, locality
+from nnpes.testing import checks, locality, repulsion
 from nnpes.testing.evaluator import battery_evaluator
 from nnpes.testing.structures import KINDS, PERIODIC_KINDS, labelled_dataset, make_structure
 
@@ -46,8 +46,8 @@ def run_battery(model, hparams: dict | None = None, seed: int = 1, dataset=None)
     cutoff 3 Å unless given) in float64, on random molecules and random periodic cells (including
     cells smaller than the cutoff). ``hparams`` override the model's defaults (keep them small);
     ``seed`` seeds the parameters and the structures; ``dataset`` (default: EMT-labelled random
-    structures) feeds E0/scale and calibration. Returns the names of the check groups run; raises
-    AssertionError naming the failed check and the size of its violation."""
+    structures) feeds E0/scale and calibration. With ``pair_repulsion`` on it also runs
+    ``check_pair_repulsion``. Returns the names of the check groups run; raises AssertionError naming the failed check and the size of its violation."""
     dataset = labelled_dataset() if dataset is None else dataset
     ev = battery_evaluator(model, hparams, seed=seed, dataset=dataset)
     groups = {"symmetry": _symmetry, "derivatives": _derivatives, "locality": _locality}
@@ -55,4 +55,7 @@ def run_battery(model, hparams: dict | None = None, seed: int = 1, dataset=None)
         fn(ev, seed - 1)
     locality.check_padding(ev, [make_structure(k, seed + 18) for k in KINDS])
     locality.check_no_recompile(ev, seed=seed + 19)
-    return [*groups, "padding", "no_recompile"]
+    if ev.pot.config.pair_repulsion == "none":
+        return [*groups, "padding", "no_recompile"]
+    repulsion.check_pair_repulsion(ev)
+    return [*groups, "padding", "no_recompile", "pair_repulsion"]

@@ -34,6 +34,7 @@ import yaml
 from nnpes.config import Config, load_config
 from nnpes.files import atomic_write_text
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
+from nnpes.graph.distances import shortest_distances
 from nnpes.lock import lock_run_dir
 from nnpes.potential import energy_forces_stress
 from nnpes.potential.card import ModelCard, TrainingData
@@ -128,6 +129,7 @@ class _Run:
     use_stress: bool
     log: Callable
     record: RunRecord
+    shortest: dict  # Å per element pair in the train split (nnpes.graph.distances), for the model card
     compiled: set = dataclasses.field(default_factory=set)  # (step, batch shape) seen in this process
 
     def announce_compile(self, which: str, graph) -> None:
@@ -216,7 +218,8 @@ def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
     log(f"setup {time.perf_counter() - t0:.1f} s; {steps_per_epoch} steps/epoch; model {cfg.model.name} "
         f"({pot.n_parameters} parameters), dtype {cfg.model.dtype}")
     return _Run(cfg, run_dir, pot, splits, train_loader, valid_loader, steps_per_epoch, put,
-                make_optimizer(tcfg, steps_per_epoch, pot.params["params"]), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record)
+                make_optimizer(tcfg, steps_per_epoch, pot.params["params"]), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record,
+                shortest_distances(train_graphs, cfg.model.elements))
 
 
 def bootstrap_train(graphs: list, seed: int, log) -> list:
@@ -451,10 +454,10 @@ def _report_epoch(run: _Run, trackers, epoch, step, progress: Progress, train_m,
 
 
 def training_data(run: _Run) -> TrainingData:
-    """The model card's record of a run's data: the files of ``run.yaml`` (with their sha256) and
-    the number of structures in each split."""
+    """The model card's record of a run's data: the files of ``run.yaml`` (with their sha256), the
+    number of structures in each split and the shortest distance of each element pair in training."""
     return TrainingData(run.record.files, {name: len(frames) for name, frames in run.splits.items()},
-                        run.cfg.data.energy_unit)
+                        run.cfg.data.energy_unit, shortest_distances=run.shortest)
 
 
 def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, compiles: dict, n_buckets: int) -> dict:
