@@ -260,6 +260,9 @@ def test_a_crash_while_saving_over_a_model_leaves_the_old_one_and_stale_tmp_is_c
     assert np.array_equal(nnpes.load_potential(path).params["params"]["inner"]["Dense_0"]["kernel"],
                           new.params["params"]["inner"]["Dense_0"]["kernel"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (tmp_path / "link").symlink_to(path)  # saving through a link replaces its target, keeps the link
+    old.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and nnpes.load_potential(tmp_path / "link").card is not None
 
 
 def test_a_run_removes_the_stale_tmp_files_of_a_crashed_one(data_dir, tmp_path):  # noqa: F811
@@ -395,3 +398,20 @@ def test_oracle_workers_die_with_their_parent_after_kill_9():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_oracle_sections_and_run_records_that_do_not_fit_give_one_line(data_dir, tmp_path, capsys):  # noqa: F811
+    from nnpes.oracle import make_oracle
+
+    with pytest.raises(ValueError, match="oracle: unknown key 'bassis' for type 'pyscf'"):
+        make_oracle({"type": "pyscf", "bassis": "def2-SVP"})
+    with pytest.raises(ValueError, match="oracle kwargs .* do not fit ase.calculators.mixing.SumCalculator"):
+        make_oracle({"type": "calculator", "calculator": "ase.calculators.mixing.SumCalculator", "kwargs": {"bogus": 1}})
+    # a damaged run.yaml: --resume says which file, no traceback
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text("- just\n- a list\n")
+    (run / "latest.ckpt").write_bytes(b"")
+    cfg = write_config(tmp_path / "c.yaml", _config(data_dir, max_epochs=1))
+    rc, err = cli(["train", cfg, "--run-dir", run, "--resume"], capsys)
+    one_line_error(rc, err, "train", run / "run.yaml", "damaged")

@@ -68,6 +68,8 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None], names: Sequ
     entries of an existing ``path`` are copied into the new one. A crash before the swap leaves
     the old directory as it was and a ``.NAME.*.tmp`` directory (``remove_stale_tmp``)."""
     path = Path(path)
+    if path.is_symlink():  # replace what the link points to, keep the link
+        path = path.resolve()
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a directory: save to a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
