@@ -415,3 +415,26 @@ def test_oracle_sections_and_run_records_that_do_not_fit_give_one_line(data_dir,
     cfg = write_config(tmp_path / "c.yaml", _config(data_dir, max_epochs=1))
     rc, err = cli(["train", cfg, "--run-dir", run, "--resume"], capsys)
     one_line_error(rc, err, "train", run / "run.yaml", "damaged")
+
+
+def test_a_crash_while_resume_rewrites_metrics_csv_keeps_its_rows(tmp_path, monkeypatch):
+    import csv
+
+    from nnpes.training.metrics import CSVLog, read_csv
+
+    path = tmp_path / "metrics.csv"
+    log = CSVLog(path)
+    for epoch in range(3):
+        log.write({"epoch": epoch, "step": 10 * epoch, "train_loss": 1.0 / (epoch + 1)})
+    before = path.read_text()
+
+    def killed(self, rows):  # a kill -9 while the resume rewrites the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        CSVLog(path, resume_epoch=2)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    CSVLog(path, resume_epoch=2)  # the resume that follows drops the rows of the epoch it redoes
+    assert list(read_csv(path)["epoch"]) == [0, 1]
