@@ -438,3 +438,16 @@ def test_a_crash_while_resume_rewrites_metrics_csv_keeps_its_rows(tmp_path, monk
     assert path.read_text() == before
     CSVLog(path, resume_epoch=2)  # the resume that follows drops the rows of the epoch it redoes
     assert list(read_csv(path)["epoch"]) == [0, 1]
+
+
+def test_calls_whose_worker_died_before_the_failure_kind_existed_are_retried(tmp_path):
+    from nnpes.oracle import LabelStore
+
+    atoms = _copper(1, 0)[0]
+    store = LabelStore(tmp_path / "labels.jsonl")  # as the old code wrote them: no "failure" field
+    store.append({"key": "died", "status": "failed", "error": "executor: BrokenProcessPool: a process in the pool "
+                  "was terminated abruptly", "numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+                  "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()})
+    store.add_result("scf", atoms, None, "OracleError: SCF not converged")
+    reopened = LabelStore(store.path)
+    assert reopened.pending() == {"died"} and reopened.keys() == {"scf"}

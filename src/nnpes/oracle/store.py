@@ -110,8 +110,14 @@ def make_executor(kind: str = "process", workers: int | None = None, address: st
 
 def settles(record: dict) -> bool:
     """Whether ``record`` is final for its key: a label, or a failure of the oracle (not of the
-    worker process running it)."""
-    return record["status"] == "ok" or record.get("failure", ORACLE) != WORKER
+    worker process running it). Records written before ``failure`` existed name a dead worker in
+    their error ("executor: BrokenProcessPool: ..."), so a resume retries those calls too."""
+    if record["status"] == "ok":
+        return True
+    failure = record.get("failure")
+    if failure is None:
+        failure = WORKER if str(record.get("error", "")).startswith("executor: BrokenProcessPool") else ORACLE
+    return failure != WORKER
 
 
 class LabelStore:
