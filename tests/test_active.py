@@ -421,7 +421,7 @@ def test_label_store_is_crash_safe_and_failures_are_recorded(tmp_path):
     keys = [f"k{s}" for s in range(5)]
     oracle = CountingOracle(tmp_path / "calls.txt", fail_every=3)
     counts = label(structures, keys, oracle, store)
-    assert counts == {"submitted": 5, "ok": 4, "failed": 1, "skipped": 0}
+    assert counts == {"submitted": 5, "ok": 4, "failed": 1, "skipped": 0, "retried": 0}
     failed = [r for r in store.records if r["status"] == "failed"]
     assert len(failed) == 1 and "SCF not converged" in failed[0]["error"]
     # a crash in the middle of writing a line: the torn line is dropped, the rest kept

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -55,6 +58,78 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_dir(path: str | Path, fill: Callable[[Path], None], names: Sequence[str]) -> Path:
+    """Replace directory ``path`` as a whole: ``fill(new)`` writes the files ``names`` into a new
+    hidden sibling directory, which is then swapped in by one ``rename`` (Linux: an atomic
+    exchange with the old one, ``renameat2(RENAME_EXCHANGE)``; elsewhere the old one is moved
+    aside first, so a crash between the two renames leaves no directory, never a mixed one). Other
+    entries of an existing ``path`` are copied into the new one. A crash before the swap leaves
+    the old directory as it was and a ``.NAME.*.tmp`` directory (``remove_stale_tmp``)."""
+    path = Path(path)
+    if path.is_symlink():  # replace what the link points to, keep the link
+        path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a directory: save to a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(new, 0o777 & ~current_umask())
+        if path.is_dir():  # keep what else the user put there
+            for entry in path.iterdir():
+                if entry.name not in names and not _is_tmp(entry):
+                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, new / entry.name)
+        fill(new)
+        fsync_dir(new)
+        if path.is_dir() and _exchange(new, path):  # new now holds the old directory
+            shutil.rmtree(new)
+        else:
+            if path.is_dir():
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old.tmp"))
+                os.replace(path, old / path.name)
+                os.replace(new, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(new, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return path
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux ``renameat2`` with RENAME_EXCHANGE); False where
+    the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _is_tmp(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def remove_stale_tmp(directory: str | Path) -> list[Path]:
+    """Remove the temporary files and directories (``.NAME.*.tmp``) that a crashed atomic write
+    left in ``directory`` and its subdirectories one level down; returns what was removed. Call it
+    only while no other process writes there (with the run directory locked)."""
+    directory = Path(directory)
+    found = [p for pattern in (".*.tmp", "*/.*.tmp") for p in directory.glob(pattern) if _is_tmp(p)]
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -67,6 +67,15 @@ def _in_use(run_dir: Path, info: dict) -> RunDirInUse:
     return RunDirInUse(f"run directory {run_dir} is in use by {who}; wait for it or choose another --run-dir")
 
 
+class RunDirUnusable(ValueError):
+    """The run directory cannot be created or written (read-only, a file in the way, ...)."""
+
+
+def _unusable(run_dir: Path, err: OSError) -> RunDirUnusable:
+    return RunDirUnusable(f"run directory {run_dir} cannot be written ({err.strerror or err}); "
+                     "choose another --run-dir or make it writable")
+
+
 class RunDirLock:
     """The lock of one run directory; ``release()`` (or leaving the ``with`` block, or dropping the
     object) gives it back."""
@@ -83,7 +92,12 @@ class RunDirLock:
         """Create the directory if needed and lock it; ``RunDirInUse`` if another run holds it."""
         if self._key is not None:
             return self
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.run_dir, os.W_OK | os.X_OK):  # a run writes many files there
+                raise PermissionError(13, "Permission denied", str(self.run_dir))
+        except OSError as e:
+            raise _unusable(self.run_dir, e) from e
         key = str(self.run_dir.resolve())
         with _guard:
             held = _held.get(key)
@@ -98,7 +112,10 @@ class RunDirLock:
 
     def _lock_file(self):
         # opened without truncating: the holder's record is cleared only once the lock is ours
-        f = os.fdopen(os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666), "r+")
+        try:
+            f = os.fdopen(os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666), "r+")
+        except OSError as e:
+            raise _unusable(self.run_dir, e) from e
         if fcntl is not None:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

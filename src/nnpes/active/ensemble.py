@@ -26,7 +26,7 @@ from ase import Atoms
 from nnpes.active.uncertainty import calibrate_scale, committee_measures
 from nnpes.config.active import FitConfig
 from nnpes.data.labels import reference_labels
-from nnpes.files import atomic_write
+from nnpes.files import atomic_write, atomic_write_dir
 from nnpes.graph import atoms_to_graph, batch, node_graph_index, pad_graph, to_device
 from nnpes.potential import Potential, build_potential, energy_forces_stress
 from nnpes.potential.compiled import cached, model_key
@@ -242,15 +242,16 @@ class Ensemble:
 
     def save(self, path) -> Path:
         """Directory with ``config.yaml``, ``ensemble.msgpack`` (stacked variables) and
-        ``ensemble.json`` (size, nu, std_scale); each file written atomically."""
+        ``ensemble.json`` (size, nu, std_scale), swapped in as a whole (``atomic_write_dir``)."""
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / ENSEMBLE_FILE, flax.serialization.to_bytes(self.variables))
-        atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.template.to_config(), sort_keys=False).encode())
         meta = {"size": self.size, "nu": self.nu, "std_scale": self.std_scale}
-        atomic_write(path / META_FILE, json.dumps(meta).encode())
-        return path
+
+        def fill(d: Path) -> None:
+            atomic_write(d / ENSEMBLE_FILE, flax.serialization.to_bytes(self.variables))
+            atomic_write(d / CONFIG_FILE, yaml.safe_dump(self.template.to_config(), sort_keys=False).encode())
+            atomic_write(d / META_FILE, json.dumps(meta).encode())
+
+        return atomic_write_dir(path, fill, (ENSEMBLE_FILE, CONFIG_FILE, META_FILE))
 
 
 def load_ensemble(path) -> Ensemble:

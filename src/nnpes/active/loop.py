@@ -31,7 +31,7 @@ from nnpes.active.ensemble import Ensemble, load_ensemble
 from nnpes.active.explore import explore
 from nnpes.oracle import LabelStore, label_into_store, make_executor, make_oracle
 from nnpes.active.selection import FAILED, NAMES, classify, fractions, select, structure_descriptor
-from nnpes.files import atomic_write_text, yaml_safe
+from nnpes.files import atomic_write_text, remove_stale_tmp, yaml_safe
 from nnpes.lock import lock_run_dir
 from nnpes.config.active import ExploreConfig, load_config
 from nnpes.data import read_structures
@@ -96,6 +96,7 @@ class ActiveLearning:
             self._executor = executor
             self.hooks = hooks or {}
             self.log = log or (lambda *a: None)
+            remove_stale_tmp(self.run_dir)  # what a kill in the middle of an atomic write left
             self.store = LabelStore(self.run_dir / LABELS_FILE)
             self.state = self._load_state()
             self._initial = None
@@ -144,8 +145,10 @@ class ActiveLearning:
         return [Atoms(a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc) for a in frames[: self.cfg.data.max_starts]]
 
     def labelled(self) -> tuple[list[Atoms], list[Atoms]]:
-        """(train, valid) from the initial file plus every successful label in the store."""
-        structures = self.initial_structures() + self.store.atoms("ok")
+        """(train, valid) from the initial file plus every successful label in the store, sorted by
+        key: the order in which the oracle calls completed (a process pool's, or a resume's) does
+        not change what is trained."""
+        structures = self.initial_structures() + sorted(self.store.atoms("ok"), key=lambda a: a.info["al_key"])
         frac = self.cfg.data.valid_fraction
         valid = [a for a in structures if _is_valid(a.info["al_key"], frac)]
         train = [a for a in structures if not _is_valid(a.info["al_key"], frac)]
@@ -154,10 +157,13 @@ class ActiveLearning:
         return train, valid
 
     def _executor_for_labels(self):
+        """(executor, its factory or None): the one given to the loop, else a new one from the
+        config's ``executor`` section (rebuilt when its workers die)."""
         if self._executor is not None:
-            return self._executor, False
+            return self._executor, None
         e = self.cfg.executor
-        return make_executor(e.kind, e.workers, e.address), True
+        factory = lambda: make_executor(e.kind, e.workers, e.address)  # noqa: E731
+        return factory(), factory
 
     def _label(self, structures, keys, meta=None) -> dict:
         budget = self.cfg.stop.max_oracle_calls
@@ -168,11 +174,12 @@ class ActiveLearning:
             allowed = set(todo) | done
             picked = [(a, k, m) for a, k, m in zip(structures, keys, meta or [{}] * len(keys)) if k in allowed]
             structures, keys, meta = [p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked]
-        executor, own = self._executor_for_labels()
+        executor, factory = self._executor_for_labels()
         try:
-            return label_into_store(structures, keys, self.oracle, self.store, executor, on_result=self.hooks.get("label"), meta=meta)
+            return label_into_store(structures, keys, self.oracle, self.store, executor, on_result=self.hooks.get("label"),
+                                    meta=meta, rebuild=factory)
         finally:
-            if own:
+            if factory is not None:
                 executor.shutdown(wait=True)
 
     # stages ---------------------------------------------------------------------------------

@@ -19,10 +19,17 @@ def add_parser(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
+
     from nnpes.active.loop import run
+    from nnpes.oracle.store import OracleWorkersDied
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    state = run(args.config, run_dir, resume=args.resume)
+    try:
+        state = run(args.config, run_dir, resume=args.resume)
+    except OracleWorkersDied as e:  # infrastructure: every finished label is kept, --resume goes on
+        print(f"nnpes active-learn: error: {e}", file=sys.stderr)
+        return 1
     last = state["history"][-1] if state["history"] else {}
     print(f"active learning finished after {len(state['history'])} iteration(s): {state.get('stop_reason')}; "
           f"{last.get('labels', 0)} labels, {last.get('oracle_calls', 0)} oracle calls; run in {run_dir}")

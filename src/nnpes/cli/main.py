@@ -90,6 +90,8 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nnpes.errors import UserError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -99,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         apply_compute_options(args)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # Bad input: a clear one-line error, not a traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"nnpes {args.command}: error: {msg}", file=sys.stderr)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        # Bad input (nnpes.errors): a clear one-line error. Anything else is a bug: its traceback.
+        print(f"nnpes {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -51,13 +51,17 @@ def run(args) -> int:
 
     from ase.io import read
 
+    from nnpes.errors import UserError
     from nnpes.md import MDConfig, MDInstability, check_elements, run_md
     from nnpes.potential import load_potential
 
     pot = load_potential(args.model)
     if not Path(args.structure).is_file():
         raise FileNotFoundError(f"structure file {args.structure!r} not found")
-    atoms = read(args.structure, index=args.index)
+    try:
+        atoms = read(args.structure, index=args.index)
+    except Exception as e:  # noqa: BLE001 - ase raises many types for a file it cannot parse
+        raise UserError(f"{args.structure}: could not be read (frame {args.index}): {type(e).__name__}: {e}") from e
     check_elements(pot, atoms, f"{args.structure} (frame {args.index})")
     cfg = MDConfig(
         steps=args.steps, timestep=args.timestep, ensemble=args.ensemble, temperature=args.temperature,

@@ -14,6 +14,7 @@ import yaml
 
 from nnpes.config.model import ModelConfig, parse_model_config
 from nnpes.config.schema import ConfigError, deprecated_keys, from_dict
+from nnpes.errors import reading
 
 
 _FIT_RENAMES = {"epochs": "max_epochs", "learning_rate": "lr", "final_learning_rate_ratio": "min_lr_ratio"}
@@ -162,7 +163,10 @@ def load_config(config) -> ActiveConfig:
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} not found")
-        config = yaml.safe_load(path.read_text()) or {}
+        with reading(f"active-learning config {path}"):
+            config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, oracle, data, ...)")
     config = dict(config)
     if not config.get("model"):
         raise ConfigError("model: the active-learning config needs a model section")

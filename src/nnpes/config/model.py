@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,8 +40,8 @@ class ModelConfig:
                 raise ConfigError(f"{path}.elements: unknown element {s!r}{hint}")
         if len(set(self.elements)) != len(self.elements):
             raise ConfigError(f"{path}.elements: repeated element in {self.elements}")
-        if not self.cutoff > 0:
-            raise ConfigError(f"{path}.cutoff must be > 0 Å, got {self.cutoff}")
+        if not 0 < self.cutoff < math.inf:
+            raise ConfigError(f"{path}.cutoff must be a finite number > 0 (Å), got {self.cutoff}")
         if self.e0 is not None:
             unknown = set(self.e0) - set(self.elements)
             if unknown:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -92,11 +93,13 @@ def _coerce_scalar(value, tp, path: str):
     if tp is float:
         if isinstance(value, str):
             try:  # YAML reads "1e-3" as a string
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if math.isnan(value):  # never a setting: it would pass every range check and spread
+            raise ConfigError(f"{path}: expected a number, got NaN")
         return float(value)
     if tp is str and not isinstance(value, str):
         raise ConfigError(f"{path}: expected a string, got {value!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ import yaml
 
 from nnpes.config.model import ModelConfig, parse_model_config
 from nnpes.config.schema import ConfigError, closest, doc, from_dict
+from nnpes.errors import reading, reason
 
 
 @dataclass
@@ -133,8 +135,8 @@ class TrainingConfig:
             raise ConfigError(f"{path}.devices must be >= 1 or 'all', got {self.devices}")
         if self.max_epochs < 0:
             raise ConfigError(f"{path}.max_epochs must be >= 0")
-        if self.lr <= 0:
-            raise ConfigError(f"{path}.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"{path}.lr must be a finite number > 0, got {self.lr}")
         if self.weight_decay and self.optimizer != "adamw":
             raise ConfigError(f"{path}.weight_decay: set optimizer: adamw for (decoupled) weight decay")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
@@ -197,13 +199,18 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(value, item)
     return data
 
 
-def _parse_value(text: str):
+def _parse_value(text: str, item: str = ""):
     """YAML, except that "1e-3" (a string to YAML 1.1) is the number it looks like."""
-    v = yaml.safe_load(text)
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        key = item.split("=", 1)[0]
+        raise ConfigError(f"override {item!r}: the value {text!r} is {reason(e)}; "
+                          f"quote it, e.g. --set '{key}=\"{text}\"'") from None
     if isinstance(v, str):
         try:
             return float(v)
@@ -228,10 +235,8 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} not found")
-        try:
+        with reading(f"config file {path}"):
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
         base, src = path.resolve().parent, str(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{src or 'config'}: expected a mapping with sections {list(SECTIONS)}")

@@ -29,6 +29,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from nnpes import keys
 from nnpes.data.validate import DataError, check_options, validate_frame
+from nnpes.errors import reading
 
 # Energy units a file may use, as multiples of eV (ase.units is the one source of constants).
 ENERGY_UNITS = {
@@ -94,8 +95,19 @@ def _select(n: int, index, path) -> np.ndarray:
 
 
 def _read_npz(path: Path, index, energy_unit):
-    with np.load(path, allow_pickle=False) as f:
-        data = {k: f[k] for k in f.files}
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would talk of pickles, or fail with EOFError
+        raise DataError(path, "is not a valid .npz file (not a zip archive of arrays"
+                        + (", the file is empty)" if path.stat().st_size == 0 else ")"))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(path, f"is not a valid .npz file ({type(err).__name__}: {err})") from None
+    except ValueError as err:  # an array of Python objects
+        raise DataError(path, f"holds an array that is not plain numbers ({err.args[0].split('.')[0]}); "
+                        "nnpes reads numeric arrays only") from None
 
     def get(name, required):
         for k in _NPZ_KEYS[name]:
@@ -238,7 +250,10 @@ def _read_ase_io(path: Path, index, format):
             hint = " (unknown element symbol?)" if isinstance(err, KeyError) else ""
             problem = f"could not be read as {fmt}: {type(err).__name__}: {err}{hint}"
             if sequential:
-                raise DataError(path, problem, start + step * len(out)) from err
+                frame = start + step * len(out)
+                if fmt == "extxyz":  # ase indexes the whole file first: its error may be in any frame
+                    frame = max(frame, _first_bad_xyz_frame(path, frame))
+                raise DataError(path, problem, frame) from err
             raise DataError(path, f"{problem} (after {len(out)} frame(s) read)") from err
         return out
 
@@ -257,6 +272,27 @@ def _read_ase_io(path: Path, index, format):
     everything = read(slice(None))
     ids = _select(len(everything), index, path)
     return [everything[i] for i in ids], ids, None
+
+
+def _first_bad_xyz_frame(path: Path, default: int) -> int:
+    """The first frame of an (ext)xyz file whose atom count, atom lines or length is wrong (an atom
+    line has as many fields as the frame's first); ``default`` if none is found."""
+    with open(path, errors="replace") as f:
+        lines = f.read().splitlines()
+    pos, frame = 0, 0
+    while pos < len(lines):
+        if not lines[pos].strip():
+            pos += 1
+            continue
+        try:
+            n = int(lines[pos].split()[0])
+        except ValueError:
+            return max(frame - 1, 0)  # the frame before took this header as an atom line
+        atoms = lines[pos + 2: pos + 2 + n]
+        if len(atoms) < n or any(len(a.split()) != len(atoms[0].split()) for a in atoms):
+            return frame
+        pos, frame = pos + 2 + n, frame + 1
+    return default
 
 
 def _labels_from_atoms(atoms: Atoms, energy_key, forces_key, stress_key) -> dict:
@@ -336,11 +372,14 @@ def read_structures(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"structure file not found: {path}")
+    if path.is_dir():
+        raise DataError(path, "is a directory; give a structure file (extxyz, npz, json, db, ...)")
     elements, require = check_options(elements, require)
     e_factor = _energy_factor(energy_unit)
     f_factor = _force_factor(force_unit, energy_unit)
     index = _parse_index(index)
-    fmt, (atoms_list, ids, labels_list) = _read_raw(path, index, format, energy_unit)
+    with reading(f"structure file {path}"):
+        fmt, (atoms_list, ids, labels_list) = _read_raw(path, index, format, energy_unit)
     if labels_list is None:
         labels_list = [_labels_from_atoms(a, energy_key, forces_key, stress_key) for a in atoms_list]
     elif (energy_key, forces_key, stress_key) != (None, None, None):

@@ -24,6 +24,24 @@ class HostNeighborList(NamedTuple):
     shifts: np.ndarray  # (E, 3) int32, cell images of j
 
 
+MAX_EXTENT = 1e5  # Å: the largest span of the atoms along a non-periodic direction (a blown-up MD goes far beyond)
+
+
+def check_extent(positions: np.ndarray, pbc: np.ndarray) -> None:
+    """ValueError for non-finite positions, or atoms spanning more than ``MAX_EXTENT`` Å along a
+    non-periodic direction: cell lists over such a span overflow (SIGFPE in vesin, an impossible
+    bin count on device), and no atomistic structure is that large; atoms that flew apart are."""
+    if not np.all(np.isfinite(positions)):
+        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1)).tolist()
+        raise ValueError(f"non-finite positions for atoms {bad[:10]}")
+    free = ~np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if len(positions) and free.any():
+        span = float(np.ptp(positions[:, free], axis=0).max())
+        if span > MAX_EXTENT:
+            raise ValueError(f"the atoms span {span:.3g} Å along a non-periodic direction, more than {MAX_EXTENT:.0e} Å: "
+                             "atoms flew apart (a blown-up MD run?); check the structure")
+
+
 def _box_for_vesin(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """vesin needs a non-singular box. ase lets a non-periodic direction have a zero (or any)
     cell vector, so where the cell is singular those rows become long vectors orthogonal to the
@@ -66,6 +84,7 @@ def neighbor_list(
     for d in np.flatnonzero(pbc):
         if np.linalg.norm(cell[d]) < 1e-8:
             raise ValueError(f"direction {d} is periodic but its cell vector is zero")
+    check_extent(positions, pbc)
     n = len(positions)
     if n == 0:
         empty = np.zeros(0, np.int32)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnpes.graph.neighbors import neighbor_list as host_neighbor_list
+from nnpes.graph.neighbors import check_extent, neighbor_list as host_neighbor_list
 
 _MAX_CANDIDATE_BLOCK = 1 << 21  # candidate pairs processed at once by a rebuild (memory bound)
 
@@ -145,6 +145,7 @@ def _make_box(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, margin: 
 def _layout(positions, cell, pbc, list_cutoff, skin, multiplier, capacity_floor=0, bin_floor=0, extra=0,
             model_cutoff=0.0, model_floor=0):
     n = len(positions)
+    check_extent(positions, pbc)  # before the bins: a huge span gives an impossible number of them
     box, origin = _make_box(positions, cell, pbc, margin=max(skin, 1.0))  # never a flat box (planar molecules)
     widths = _widths(box)
     n_bins = np.maximum(1, np.floor(widths / list_cutoff)).astype(int)

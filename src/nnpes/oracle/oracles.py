@@ -13,6 +13,7 @@ when xTB drives MD in this process (the quickstart does).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Callable, Sequence
 
@@ -81,7 +82,13 @@ class CalculatorOracle:
         self.calculator = calculator
         self.kwargs = dict(kwargs or {})
         self.env = dict(env or {})
-        _import(calculator)  # fail at configuration time, not in a worker
+        cls = _import(calculator)  # fail at configuration time, not in every call in a worker
+        try:
+            inspect.signature(cls).bind(**self.kwargs)
+        except TypeError as e:
+            raise ValueError(f"oracle kwargs {self.kwargs!r} do not fit {calculator}: {e}") from None
+        except ValueError:  # no signature to check (a builtin)
+            pass
 
     def make_calculator(self):
         """The ASE calculator itself (e.g. to drive MD with the reference method)."""
@@ -144,12 +151,21 @@ def make_oracle(spec: dict) -> Callable:
     if kind == "calculator":
         if "calculator" not in spec:
             raise ValueError("oracle: type 'calculator' needs 'calculator: module.Class'")
+        _check_keys(spec, ("calculator", "kwargs", "env"), kind)
         return CalculatorOracle(spec.pop("calculator"), spec.pop("kwargs", None), spec.pop("env", None))
     if kind == "tblite":
-        return tblite_oracle(**spec)
+        return tblite_oracle(**spec)  # any other key is a keyword of tblite's calculator
     if kind == "pyscf":
+        _check_keys(spec, list(inspect.signature(PySCFOracle).parameters), kind)
         return PySCFOracle(**spec)
     raise ValueError(f"oracle.type {kind!r}: expected 'calculator', 'tblite' or 'pyscf'")
+
+
+def _check_keys(spec: dict, allowed, kind: str) -> None:
+    """ValueError naming a key of the ``oracle:`` section that type ``kind`` does not take."""
+    for key in spec:
+        if key not in allowed:
+            raise ValueError(f"oracle: unknown key {key!r} for type {kind!r}; valid keys: {sorted(allowed)}")
 
 
 def label(structures: Sequence[Atoms], oracle: Callable | None = None) -> list[Atoms]:

@@ -8,14 +8,26 @@ record is the label), and a file that holds a key twice (a replay, or two writer
 directories were locked) reads back with its first record only, so nothing trains on duplicates.
 A line cut short by a crash is dropped when the store is opened. Failures are recorded and
 skipped, never fatal.
+
+Two kinds of failure are told apart (``failure`` in the record): ``"oracle"``, the oracle raised or
+returned nonsense (final: the key is settled and never tried again), and ``"worker"``, the process
+running the call died (``BrokenProcessPool``: killed, out of memory). A worker failure does not
+settle its key: ``label_into_store`` retries it at once (a bounded number of rounds, on a rebuilt
+pool), and a later call (a resume) labels it again; its new record replaces the old one. Only
+settled keys count as held (``keys()``, ``len``). Process-pool workers die with their parent, even
+after a ``kill -9`` of it (``_worker_init``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
+import time
 import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,13 +54,37 @@ class SerialExecutor(Executor):
         return fut
 
 
-def _single_thread_worker():
+WORKER = "worker"  # the failure kind of a call whose worker process died
+ORACLE = "oracle"  # the failure kind of a call the oracle itself failed
+
+
+def _worker_init(parent: int) -> None:
+    """Initializer of process-pool workers: one OpenMP thread, and die with the parent process.
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``); a thread
+    polling ``os.getppid()`` every second covers other systems and an oracle that holds the GIL."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nnpes-parent-watch", daemon=True).start()
 
 
 def make_executor(kind: str = "process", workers: int | None = None, address: str | None = None) -> Executor:
     """``serial``, ``thread``, ``process`` (spawned workers with OMP_NUM_THREADS=1, so no forked
-    JAX runtime) or ``dask`` (``distributed.Client(address).get_executor()``; a local cluster
+    JAX runtime; they die with this process) or ``dask`` (``distributed.Client(address).get_executor()``; a local cluster
     without an address). Any other ``concurrent.futures.Executor`` can be passed to ``label``."""
     if kind == "serial":
         return SerialExecutor()
@@ -57,7 +93,8 @@ def make_executor(kind: str = "process", workers: int | None = None, address: st
     if kind == "process":
         import multiprocessing
 
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_single_thread_worker)
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(os.getpid(),))
     if kind == "dask":
         try:
             from distributed import Client, LocalCluster
@@ -71,8 +108,21 @@ def make_executor(kind: str = "process", workers: int | None = None, address: st
 # ---- the store -------------------------------------------------------------------------------
 
 
+def settles(record: dict) -> bool:
+    """Whether ``record`` is final for its key: a label, or a failure of the oracle (not of the
+    worker process running it). Records written before ``failure`` existed name a dead worker in
+    their error ("executor: BrokenProcessPool: ..."), so a resume retries those calls too."""
+    if record["status"] == "ok":
+        return True
+    failure = record.get("failure")
+    if failure is None:
+        failure = WORKER if str(record.get("error", "")).startswith("executor: BrokenProcessPool") else ORACLE
+    return failure != WORKER
+
+
 class LabelStore:
-    """Append-only JSON-lines store of oracle results keyed by request id; one record per key."""
+    """Append-only JSON-lines store of oracle results keyed by request id; one record per key (a
+    key whose worker died holds its latest record until a label or an oracle failure settles it)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -93,9 +143,9 @@ class LabelStore:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def _read(self) -> list[dict]:
-        """The records in file order, each key's first record only."""
-        records, self._keys = [], set()
+    def _read(self) -> dict[str, dict]:
+        """key → record in file order: each key's first settling record, else its latest."""
+        records, self._keys = {}, set()
         with open(self.path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -104,13 +154,20 @@ class LabelStore:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{self.path}: line {lineno} is not a valid label record ({e})") from None
-                if record["key"] not in self._keys:
-                    self._keys.add(record["key"])
-                    records.append(record)
+                self._take(records, record)
         return records
 
+    def _take(self, records: dict, record: dict) -> bool:
+        key = record["key"]
+        if key in self._keys:
+            return False
+        records[key] = record
+        if settles(record):
+            self._keys.add(key)
+        return True
+
     def append(self, record: dict) -> bool:
-        """Store ``record`` (fsynced); False, and nothing written, when its key is already held."""
+        """Store ``record`` (fsynced); False, and nothing written, when its key is already settled."""
         if record["key"] in self._keys:
             return False
         line = json.dumps(record, separators=(",", ":")) + "\n"
@@ -118,12 +175,12 @@ class LabelStore:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-        self._records.append(record)
-        self._keys.add(record["key"])
-        return True
+        return self._take(self._records, record)
 
-    def add_result(self, key: str, atoms: Atoms, result: dict | None, error: str | None = None, **meta) -> bool:
-        """Store one oracle result (or its ``error``); False when ``key`` is already held."""
+    def add_result(self, key: str, atoms: Atoms, result: dict | None, error: str | None = None,
+                   failure: str = ORACLE, **meta) -> bool:
+        """Store one oracle result (or its ``error``, of kind ``failure``: ORACLE or WORKER); False
+        when ``key`` is already settled."""
         rec = {
             "key": key, "status": "ok" if error is None else "failed", **meta,
             "numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
@@ -131,6 +188,7 @@ class LabelStore:
         }
         if error is not None:
             rec["error"] = error
+            rec["failure"] = failure
         else:
             rec["energy"] = float(result["energy"])
             rec["forces"] = np.asarray(result["forces"]).tolist()
@@ -140,17 +198,24 @@ class LabelStore:
 
     @property
     def records(self) -> list[dict]:
-        return list(self._records)
+        """One record per key, in the order the keys were first stored."""
+        return list(self._records.values())
 
     def keys(self) -> set[str]:
+        """The settled keys (a label or an oracle failure): those never labelled again."""
         return set(self._keys)
+
+    def pending(self) -> set[str]:
+        """Keys whose last call failed because its worker died: labelled again by the next call."""
+        return set(self._records) - self._keys
 
     def atoms(self, status: str = "ok") -> list[Atoms]:
         """Labelled structures (SinglePointCalculator) in the order they were stored."""
-        return [record_to_atoms(r) for r in self._records if r["status"] == status]
+        return [record_to_atoms(r) for r in self._records.values() if r["status"] == status]
 
     def __len__(self) -> int:
-        return len(self._records)
+        """Settled keys: the oracle calls that count against a budget."""
+        return len(self._keys)
 
 
 def record_to_atoms(rec: dict) -> Atoms:
@@ -172,29 +237,70 @@ def _call(oracle, atoms):
         return None, f"{type(e).__name__}: {e}" + ("" if isinstance(e, OracleError) else "\n" + traceback.format_exc(limit=3))
 
 
+def _round(executor: Executor, oracle, todo: list, finish) -> list:
+    """Submit every call of ``todo`` and store each result as it arrives; returns the calls whose
+    worker died (stored as WORKER failures)."""
+    futures, died = {}, []
+    for key, atoms, m in todo:
+        try:
+            futures[executor.submit(_call, oracle, atoms)] = (key, atoms, m)
+        except BrokenProcessPool as e:  # the pool broke before this call could start
+            died.append((key, atoms, m))
+            finish(key, atoms, m, None, f"worker died: {type(e).__name__}: {e}", WORKER)
+    for fut in as_completed(futures):
+        key, atoms, m = futures[fut]
+        try:
+            result, error = fut.result()
+        except Exception as e:  # noqa: BLE001 - an executor error on one call is that call's failure
+            if _worker_died(e):  # infrastructure, not the oracle: retried
+                died.append((key, atoms, m))
+                finish(key, atoms, m, None, f"worker died: {type(e).__name__}: {e}", WORKER)
+                continue
+            result, error = None, f"executor: {type(e).__name__}: {e}"
+        finish(key, atoms, m, result, error)
+    return died
+
+
+def _worker_died(err: BaseException) -> bool:
+    """Whether an executor's error means the process running the call died: a broken process pool,
+    or Dask's ``KilledWorker`` (matched by name: dask is optional)."""
+    return isinstance(err, BrokenProcessPool) or type(err).__name__ == "KilledWorker"
+
+
+class OracleWorkersDied(RuntimeError):
+    """Oracle calls whose worker processes kept dying (killed, out of memory); the calls are kept
+    pending in the store and a resume retries them."""
+
+
 def label_into_store(structures: Sequence[Atoms], keys: Sequence[str], oracle: Callable, store: LabelStore,
-          executor: Executor | None = None, on_result: Callable | None = None, meta: Sequence[dict] | None = None) -> dict:
-    """Label the structures whose key is not yet in ``store`` through ``executor`` (serial when
-    None). Each result is fsynced into the store as it arrives, before ``on_result(key)`` runs.
-    Returns counts ``{"submitted", "ok", "failed", "skipped"}``."""
+                     executor: Executor | None = None, on_result: Callable | None = None,
+                     meta: Sequence[dict] | None = None, *, rebuild: Callable[[], Executor] | None = None,
+                     retries: int = 2) -> dict:
+    """Label the structures whose key is not yet settled in ``store`` through ``executor`` (serial
+    when None). Each result is fsynced into the store as it arrives, before ``on_result(key)`` runs.
+    A call whose worker died (``BrokenProcessPool``) is stored as a WORKER failure and retried, up to
+    ``retries`` more rounds, on ``rebuild()``'s new executor (the broken one is shut down; without
+    ``rebuild`` the same executor is tried again). Calls still failing that way raise
+    ``OracleWorkersDied`` at the end (the rest are stored). Returns counts ``{"submitted", "ok",
+    "failed", "skipped", "retried"}`` ("failed": oracle failures)."""
     done = store.keys()
     executor = executor or SerialExecutor()
-    futures = {}
     todo = []
     for k, a, m in zip(keys, structures, meta or [{}] * len(keys)):
-        if k not in done:  # a key already held, or given twice, is labelled once
+        if k not in done:  # a key already settled, or given twice, is labelled once
             done.add(k)
             todo.append((k, a, m))
-    counts = {"submitted": len(todo), "ok": 0, "failed": 0, "skipped": len(keys) - len(todo)}
+    counts = {"submitted": len(todo), "ok": 0, "failed": 0, "skipped": len(keys) - len(todo), "retried": 0}
 
-    def finish(key, atoms, m, result, error):
+    def finish(key, atoms, m, result, error, failure=ORACLE):
         if error is None:
             try:
                 result = check_result(result, atoms)
             except Exception as e:  # noqa: BLE001
                 result, error = None, f"bad oracle result: {type(e).__name__}: {e}"
-        store.add_result(key, atoms, result, error, **m)
-        counts["ok" if error is None else "failed"] += 1
+        store.add_result(key, atoms, result, error, failure, **m)
+        if failure == ORACLE:
+            counts["ok" if error is None else "failed"] += 1
         if on_result is not None:
             on_result(key)
 
@@ -204,13 +310,22 @@ def label_into_store(structures: Sequence[Atoms], keys: Sequence[str], oracle: C
         for key, atoms, m in todo:
             finish(key, atoms, m, *_call(oracle, atoms))
         return counts
-    for key, atoms, m in todo:
-        futures[executor.submit(_call, oracle, atoms)] = (key, atoms, m)
-    for fut in as_completed(futures):
-        key, atoms, m = futures[fut]
-        try:
-            result, error = fut.result()
-        except Exception as e:  # noqa: BLE001 - a worker that died is a failed call, not a crash
-            result, error = None, f"executor: {type(e).__name__}: {e}"
-        finish(key, atoms, m, result, error)
+    current = executor
+    try:
+        for attempt in range(retries + 1):
+            if attempt:
+                counts["retried"] += len(todo)
+                if rebuild is not None:
+                    current.shutdown(wait=False, cancel_futures=True)
+                    current = rebuild()
+            todo = _round(current, oracle, todo, finish)
+            if not todo:
+                break
+    finally:
+        if current is not executor:  # the pools built here; the caller's own is the caller's to shut down
+            current.shutdown(wait=True, cancel_futures=True)
+    if todo:
+        raise OracleWorkersDied(
+            f"{len(todo)} oracle call(s) failed {retries + 1} times because their worker process died (killed, or "
+            f"out of memory?), e.g. {todo[0][0]!r}; they are kept in {store.path} and retried by --resume")
     return counts

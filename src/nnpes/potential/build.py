@@ -18,6 +18,7 @@ from ase import Atoms
 
 from nnpes.config.model import ModelConfig, parse_model_config
 from nnpes.config.schema import ConfigError
+from nnpes.errors import reading
 from nnpes.graph.build import atoms_to_graph
 from nnpes.graph.padding import pad_graph, to_device
 from nnpes.models import get_model
@@ -55,8 +56,54 @@ def _model_section(config) -> ModelConfig:
     else:
         raise TypeError(f"config must be a dict, a YAML path or a ModelConfig, got {type(config).__name__}")
     if isinstance(data.get("model"), (dict, ModelConfig)):
+        _check_top_level(data)
         return _model_section(data["model"]) if isinstance(data["model"], ModelConfig) else parse_model_config(data["model"], "model")
     return parse_model_config(data, "model")
+
+
+def _check_top_level(data: dict) -> None:
+    """A full config's top-level keys must be sections of a training or active-learning config
+    (or a saved model's ``nnpes_version``): a model key written there would be ignored."""
+    from nnpes.config import SECTIONS
+    from nnpes.config.active import ActiveConfig
+
+    known = set(SECTIONS) | {f.name for f in dataclasses.fields(ActiveConfig)} | {"nnpes_version"}
+    for key in data:
+        if key not in known:
+            in_model = key in {f.name for f in dataclasses.fields(ModelConfig)}
+            hint = f"; it belongs in the model section (model.{key})" if in_model else f"; valid: {sorted(known)}"
+            raise ConfigError(f"unknown top-level key {key!r}{hint}")
+
+
+def check_saved_version(saved: str | None, where) -> None:
+    """Refuse a model saved by a newer major version of nnpes (its format may differ); warn for a
+    newer minor version. Unknown or local (0.0.0) versions are not compared."""
+    from nnpes import __version__
+
+    def parts(v):
+        try:
+            return tuple(int(x) for x in str(v).split("+")[0].split(".")[:2])
+        except ValueError:
+            return None
+
+    have, mine = parts(saved), parts(__version__)
+    if have is None or mine is None or len(have) < 2 or len(mine) < 2 or mine == (0, 0) or have <= mine:
+        return
+    if have[0] > mine[0]:
+        raise ValueError(f"{where}: saved by nnpes {saved}, a newer major version than this nnpes {__version__}; "
+                         "upgrade nnpes (pip install -U nnpes) to load it")
+    warnings.warn(f"{where}: saved by nnpes {saved}, newer than this nnpes {__version__}; upgrade if loading fails",
+                  stacklevel=3)
+
+
+def check_finite_params(state, where) -> None:
+    """ValueError naming a parameter array holding NaN or inf (a damaged file, or the parameters of
+    a training that diverged): predictions would be NaN without an error."""
+    for key, leaf in jax.tree_util.tree_leaves_with_path(state):
+        x = np.asarray(leaf)
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            raise ValueError(f"{where}: parameter {jax.tree_util.keystr(key)} holds NaN or inf values; the model is "
+                             "damaged (or its training diverged): load another one")
 
 
 def _enable_x64_if_needed(cfg: ModelConfig) -> None:
@@ -155,8 +202,12 @@ def load_potential(path) -> Potential:
     for name in (CONFIG_FILE, PARAMS_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a saved potential: {name} is missing")
-    with open(path / CONFIG_FILE) as f:
+    with reading(f"model config {path / CONFIG_FILE}"), open(path / CONFIG_FILE) as f:
         data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path / CONFIG_FILE)!r} is not a saved model's config (it is "
+                         f"{'empty' if data is None else type(data).__name__}); save the model again")
+    check_saved_version(data.get("nnpes_version"), path / CONFIG_FILE)
     cfg = _model_section(data)
     _enable_x64_if_needed(cfg)
     module = make_module(cfg)
@@ -173,6 +224,7 @@ def load_potential(path) -> Potential:
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))[:5]
         raise ValueError(f"{str(path / PARAMS_FILE)!r}: parameters do not match model {cfg.name!r}: {diff}")
+    check_finite_params(state, path / PARAMS_FILE)
     variables = jax.tree_util.tree_map(jnp.asarray, state)
     try:
         card = ModelCard.load(path)

@@ -14,11 +14,11 @@ import yaml
 from ase import Atoms
 
 from nnpes.config.model import ModelConfig
-from nnpes.files import atomic_write, yaml_safe
+from nnpes.files import atomic_write, atomic_write_dir, yaml_safe
 from nnpes.graph.distances import warn_close_contacts
 from nnpes.models.energy import EnergyModel
 from nnpes.models.inputs import species_table
-from nnpes.potential.card import ModelCard, count_parameters
+from nnpes.potential.card import CARD_FILE, ModelCard, count_parameters
 from nnpes.potential.compiled import TraceCounted, cached, model_key
 from nnpes.potential.energy import energy_forces_stress
 from nnpes.potential.predict import check_structure, predict_structures
@@ -161,14 +161,17 @@ class Potential:
 
     def save(self, path, card: ModelCard | None = None) -> Path:
         """Write a directory with ``config.yaml``, ``params.msgpack`` and the model card
-        ``card.yaml``; each file atomically. ``card`` None: the potential's own card if it has one
-        (loaded, or saved before), else a new one (versions, date, model summary, units). The
-        saved card becomes ``self.card``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        ``card.yaml``, as a whole: over an existing model the new directory is swapped in at once
+        (``nnpes.files.atomic_write_dir``), so a crash leaves the old model or the new, never a
+        mix. ``card`` None: the potential's own card if it has one (loaded, or saved before), else a
+        new one (versions, date, model summary, units). The saved card becomes ``self.card``."""
         card = card or self.card or ModelCard.of(self)
-        atomic_write(path / PARAMS_FILE, flax.serialization.to_bytes(self.params))
-        atomic_write(path / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
-        card.save(path)
+
+        def fill(d: Path) -> None:
+            atomic_write(d / PARAMS_FILE, flax.serialization.to_bytes(self.params))
+            atomic_write(d / CONFIG_FILE, yaml.safe_dump(self.to_config(), sort_keys=False).encode())
+            card.save(d)
+
+        path = atomic_write_dir(path, fill, (PARAMS_FILE, CONFIG_FILE, CARD_FILE))
         self.card = card
         return path

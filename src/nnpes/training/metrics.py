@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+
+from nnpes.files import atomic_write_text
 
 # The first 14 columns are those of the first metrics.csv format (readers rely on them); later
 # columns are only ever appended. MAE/RMSE in meV, stress in meV/Å³; loss_energy/forces/stress are
@@ -106,16 +110,20 @@ class CSVLog:
         if resume_epoch > 0 and self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit() and int(r["epoch"]) < resume_epoch]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.path, text.getvalue())  # a kill while rewriting keeps the old rows
 
     def write(self, row: dict) -> None:
+        """Append one row, fsynced (it goes before the epoch's checkpoint, which is fsynced too)."""
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, COLUMNS, extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
             )
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_csv(path) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from nnpes.config import Config
+from nnpes.errors import UserError, reading
 from nnpes.files import atomic_write_text, yaml_safe
 from nnpes.potential.card import DataFile
 
@@ -80,8 +81,13 @@ class RunRecord:
         path = run_dir / RECORD
         if not path.exists():
             return None
-        raw = yaml.safe_load(path.read_text()) or {}
-        return cls(config=raw.get("config", {}), files=[DataFile(**f) for f in raw.get("files", [])])
+        with reading(f"run record {path}"):
+            raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            return cls(config=dict(raw.get("config", {})), files=[DataFile(**f) for f in raw.get("files", [])])
+        except (AttributeError, TypeError, ValueError) as e:  # not the mapping that save() writes
+            raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); it records the run that --resume "
+                            "continues: restore it, or start a new run in another --run-dir") from None
 
     def differences(self, new: "RunRecord") -> list[str]:
         """What ``new`` changes that a resumed run may not (one readable item each)."""

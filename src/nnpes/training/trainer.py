@@ -32,7 +32,8 @@ import numpy as np
 import yaml
 
 from nnpes.config import Config, load_config
-from nnpes.files import atomic_write_text
+from nnpes.errors import TrainingDiverged
+from nnpes.files import atomic_write_text, remove_stale_tmp
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.graph.distances import shortest_distances
 from nnpes.lock import lock_run_dir
@@ -176,7 +177,10 @@ def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
             raise FileExistsError(f"{run_dir} already holds a run ({held[0]}); pass --resume or choose another --run-dir")
         if resume:
             check_resume(run_dir, record, has_checkpoint)
+        stale = remove_stale_tmp(run_dir)  # what a kill in the middle of an atomic write left
         log = _Log(run_dir / "train.log", quiet)
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) left by an interrupted write: {', '.join(p.name for p in stale[:3])}")
         record.save(run_dir)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     except BaseException:
@@ -428,7 +432,8 @@ def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, ep
         state, m = train_step(state, run.put(graph), weights, lr_scale)
         loss, lr, done = sums.add(m, _n_real(graph)), m.lr, i + 1
         if not math.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr")
+            raise TrainingDiverged(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr "
+                                   f"(or check the labels of {run.cfg.data.train_files[0]})")
         if deadline is not None and done < run.steps_per_epoch and clock() >= deadline:
             break
     if bar is not None:
