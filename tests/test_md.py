@@ -1,6 +1,7 @@
 """MD: on-device neighbour lists against vesin, forces from md_functions against predict / the ase
 calculator, NVE energy conservation, overflow reallocation, thermostats, jax-md and the CLI."""
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +146,41 @@ def test_overflow_is_flagged_and_allocate_fixes_it():
     assert bool(update(jnp.asarray(atoms.positions) + 1.0, over).did_buffer_overflow)
     fixed = fn.allocate(squeezed, previous=over)
     assert not bool(fixed.did_buffer_overflow) and fixed.capacity >= int(over.max_pairs)
+
+
+def _n_memory_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
+def test_eager_update_compiles_once_and_does_not_leak():
+    """Issue 13 §0: ``neighbor_fn.update`` called from Python (a custom MD loop between jitted force
+    calls) compiled anew on every call and kept the code, ~200 memory maps a call, until LLVM ran
+    out of memory. It must compile once and be reused, as must allocate's device build."""
+    from nnpes.compile_cache import CompileCounter
+
+    atoms = cu_box(repeat=2, rattle=0.0)
+    fn = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF, skin=0.5, dtype=jnp.float64)
+    nbrs = fn.allocate(atoms.positions)
+    rng = np.random.default_rng(0)
+    # Alternate a move past skin/2 (rebuild) and the reference positions (keep): both branches.
+    moves = [jnp.asarray(atoms.positions + rng.normal(0, 0.3, atoms.positions.shape)), jnp.asarray(atoms.positions)]
+    for R in moves:  # warm up: the one compile per layout and dtype
+        nbrs = fn.update(R, nbrs)
+    with CompileCounter() as compiles:
+        for k in range(4):  # fail fast on a per-call compile (each took ~0.5 s)
+            nbrs = fn.update(moves[k % 2], nbrs)
+        assert compiles.n == 0
+        maps = _n_memory_maps()
+        for k in range(300):
+            nbrs = fn.update(moves[k % 2], nbrs) if k % 3 else nbrs.update(moves[k % 2])  # the method too
+        grown = _n_memory_maps() - maps
+        # A second neighbor_fn for the same structure (md_functions called again) reuses the build.
+        again = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF, skin=0.5, dtype=jnp.float64).allocate(atoms.positions)
+    assert compiles.n == 0, compiles.n
+    assert grown < 50, grown  # was ~60000 (about 200 a call)
+    assert not bool(nbrs.did_buffer_overflow) and again.layout == nbrs.layout
 
 
 # ---- forces -------------------------------------------------------------------------------------

@@ -249,6 +249,10 @@ def build_neighbor_list(positions, layout: CellLayout) -> VerletList:
     )
 
 
+# One compiled build per (layout, dtype) for the whole process, shared by every neighbor_fn.
+_build = jax.jit(build_neighbor_list, static_argnums=1)
+
+
 def model_pair_mask(positions, cell, nbrs: VerletList):
     """(capacity,) bool: list edges within the model cutoff at ``positions`` (padding False)."""
     n = nbrs.layout.n_atoms
@@ -257,9 +261,15 @@ def model_pair_mask(positions, cell, nbrs: VerletList):
     return (nbrs.receivers < n) & (jnp.sum(vec * vec, -1) < nbrs.layout.model_cutoff**2)
 
 
+# Jitted once at module level, so eager calls from Python (a custom MD loop calling
+# ``neighbor_fn.update`` between jitted force calls) reuse one compiled program per layout and
+# dtype. Unjitted, the ``lax.cond`` inside compiled anew on every eager call and kept the code:
+# the process's memory maps grew until LLVM failed (issue 13 §0). Called inside jit, it inlines.
+@jax.jit
 def update_neighbor_list(positions, nbrs: VerletList) -> VerletList:
-    """Rebuild only if some atom moved more than skin/2 since the last build (jittable); also
-    flags an overflow if the pairs within the model cutoff at ``positions`` exceed their slots."""
+    """Rebuild only if some atom moved more than skin/2 since the last build (jitted; compiled
+    once per layout); also flags an overflow if the pairs within the model cutoff at
+    ``positions`` exceed their slots."""
     positions = jnp.asarray(positions)
     nbrs = _update(positions, nbrs)
     if nbrs.layout.model_cutoff > 0:
@@ -299,8 +309,6 @@ def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_mu
         raise ValueError(f"need cutoff > 0 and skin >= 0 Å, got cutoff={cutoff}, skin={skin}")
     if capacity_multiplier < 1.0:
         raise ValueError(f"capacity_multiplier must be >= 1, got {capacity_multiplier}")
-    build = jax.jit(build_neighbor_list, static_argnums=1)
-
     def allocate(positions, extra_capacity: int = 0, previous: VerletList | None = None) -> VerletList:
         """Size the buffers for ``positions`` (N,3) Å (and, after an overflow, for the counts
         ``previous`` needed), then build on device."""
@@ -312,6 +320,6 @@ def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_mu
         layout = _layout(positions_np, cell, pbc, cutoff + skin, skin, capacity_multiplier,
                          capacity_floor=floors[0], bin_floor=floors[1], extra=extra_capacity,
                          model_cutoff=cutoff, model_floor=floors[2])
-        return build(jnp.asarray(positions_np, dtype), layout)
+        return _build(jnp.asarray(positions_np, dtype), layout)
 
     return NeighborFn(allocate=allocate, update=update_neighbor_list)
