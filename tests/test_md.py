@@ -176,6 +176,35 @@ def test_overflow_is_flagged_and_allocate_fixes_it():
     assert not bool(fixed.did_buffer_overflow) and fixed.capacity >= int(over.max_pairs)
 
 
+def test_list_follows_a_variable_cell(pot):
+    """NPT's list (issue 13 §2): after the cell deforms (a 4 % squeeze, a shear) and the atoms move,
+    ``update(R, nbrs, box=cell)`` still holds every pair within the cutoff, and the energy at the new
+    cell is ``predict``'s; a squeeze past the bins' slack is flagged for reallocation."""
+    atoms = STRUCTURES["box"]
+    neighbor_fn, energy_fn = md_functions(pot, atoms, variable_cell=True)
+    nbrs = neighbor_fn.allocate(atoms.positions)
+    rng = np.random.default_rng(3)
+    deform = np.diag([0.96, 0.97, 0.98]) + 0.02 * np.triu(np.ones((3, 3)), 1)
+    for moved_by in (0.05, 0.3):  # kept (within the shrunken threshold), rebuilt
+        new = atoms.copy()
+        new.set_cell(atoms.cell.array @ deform, scale_atoms=True)
+        new.positions += rng.normal(0, moved_by, new.positions.shape) / np.sqrt(3)
+        nb = neighbor_fn.update(jnp.asarray(new.positions), nbrs, box=jnp.asarray(new.cell.array))
+        assert not bool(nb.did_buffer_overflow)
+        kept = np.array_equal(np.asarray(nb.reference_positions), np.asarray(nbrs.reference_positions))
+        assert kept == (moved_by < 0.1)  # both paths: the old list at the new cell, and a rebuild in it
+        host = neighbor_list(new.positions, new.cell.array, True, CUTOFF)
+        n = int(nb.n_pairs)
+        assert _edge_set(host.receivers, host.senders, host.shifts) <= _edge_set(nb.receivers, nb.senders, nb.shifts, n)
+        e = float(energy_fn(jnp.asarray(new.positions), neighbor=nb, cell=jnp.asarray(new.cell.array)))
+        assert e == pytest.approx(pot.predict(new)["energy"], abs=1e-9)
+    squeezed = atoms.positions * 0.85
+    over = neighbor_fn.update(jnp.asarray(squeezed), nbrs, box=jnp.asarray(atoms.cell.array * 0.85))
+    assert bool(over.did_buffer_overflow)
+    fixed = neighbor_fn.allocate(squeezed, previous=over, cell=atoms.cell.array * 0.85)
+    assert not bool(fixed.did_buffer_overflow)
+
+
 def _n_memory_maps() -> int:
     with open("/proc/self/maps") as f:
         return sum(1 for _ in f)
