@@ -371,11 +371,13 @@ def test_committee_energy_fn_mean_forces_equal_ensemble_predict(ensemble):
     np.testing.assert_allclose(np.asarray(f), ref["forces"], atol=1e-9)
 
 
-def test_explore_shares_the_md_block_driver_overflow_reallocates_and_continues(ensemble):
+def test_explore_shares_the_md_block_driver_overflow_reallocates_and_continues(ensemble, monkeypatch):
     from nnpes.active.explore import ExploreConfig, explore
 
     # Nearest neighbours at 4.0 Å, at the 4 Å cutoff: model slots sized with no head room
     # overflow as soon as thermal motion brings more pairs inside; 1.5x head room never does.
+    # Buffers sized from the structure alone (no thermal copies, which would give the room).
+    monkeypatch.setattr("nnpes.graph.verlet.THERMAL_RMS_300K", 0.0)
     start = bulk("Cu", "fcc", a=5.66, cubic=True).repeat((2, 1, 1))
     start.pbc = False
     start.center(vacuum=4.0)

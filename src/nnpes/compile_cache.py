@@ -65,3 +65,31 @@ def enable(path: str | Path | None = None) -> Path | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(target))
     return target
+
+
+class CompileCounter:
+    """Counts XLA compilations (and their seconds) in this process while active: a context
+    manager, ``with CompileCounter() as c: ...; c.n, c.seconds``. Loading an executable from the
+    persistent cache counts too (it also costs time and memory). Tests use it to prove that
+    something compiles once; ``nnpes md`` reports its recompiles with it."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
+
+    def __init__(self):
+        self.n, self.seconds = 0, 0.0
+
+    def _listen(self, event: str, duration: float, **_):
+        if event == self.EVENT:
+            self.n += 1
+            self.seconds += duration
+
+    def __enter__(self) -> "CompileCounter":
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        import jax.monitoring
+
+        jax.monitoring.unregister_event_duration_listener(self._listen)

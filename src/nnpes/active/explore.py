@@ -96,7 +96,9 @@ def _measures(out, nu, std_scale):
 
 def committee_md(ensemble: Ensemble, atoms: Atoms, cfg: ExploreConfig, biases: tuple) -> CommitteeMD:
     """Langevin MD on the biased committee mean for ``atoms``' species, cell and pbc."""
-    neighbor_fn, energy_fn = md_functions(ensemble, atoms, skin=cfg.skin, capacity_multiplier=cfg.capacity_multiplier)
+    # One list for every temperature of the exploration: sized for thermal motion at the hottest.
+    neighbor_fn, energy_fn = md_functions(ensemble, atoms, skin=cfg.skin, capacity_multiplier=cfg.capacity_multiplier,
+                                          temperature=max(cfg.temperatures))
     fn = biased(energy_fn.member_energies_and_forces, biases)
     stop_above = np.inf if cfg.stop_above is None else float(cfg.stop_above)
     relative = cfg.measure == "max_rel_force_std"

@@ -3,7 +3,8 @@
 - ``md_functions(potential, atoms)`` → ``neighbor_fn, energy_fn`` in jax-md's conventions
   (``energy_fn.force_fn`` / ``force_fn(energy_fn)`` for forces); they drop into ``jax_md.simulate``.
 - Integrators (pure ``init_fn``/``step_fn``): ``velocity_verlet`` (NVE), ``langevin`` (BAOAB, NVT),
-  ``nose_hoover_chain`` (NVT); ``run_steps`` runs a block under ``lax.scan``.
+  ``nose_hoover_chain`` (NVT), ``npt_langevin`` (BAOAB + stochastic cell rescaling, NPT);
+  ``run_steps`` runs a block under ``lax.scan``.
 - ``md_functions(ensemble, atoms)``: the same with a ``CommitteeEnergyFn`` (committee mean, and
   ``members`` for every member's energy and forces), which committee exploration integrates.
 - ``run_md(pot, atoms, MDConfig(...))`` (or keyword settings): the driver behind ``nnpes md``
@@ -17,18 +18,20 @@ from nnpes.md.functions import (
     CommitteeEnergyFn, CommitteeOutput, EnergyFn, MDFunctions, check_elements, force_fn, md_functions,
 )
 from nnpes.md.integrators import (
-    ACCEL, Integrator, MDState, kinetic_energy, langevin, maxwell_boltzmann, nose_hoover_chain,
-    run_steps, temperature, velocity_verlet,
+    ACCEL, BarostatState, Integrator, MDState, kinetic_energy, kinetic_stress, langevin, maxwell_boltzmann,
+    nose_hoover_chain, npt_langevin, run_steps, temperature, velocity_verlet,
 )
-from nnpes.md.io import THERMO_COLUMNS, ThermoLog, TrajectoryWriter, read_thermo
+from nnpes.md.io import PRESSURE_COLUMNS, THERMO_COLUMNS, ThermoLog, TrajectoryWriter, read_thermo
 from nnpes.graph.verlet import NeighborFn, VerletList, bucket_size, neighbor_list_fn
-from nnpes.md.run import BlockRun, MDConfig, MDInstability, MDResult, make_integrator, run_blocks, run_md
+from nnpes.md.run import (
+    BlockRun, MDConfig, MDInstability, MDResult, MDTiming, make_integrator, run_blocks, run_md,
+)
 
 __all__ = [
-    "ACCEL", "BlockRun", "CommitteeEnergyFn", "CommitteeOutput", "EnergyFn", "Integrator", "MDConfig", "MDInstability",
-    "MDFunctions", "MDResult", "MDState", "NeighborFn", "VerletList",
-    "THERMO_COLUMNS", "ThermoLog", "TrajectoryWriter", "bucket_size", "check_elements", "force_fn",
-    "kinetic_energy", "langevin", "make_integrator", "maxwell_boltzmann", "md_functions",
-    "neighbor_list_fn", "nose_hoover_chain", "read_thermo", "run_blocks", "run_md", "run_steps", "temperature",
+    "ACCEL", "BarostatState", "BlockRun", "CommitteeEnergyFn", "CommitteeOutput", "EnergyFn", "Integrator", "MDConfig", "MDInstability",
+    "MDFunctions", "MDResult", "MDState", "MDTiming", "NeighborFn", "VerletList",
+    "PRESSURE_COLUMNS", "THERMO_COLUMNS", "ThermoLog", "TrajectoryWriter", "bucket_size", "check_elements", "force_fn",
+    "kinetic_energy", "kinetic_stress", "langevin", "make_integrator", "maxwell_boltzmann", "md_functions",
+    "neighbor_list_fn", "nose_hoover_chain", "npt_langevin", "read_thermo", "run_blocks", "run_md", "run_steps", "temperature",
     "velocity_verlet",
 ]

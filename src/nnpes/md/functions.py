@@ -9,7 +9,9 @@
 The neighbour list holds pairs out to cutoff + skin; the pairs within the model's cutoff are
 compacted into ``layout.model_capacity`` slots before the model runs (the model sees exactly the
 pairs a host list at the cutoff would give, and does no work on the skin shell). If more pairs are
-inside than slots, the energy is NaN (never silently wrong) and ``update`` flags the overflow. Cell and pbc are fixed for the run (NVE/NVT).
+inside than slots, the energy is NaN (never silently wrong) and ``update`` flags the overflow.
+The cell is the structure's unless ``cell=`` is passed (NPT: ``energy_fn(R, neighbor=nbrs, cell=h)``
+with ``nbrs = neighbor_fn.update(R, nbrs, box=h)`` from ``md_functions(..., variable_cell=True)``).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class EnergyFn:
         self.n_node = jnp.asarray([n, 1], jnp.int32)
         self.cell = jnp.asarray(np.asarray(atoms.cell.array, np.float64), self.dtype)
 
-    def model_inputs(self, positions, neighbor: VerletList):
-        """(ModelInputs, overflow () bool) at ``positions`` (N,3) Å: the list's pairs within the
-        cutoff compacted into ``layout.model_capacity`` slots (order kept: sorted by receiver,
-        padding last), so the model does no work on the skin shell."""
+    def model_inputs(self, positions, neighbor: VerletList, cell=None):
+        """(ModelInputs, overflow () bool) at ``positions`` (N,3) Å in ``cell`` (3,3) Å (default:
+        the structure's): the list's pairs within the cutoff compacted into
+        ``layout.model_capacity`` slots (order kept: sorted by receiver, padding last), so the
+        model does no work on the skin shell."""
+        cell = self.cell if cell is None else cell
         if neighbor is None:
             raise TypeError("energy_fn needs neighbor=nbrs (from neighbor_fn.allocate / update)")
         positions = jnp.asarray(positions).astype(self.dtype)
@@ -68,7 +72,7 @@ class EnergyFn:
         if neighbor.layout.n_atoms != self.n_atoms:
             raise ValueError(f"neighbour list is for {neighbor.layout.n_atoms} atoms, positions have {self.n_atoms}")
         n = self.n_atoms
-        inside = model_pair_mask(positions, self.cell, neighbor)
+        inside = model_pair_mask(positions, cell, neighbor)
         capacity = neighbor.layout.model_capacity
         (idx,) = jnp.nonzero(inside, size=capacity, fill_value=inside.shape[0])
         real = idx < inside.shape[0]
@@ -76,25 +80,41 @@ class EnergyFn:
         senders = jnp.where(real, neighbor.senders[idx], n)
         receivers = jnp.where(real, neighbor.receivers[idx], n)
         shifts = jnp.where(real[:, None], neighbor.shifts[idx], 0).astype(self.dtype)
-        vectors = jnp.where(real[:, None], pos[senders] - pos[receivers] + shifts @ self.cell, 0.0)
+        vectors = jnp.where(real[:, None], pos[senders] - pos[receivers] + shifts @ cell, 0.0)
         inputs = ModelInputs(vectors, self.species, senders, receivers, real, self.node_mask,
                              self.node_graph, self.n_node)
         return inputs, jnp.sum(inside) > capacity
 
-    def per_atom_energies(self, positions, neighbor: VerletList, params=None):
+    def per_atom_energies(self, positions, neighbor: VerletList, params=None, cell=None):
         """(N,) eV."""
         params = self.params if params is None else params
-        inputs, overflow = self.model_inputs(positions, neighbor)
+        inputs, overflow = self.model_inputs(positions, neighbor, cell)
         e = self.potential.module.apply(params, inputs)
         # More pairs inside the cutoff than slots: some were dropped, so the energy is wrong. Make
         # that loud (NaN) rather than silent; ``update`` at these positions also flags the overflow.
         return jnp.where(overflow, jnp.nan, e[: self.n_atoms])
 
-    def __call__(self, positions, neighbor: VerletList = None, params=None, **kwargs):
+    def __call__(self, positions, neighbor: VerletList = None, params=None, cell=None, **kwargs):
         unknown = set(kwargs) - _JAX_MD_KWARGS
         if unknown:
             raise TypeError(f"energy_fn got unexpected keyword arguments {sorted(unknown)}")
-        return jnp.sum(self.per_atom_energies(positions, neighbor, params))
+        return jnp.sum(self.per_atom_energies(positions, neighbor, params, cell))
+
+    def energy_forces_stress(self, positions, neighbor: VerletList = None, params=None, cell=None, **kwargs):
+        """(() eV, (N,3) eV/Å, (3,3) eV/Å³) from one pass: the stress is (1/V) ∂E/∂ε for a
+        homogeneous strain ε of positions and ``cell`` (3,3) Å (default the structure's; NPT
+        passes the current one) (ase's sign: positive is tensile, pressure −trace/3; no kinetic
+        term). Fully periodic cells only (V is the cell's volume)."""
+        dtype = self.cell.dtype
+        cell = self.cell if cell is None else jnp.asarray(cell).astype(dtype)
+
+        def strained(r, eps):
+            deform = jnp.eye(3, dtype=dtype) + 0.5 * (eps + eps.T)
+            return self.__call__(r @ deform, neighbor, params, cell=cell @ deform, **kwargs)
+
+        e, (g_r, g_eps) = jax.value_and_grad(strained, argnums=(0, 1))(
+            jnp.asarray(positions).astype(dtype), jnp.zeros((3, 3), dtype))
+        return e, -g_r, g_eps / jnp.abs(jnp.linalg.det(cell))
 
     def energy_and_forces(self, positions, neighbor: VerletList = None, params=None, **kwargs):
         """(() eV, (N,3) eV/Å) from one pass."""
@@ -155,20 +175,23 @@ class MDFunctions(NamedTuple):
 
 
 def md_functions(potential, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25,
-                 params=None) -> MDFunctions:
+                 params=None, temperature: float = 300.0, variable_cell: bool = False) -> MDFunctions:
     """``neighbor_fn, energy_fn`` for ``atoms``' species, cell and pbc (positions are arguments).
     ``potential`` may be a committee (``nnpes.active.Ensemble``: ``template`` and stacked
     ``variables``); then ``energy_fn`` is a ``CommitteeEnergyFn`` on the committee mean.
 
     skin: Å added to the cutoff; the list is rebuilt when an atom moved more than skin/2.
     capacity_multiplier: head room of the padded buffers over the counts at allocation.
-    params: flax variables to use instead of ``potential.params``."""
+    params: flax variables to use instead of ``potential.params``.
+    temperature: K, the buffers are sized for thermal motion at this temperature.
+    variable_cell: the cell changes during the run (NPT): the list follows it (``neighbor_list_fn``)."""
     if hasattr(potential, "template"):  # a committee; md does not import active (data flows one way)
         energy_fn = CommitteeEnergyFn(potential.template, atoms, potential.variables if params is None else params)
     else:
         energy_fn = EnergyFn(potential, atoms, params)
     neighbor_fn = neighbor_list_fn(
         atoms.cell.array, atoms.pbc, energy_fn.cutoff, skin=skin,
-        capacity_multiplier=capacity_multiplier, dtype=energy_fn.dtype,
+        capacity_multiplier=capacity_multiplier, dtype=energy_fn.dtype, temperature=temperature,
+        variable_cell=variable_cell,
     )
     return MDFunctions(neighbor_fn, energy_fn)

@@ -1,4 +1,5 @@
-"""Integrators: velocity Verlet (NVE), Langevin BAOAB (NVT), Nosé–Hoover chain (NVT).
+"""Integrators: velocity Verlet (NVE), Langevin BAOAB (NVT), Nosé–Hoover chain (NVT), Langevin with
+stochastic cell rescaling (NPT).
 
 Units: positions Å, velocities Å/fs, time fs, masses amu, energies eV, temperatures K.
 An acceleration F/m in eV/(Å·amu) is ``ACCEL`` Å/fs² per unit; a kinetic energy m v²/2 in
@@ -23,13 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 
+from nnpes.graph.verlet import update_neighbor_list
+
 ACCEL = units.fs**2  # (eV/Å/amu) → Å/fs²
 KB = units.kB  # eV/K
 
 
 class MDState(NamedTuple):
     """positions (N,3) Å, velocities (N,3) Å/fs, forces (N,3) eV/Å, energy () eV (potential),
-    masses (N,) amu, key: PRNG key, thermostat: integrator-specific extra state (a PyTree)."""
+    masses (N,) amu, key: PRNG key, thermostat: integrator-specific extra state (a PyTree);
+    cell (3,3) Å in variable-cell (NPT) runs, None when the cell is fixed."""
 
     positions: jnp.ndarray
     velocities: jnp.ndarray
@@ -38,10 +42,12 @@ class MDState(NamedTuple):
     masses: jnp.ndarray
     key: jnp.ndarray
     thermostat: Any = ()
+    cell: Any = None
 
 
 class Integrator(NamedTuple):
-    """conserved_energy(state) -> () eV: the quantity the dynamics conserves (None for Langevin)."""
+    """conserved_energy(state) -> () eV: the quantity the dynamics conserves (for Langevin, the
+    total energy less the heat the thermostat put in)."""
 
     init_fn: Callable
     step_fn: Callable
@@ -52,6 +58,12 @@ class Integrator(NamedTuple):
 def kinetic_energy(velocities, masses):
     """() eV from velocities (N,3) Å/fs and masses (N,) amu."""
     return 0.5 * jnp.sum(masses[:, None] * velocities**2) / ACCEL
+
+
+def kinetic_stress(velocities, masses, volume):
+    """(3,3) eV/Å³: −(1/V) Σ m v⊗v, the ideal-gas term of the stress (ase's sign, as
+    ``Atoms.get_stress(include_ideal_gas=True)``); velocities (N,3) Å/fs, masses (N,) amu, V Å³."""
+    return -jnp.einsum("i,ia,ib->ab", masses, velocities, velocities) / (ACCEL * volume)
 
 
 def temperature(velocities, masses):
@@ -93,6 +105,17 @@ def _forces(energy_and_forces, state: MDState, nbrs):
     return state._replace(energy=e, forces=f), nbrs
 
 
+def _thermalize(state: MDState, c1, c2, kT):
+    """BAOAB's O step, v ← c1·v + c2·sqrt(kT/m)·ξ: (state, heat () eV it put in, the change of
+    the kinetic energy)."""
+    key, noise_key = jax.random.split(state.key)
+    noise = jax.random.normal(noise_key, state.velocities.shape, state.velocities.dtype)
+    sigma = jnp.sqrt(kT * ACCEL / state.masses)[:, None]  # Å/fs
+    v = c1 * state.velocities + c2 * sigma * noise
+    heat = kinetic_energy(v, state.masses) - kinetic_energy(state.velocities, state.masses)
+    return state._replace(velocities=v, key=key), heat
+
+
 def velocity_verlet(energy_and_forces, dt: float) -> Integrator:
     """NVE, time step ``dt`` fs."""
 
@@ -108,22 +131,28 @@ def velocity_verlet(energy_and_forces, dt: float) -> Integrator:
 
 
 def langevin(energy_and_forces, dt: float, temperature_K: float, friction: float = 0.01) -> Integrator:
-    """NVT by BAOAB Langevin (Leimkuhler & Matthews 2013); ``friction`` γ in 1/fs."""
+    """NVT by BAOAB Langevin (Leimkuhler & Matthews 2013); ``friction`` γ in 1/fs.
+    ``state.thermostat`` is the heat () eV the thermostat has put in (the kinetic energy its O steps
+    changed), so ``conserved_energy`` = E_pot + E_kin − heat is the effective energy of Bussi &
+    Parrinello (2007), constant up to the integrator's error."""
     c1 = float(np.exp(-friction * dt))
     c2 = float(np.sqrt(1.0 - c1 * c1))
     kT = KB * temperature_K
+    base_init = _init(energy_and_forces)
+
+    def init_fn(positions, velocities, masses, nbrs, key=None, thermostat=None):
+        return base_init(positions, velocities, masses, nbrs, key, jnp.zeros((), positions.dtype))
 
     def step_fn(state, nbrs):
-        state = _drift(_kick(state, 0.5 * dt), 0.5 * dt)
-        key, noise_key = jax.random.split(state.key)
-        noise = jax.random.normal(noise_key, state.velocities.shape, state.velocities.dtype)
-        sigma = jnp.sqrt(kT * ACCEL / state.masses)[:, None]  # Å/fs
-        state = state._replace(velocities=c1 * state.velocities + c2 * sigma * noise, key=key)
-        state = _drift(state, 0.5 * dt)
+        state, heat = _thermalize(_drift(_kick(state, 0.5 * dt), 0.5 * dt), c1, c2, kT)
+        state = _drift(state._replace(thermostat=state.thermostat + heat), 0.5 * dt)
         state, nbrs = _forces(energy_and_forces, state, nbrs)
         return _kick(state, 0.5 * dt), nbrs
 
-    return Integrator(_init(energy_and_forces), step_fn, "langevin")
+    def conserved_energy(state):
+        return state.energy + kinetic_energy(state.velocities, state.masses) - state.thermostat
+
+    return Integrator(init_fn, step_fn, "langevin", conserved_energy)
 
 
 class ChainState(NamedTuple):
@@ -199,3 +228,66 @@ def run_steps(step_fn, state: MDState, nbrs, n_steps: int):
 
     (state, nbrs), _ = jax.lax.scan(body, (state, nbrs), None, length=n_steps)
     return state, nbrs
+
+
+class BarostatState(NamedTuple):
+    """NPT extra state: heat () eV the Langevin thermostat put in, stress (3,3) eV/Å³ of the model
+    at the last force evaluation (ase's sign), the barostat's next input."""
+
+    heat: jnp.ndarray
+    stress: jnp.ndarray
+
+
+def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure_GPa: float,
+                 friction: float = 0.01, tau_p: float = 1000.0, compressibility: float = 0.01,
+                 update: Callable | None = None) -> Integrator:
+    """NPT: BAOAB Langevin for the atoms and isotropic stochastic cell rescaling (Bernetti & Bussi,
+    J. Chem. Phys. 153, 114107 (2020)) for the volume, one barostat move per step. With ε = ln V,
+
+        dε = −(β/τ_p) (P₀ − P − kT/V) dt + sqrt(2 kT β / (V τ_p)) dW,
+
+    positions and cell scaled by e^(Δε/3), velocities by its inverse. P (model virial + kinetic
+    term) is the one of the last force evaluation; ``pressure_GPa`` P₀; ``tau_p`` fs the volume's
+    relaxation time; ``compressibility`` β 1/GPa, a guess of the material's (metals ~0.01,
+    water 0.45): a wrong one changes only how fast the volume relaxes, not the ensemble.
+    ``energy_forces_stress(R, neighbor=, cell=)`` is ``EnergyFn.energy_forces_stress``; the list
+    follows the cell (``update(R, nbrs, box=cell)``, from ``md_functions(..., variable_cell=True)``).
+    ``state.cell`` is the cell. No conserved quantity is reported (``conserved_energy`` None)."""
+    update = update_neighbor_list if update is None else update
+    c1 = float(np.exp(-friction * dt))
+    c2 = float(np.sqrt(1.0 - c1 * c1))
+    kT = KB * temperature_K
+    p0 = pressure_GPa * units.GPa  # eV/Å³
+    beta = compressibility / units.GPa  # Å³/eV
+
+    def init_fn(positions, velocities, masses, nbrs, key=None, thermostat=None):
+        cell = nbrs.box
+        e, f, stress = energy_forces_stress(positions, neighbor=nbrs, cell=cell)
+        key = jax.random.PRNGKey(0) if key is None else key
+        extra = BarostatState(jnp.zeros((), positions.dtype), stress)
+        return MDState(positions, velocities.astype(positions.dtype), f, e, masses.astype(positions.dtype),
+                       key, extra, cell)
+
+    def rescale(state):
+        """One barostat move over dt: positions, velocities and cell rescaled together."""
+        volume = jnp.abs(jnp.linalg.det(state.cell))
+        total = state.thermostat.stress + kinetic_stress(state.velocities, state.masses, volume)
+        pressure = -jnp.trace(total) / 3.0
+        key, noise_key = jax.random.split(state.key)
+        noise = jax.random.normal(noise_key, (), state.positions.dtype)
+        d_eps = (-(beta / tau_p) * (p0 - pressure - kT / volume) * dt
+                 + jnp.sqrt(2.0 * kT * beta * dt / (volume * tau_p)) * noise)
+        mu = jnp.exp(d_eps / 3.0)
+        return state._replace(positions=state.positions * mu, velocities=state.velocities / mu,
+                              cell=state.cell * mu, key=key)
+
+    def step_fn(state, nbrs):
+        state, heat = _thermalize(_drift(_kick(state, 0.5 * dt), 0.5 * dt), c1, c2, kT)
+        state = _drift(state._replace(thermostat=state.thermostat._replace(heat=state.thermostat.heat + heat)), 0.5 * dt)
+        state = rescale(state)
+        nbrs = update(state.positions, nbrs, state.cell)
+        e, f, stress = energy_forces_stress(state.positions, neighbor=nbrs, cell=state.cell)
+        state = state._replace(energy=e, forces=f, thermostat=state.thermostat._replace(stress=stress))
+        return _kick(state, 0.5 * dt), nbrs
+
+    return Integrator(init_fn, step_fn, "npt-langevin")

@@ -8,7 +8,8 @@ thermo log and trajectory written so far are kept, the failing frame appended to
 when
   - the temperature passes ``max_temperature`` (default: NVT 10 × the target, at least 1000 K;
     NVE the larger of 5000 K and 10 × the starting temperature),
-  - the conserved energy (NVE; Nosé–Hoover's extended energy) has drifted more than
+  - the conserved energy (NVE's total; Nosé–Hoover's extended energy; Langevin's total less the
+    thermostat's heat) has drifted more than
     ``max_energy_drift`` eV/atom from its start (default 0.1),
   - two atoms are closer than ``min_distance`` Å (default 0.5; checked at step 0 too),
   - an atom moved more than ``max_displacement`` Å in one interval (default: the larger of the
@@ -31,16 +32,18 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from nnpes.compile_cache import CompileCounter
 from nnpes.graph.build import atoms_to_graph
 from nnpes.md.functions import md_functions
 from nnpes.md.integrators import (
-    Integrator, MDState, kinetic_energy, langevin, maxwell_boltzmann, nose_hoover_chain, run_steps,
+    Integrator, MDState, kinetic_energy, kinetic_stress, langevin, maxwell_boltzmann, nose_hoover_chain, npt_langevin,
+    run_steps,
     velocity_verlet,
 )
 from nnpes.md.integrators import temperature as temperature_of
-from nnpes.md.io import ThermoLog, TrajectoryWriter
+from nnpes.md.io import PRESSURE_COLUMNS, THERMO_COLUMNS, ThermoLog, TrajectoryWriter
 
-ENSEMBLES = ("nve", "nvt")
+ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
 
 
@@ -48,10 +51,12 @@ THERMOSTATS = ("langevin", "nose-hoover")
 class MDConfig:
     """Settings of ``run_md``: ``steps`` of ``timestep`` fs; ``ensemble`` nve | nvt at
     ``temperature`` K with ``thermostat`` langevin (``friction`` 1/fs) | nose-hoover (``tau`` fs);
+    npt: Langevin at ``temperature`` and ``pressure`` GPa by stochastic cell rescaling (volume
+    relaxation time ``tau_p`` fs, ``compressibility`` 1/GPa guessed; ``npt_langevin``);
     a thermo line every ``thermo_every`` steps (also the block length), a trajectory frame every
     ``traj_every``; ``seed`` for velocities and noise; Verlet ``skin`` Å and buffer head room
     ``capacity_multiplier``. The run stops with ``MDInstability`` past ``max_temperature`` K,
-    ``max_energy_drift`` eV/atom of conserved-energy drift (NVE, Nosé–Hoover), ``min_distance`` Å
+    ``max_energy_drift`` eV/atom of conserved-energy drift, ``min_distance`` Å
     between two atoms or ``max_displacement`` Å of one atom in a thermo interval (None: the
     defaults of the module docstring; ``math.inf``, or ``min_distance`` 0, switches a check off)."""
 
@@ -71,6 +76,9 @@ class MDConfig:
     max_energy_drift: float = 0.1
     min_distance: float = 0.5
     max_displacement: float | None = None
+    pressure: float = 0.0
+    tau_p: float = 1000.0
+    compressibility: float = 0.01
 
     def __post_init__(self):
         if self.steps < 0 or self.timestep <= 0 or self.thermo_every < 1:
@@ -87,7 +95,7 @@ class MDConfig:
         """K: ``max_temperature``, or its default for this ensemble (module docstring)."""
         if self.max_temperature is not None:
             return self.max_temperature
-        if self.ensemble == "nvt":
+        if self.ensemble in ("nvt", "npt"):
             return max(10.0 * self.temperature, 1000.0)
         return max(5000.0, 10.0 * start_temperature)
 
@@ -108,13 +116,52 @@ class MDInstability(FloatingPointError):
 
 
 @dataclass
+class MDTiming:
+    """Where an MD loop's wall time went, s. ``step_s``: blocks of steps that compiled nothing
+    (``steps_timed`` steps; ns/day comes from these alone, whatever the block length);
+    ``compile_s``: blocks that compiled (the first, a shorter last block, the first block after a
+    reallocation), ``n_compiles`` XLA compilations in all; ``reallocation_s``: overflowed blocks
+    thrown away and the reallocations (``n_reallocations``); ``host_s``: output and checks between
+    blocks; ``setup_s``: before the first block (allocation, initial forces)."""
+
+    steps_timed: int = 0
+    step_s: float = 0.0
+    compile_s: float = 0.0
+    n_compiles: int = 0
+    reallocation_s: float = 0.0
+    n_reallocations: int = 0
+    host_s: float = 0.0
+    setup_s: float = 0.0
+
+    def ns_per_day(self, timestep_fs: float) -> float:
+        """Simulated ns per day of the timed steps (NaN if every block compiled: run more steps)."""
+        if self.steps_timed == 0 or self.step_s <= 0:
+            return float("nan")
+        return self.steps_timed * timestep_fs * 1e-6 / self.step_s * 86400.0
+
+    def summary(self) -> str:
+        """One line: the time that was not MD steps."""
+        return (f"compile {self.compile_s:.1f} s ({self.n_compiles} XLA compilations), neighbour-list "
+                f"reallocations {self.n_reallocations} ({self.reallocation_s:.1f} s), setup {self.setup_s:.1f} s, "
+                f"output and checks {self.host_s:.1f} s")
+
+
+@dataclass
 class BlockRun:
-    """What ``run_blocks`` ends with: the state and list after ``steps_done`` steps."""
+    """What ``run_blocks`` ends with: the state and list after ``steps_done`` steps, and where the
+    time went."""
 
     state: object
     nbrs: object
     steps_done: int
     n_reallocations: int
+    timing: MDTiming = field(default_factory=MDTiming)
+
+
+def _cell_of(state) -> dict:
+    """``{"cell": (3,3)}`` for ``allocate`` when the state carries a variable cell (NPT), else {}."""
+    cell = getattr(state, "cell", None)
+    return {} if cell is None else {"cell": np.asarray(cell, np.float64)}
 
 
 # Consecutive overflows of one block before giving up: each reallocation fits every count the
@@ -127,31 +174,47 @@ def run_blocks(block_fn: Callable, state, nbrs, neighbor_fn, steps: int, block: 
     """Advance ``steps`` steps in blocks of ``block``: ``block_fn(state, nbrs, n) -> (state, nbrs,
     out)`` (jitted, ``n`` static); ``state.positions`` (N,3) Å. A block whose list overflowed is
     redone from its start with a list reallocated to fit. After each accepted block
-    ``on_block(state, out, done, n)`` runs; returning False stops early."""
-    done, n_realloc, retries = 0, 0, 0
-    while done < steps:
-        n = min(block, steps - done)
-        new_state, new_nbrs, out = block_fn(state, nbrs, n)
-        if bool(new_nbrs.did_buffer_overflow):
-            retries += 1
-            if retries > MAX_REALLOCATIONS_PER_BLOCK:
-                raise MDInstability(
-                    f"MD blew up after step {done}: the neighbour list overflowed {retries} times in one "
-                    "block; lower the timestep or check the structure", done)
-            nbrs = neighbor_fn.allocate(state.positions, previous=new_nbrs)
-            n_realloc += 1
-            continue
-        state, nbrs, retries = new_state, new_nbrs, 0
-        done += n
-        if on_block is not None and on_block(state, out, done, n) is False:
-            break
-    return BlockRun(state, nbrs, done, n_realloc)
+    ``on_block(state, out, done, n)`` runs; returning False stops early. Each block is timed to
+    its end (``block_until_ready``), and counted as steps or as compilation (``MDTiming``)."""
+    done, retries = 0, 0
+    timing = MDTiming()
+    with CompileCounter() as compiles:
+        while done < steps:
+            n = min(block, steps - done)
+            n_compiled, t0 = compiles.n, time.perf_counter()
+            new_state, new_nbrs, out = jax.block_until_ready(block_fn(state, nbrs, n))
+            elapsed = time.perf_counter() - t0
+            if bool(new_nbrs.did_buffer_overflow):
+                retries += 1
+                if retries > MAX_REALLOCATIONS_PER_BLOCK:
+                    raise MDInstability(
+                        f"MD blew up after step {done}: the neighbour list overflowed {retries} times in one "
+                        "block; lower the timestep or check the structure", done)
+                nbrs = neighbor_fn.allocate(state.positions, previous=new_nbrs, **_cell_of(state))
+                timing.n_reallocations += 1
+                timing.reallocation_s += time.perf_counter() - t0
+                continue
+            if compiles.n > n_compiled:
+                timing.compile_s += elapsed
+            else:
+                timing.steps_timed += n
+                timing.step_s += elapsed
+            state, nbrs, retries = new_state, new_nbrs, 0
+            done += n
+            t0 = time.perf_counter()
+            stop = on_block is not None and on_block(state, out, done, n) is False
+            timing.host_s += time.perf_counter() - t0
+            if stop:
+                break
+    timing.n_compiles = compiles.n
+    return BlockRun(state, nbrs, done, timing.n_reallocations, timing)
 
 
 @dataclass
 class MDResult:
     """atoms: final structure (positions, velocities, energy, forces); thermo: the logged columns;
-    ns_per_day excludes the first block (compilation); n_reallocations: neighbour-list overflows."""
+    ns_per_day: of the steps alone (``MDTiming``: no compilation, reallocation or output);
+    n_reallocations: neighbour-list overflows; timing: where ``wall_s`` went."""
 
     atoms: Atoms
     state: MDState
@@ -160,17 +223,28 @@ class MDResult:
     ns_per_day: float
     n_reallocations: int
     thermo: dict = field(default_factory=dict)
+    timing: MDTiming = field(default_factory=MDTiming)
 
 
 def make_integrator(energy_and_forces, ensemble: str, timestep: float, temperature_K: float,
-                    thermostat: str = "langevin", friction: float = 0.01, tau: float = 100.0) -> Integrator:
-    """``ensemble`` nve | nvt; for nvt ``thermostat`` langevin (friction 1/fs) | nose-hoover (tau fs)."""
+                    thermostat: str = "langevin", friction: float = 0.01, tau: float = 100.0, *,
+                    energy_forces_stress: Callable | None = None, pressure: float = 0.0, tau_p: float = 1000.0,
+                    compressibility: float = 0.01) -> Integrator:
+    """``ensemble`` nve | nvt | npt; for nvt ``thermostat`` langevin (friction 1/fs) | nose-hoover
+    (tau fs); npt (``npt_langevin``) needs ``energy_forces_stress`` (``EnergyFn``'s), ``pressure``
+    GPa, ``tau_p`` fs and ``compressibility`` 1/GPa."""
     if ensemble == "nve":
         return velocity_verlet(energy_and_forces, timestep)
-    if ensemble != "nvt":
+    if ensemble not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
     if temperature_K <= 0:
-        raise ValueError(f"nvt needs a temperature > 0 K, got {temperature_K}")
+        raise ValueError(f"{ensemble} needs a temperature > 0 K, got {temperature_K}")
+    if ensemble == "npt":
+        if thermostat != "langevin":
+            raise ValueError(f"npt runs with the langevin thermostat, not {thermostat!r}")
+        if tau_p <= 0 or compressibility <= 0:
+            raise ValueError(f"npt needs tau_p > 0 fs and compressibility > 0 1/GPa, got {tau_p}, {compressibility}")
+        return npt_langevin(energy_forces_stress, timestep, temperature_K, pressure, friction, tau_p, compressibility)
     if thermostat == "langevin":
         return langevin(energy_and_forces, timestep, temperature_K, friction)
     if thermostat == "nose-hoover":
@@ -186,25 +260,35 @@ def initial_velocities(atoms: Atoms, temperature_K: float, seed: int) -> np.ndar
 
 
 def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=None, progress: bool = False,
-           **settings) -> MDResult:
+           note: str = "", **settings) -> MDResult:
     """Run ``config.steps`` steps of ``config.timestep`` fs from ``atoms``; writes ``thermo.log``
     and ``trajectory.extxyz`` to ``out_dir`` (if given) every thermo_every / traj_every steps.
     ``settings`` are MDConfig fields (``run_md(pot, atoms, steps=1000, timestep=0.5)``); given with
-    ``config`` they override it."""
+    ``config`` they override it. ``note`` (e.g. the model's path) goes into the thermo log's
+    header line with the settings. Fully periodic cells add volume, pressure and stress columns."""
     cfg = MDConfig(**settings) if config is None else dataclasses.replace(config, **settings)
     warn_start = getattr(potential, "warn_close_contacts", None)  # a Potential with a model card
     if warn_start is not None:  # start closer than the training data: ShortDistanceWarning
         warn_start([atoms_to_graph(atoms, potential.cutoff)], stacklevel=3)
-    neighbor_fn, energy_fn = md_functions(potential, atoms, skin=cfg.skin, capacity_multiplier=cfg.capacity_multiplier)
+    start = time.perf_counter()
+    velocities = initial_velocities(atoms, cfg.temperature, cfg.seed)
+    # Buffers sized for the hotter of the target and the start (an NVE run from a hot start).
+    t_start = float(temperature_of(velocities, np.asarray(atoms.get_masses())))
+    periodic = bool(np.all(atoms.pbc)) and atoms.cell.volume > 0
+    if cfg.ensemble == "npt" and not periodic:
+        raise ValueError("npt needs a cell periodic in all three directions with a non-zero volume")
+    neighbor_fn, energy_fn = md_functions(potential, atoms, skin=cfg.skin, capacity_multiplier=cfg.capacity_multiplier,
+                                          temperature=max(cfg.temperature, t_start), variable_cell=cfg.ensemble == "npt")
     dtype = energy_fn.dtype
     integrator = make_integrator(energy_fn.energy_and_forces, cfg.ensemble, cfg.timestep, cfg.temperature,
-                                 cfg.thermostat, cfg.friction, cfg.tau)
+                                 cfg.thermostat, cfg.friction, cfg.tau, energy_forces_stress=energy_fn.energy_forces_stress,
+                                 pressure=cfg.pressure, tau_p=cfg.tau_p, compressibility=cfg.compressibility)
     positions = jnp.asarray(atoms.positions, dtype)
     masses = jnp.asarray(atoms.get_masses(), dtype)
-    velocities = jnp.asarray(initial_velocities(atoms, cfg.temperature, cfg.seed), dtype)
+    velocities = jnp.asarray(velocities, dtype)
     nbrs = neighbor_fn.allocate(positions)
     state = jax.jit(integrator.init_fn)(positions, velocities, masses, nbrs, jax.random.PRNGKey(cfg.seed))
-    observe = _observer(integrator)
+    observe = _observer(integrator, energy_fn.energy_forces_stress if periodic else None)
 
     def block(st, nb, n):  # the block's steps, then what the host checks, in one call
         new_st, new_nb = run_steps(integrator.step_fn, st, nb, n)
@@ -212,26 +296,25 @@ def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=N
 
     block_fn = jax.jit(block, static_argnums=2)
     out = Path(out_dir) if out_dir is not None else None
-    log = _MDLog(cfg, atoms, out, progress, conserved=integrator.conserved_energy is not None,
-                 cutoff=energy_fn.cutoff)
-    start = time.perf_counter()
+    log = _MDLog(cfg, atoms, out, progress, cutoff=energy_fn.cutoff, periodic=periodic, note=note)
     try:
         log.record(state, jax.jit(observe)(state, nbrs, state.positions), 0)
+        setup = time.perf_counter() - start
         run = run_blocks(block_fn, state, nbrs, neighbor_fn, cfg.steps, cfg.thermo_every,
                          lambda st, obs, done, n: log.record(st, obs, done, n))
     finally:
         log.close()
     wall = time.perf_counter() - start
+    run.timing.setup_s = setup
     state = run.state
     final = atoms.copy()
+    if state.cell is not None:
+        final.cell = np.asarray(state.cell, np.float64)
     final.positions = np.asarray(state.positions, np.float64)
     final.set_velocities(np.asarray(state.velocities, np.float64) / units.fs)
     final.calc = SinglePointCalculator(final, energy=float(state.energy), forces=np.asarray(state.forces, np.float64))
-    return MDResult(final, state, run.steps_done, wall, log.ns_per_day(run.steps_done, wall),
-                    run.n_reallocations, log.thermo())
-
-
-THERMO_KEYS = ("step", "time_fs", "T_K", "E_pot_eV", "E_kin_eV", "E_tot_eV", "E_conserved_eV")
+    return MDResult(final, state, run.steps_done, wall, run.timing.ns_per_day(cfg.timestep),
+                    run.n_reallocations, log.thermo(), run.timing)
 
 
 class Observation(NamedTuple):
@@ -247,17 +330,29 @@ class Observation(NamedTuple):
     pair_j: jnp.ndarray
     max_displacement: jnp.ndarray
     moved: jnp.ndarray
+    stress: jnp.ndarray  # (3,3) eV/Å³, model + kinetic (ase's sign); zeros for non-periodic cells
+    volume: jnp.ndarray  # Å³ (of the box: meaningful for periodic cells)
 
 
-def _observer(integrator: Integrator) -> Callable:
+def _observer(integrator: Integrator, energy_forces_stress: Callable | None = None) -> Callable:
     """``observe(state, nbrs, positions_before) -> Observation`` (jittable). The closest pair is
-    found on the neighbour list, which holds every pair within the cutoff at the state's positions."""
-    conserved = integrator.conserved_energy or (lambda s: s.energy + kinetic_energy(s.velocities, s.masses))
+    found on the neighbour list, which holds every pair within the cutoff at the state's positions.
+    With ``energy_forces_stress`` (``EnergyFn``'s, periodic cells) the stress is evaluated here,
+    once per block, not in every step."""
+    # No conserved quantity (NPT): NaN in the log, and the drift check never fires.
+    conserved = integrator.conserved_energy or (lambda s: jnp.full((), jnp.nan, s.energy.dtype))
+
+    def stress_of(state, nbrs, box):
+        if energy_forces_stress is None:
+            return jnp.zeros((3, 3), state.positions.dtype)
+        virial = energy_forces_stress(state.positions, neighbor=nbrs, cell=box)[2]
+        return virial + kinetic_stress(state.velocities, state.masses, jnp.abs(jnp.linalg.det(box)))
 
     def observe(state: MDState, nbrs, before) -> Observation:
         pos = state.positions
         n = pos.shape[0]
-        box = jnp.asarray(nbrs.layout.box, pos.dtype)  # periodic rows are the cell; shifts are 0 along the others
+        # Periodic rows are the cell (the state's in NPT); shifts are 0 along the others.
+        box = (nbrs.box if state.cell is None else state.cell).astype(pos.dtype)
         recv, send = jnp.minimum(nbrs.receivers, n - 1), jnp.minimum(nbrs.senders, n - 1)
         vec = pos[send] - pos[recv] + nbrs.shifts.astype(pos.dtype) @ box
         d2 = jnp.where(nbrs.receivers < n, jnp.sum(vec * vec, -1), jnp.inf)
@@ -266,26 +361,29 @@ def _observer(integrator: Integrator) -> Callable:
         a = jnp.argmax(moved2)
         return Observation(state.energy, kinetic_energy(state.velocities, state.masses),
                            temperature_of(state.velocities, state.masses), conserved(state),
-                           jnp.sqrt(d2[k]), recv[k], send[k], jnp.sqrt(moved2[a]), a)
+                           jnp.sqrt(d2[k]), recv[k], send[k], jnp.sqrt(moved2[a]), a, stress_of(state, nbrs, box),
+                           jnp.abs(jnp.linalg.det(box)))
 
     return observe
 
 
 class _MDLog:
     """run_md's output between blocks: thermo rows (kept and written), trajectory frames, progress
-    bar, the time after the first block (which includes compilation), and the checks that stop a
-    run that blew up (``MDConfig``'s bounds)."""
+    bar, and the checks that stop a run that blew up (``MDConfig``'s bounds)."""
 
-    def __init__(self, cfg: MDConfig, atoms: Atoms, out: Path | None, progress: bool, *, conserved: bool,
-                 cutoff: float):
-        self.cfg, self.rows, self.t_first = cfg, [], None
-        self.out, self.n_atoms, self.conserved = out, len(atoms), conserved
+    def __init__(self, cfg: MDConfig, atoms: Atoms, out: Path | None, progress: bool, *, cutoff: float,
+                 periodic: bool, note: str = ""):
+        self.cfg, self.rows = cfg, []
+        self.out, self.n_atoms = out, len(atoms)
+        self.periodic = periodic
+        self.columns = THERMO_COLUMNS + (PRESSURE_COLUMNS if periodic else ())
         self.max_displacement = cfg.displacement_limit(cutoff)
         self.max_temperature = self.e_start = None  # set at step 0
         self.thermo_log = self.traj = self.bar = None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            self.thermo_log = ThermoLog(out / "thermo.log")
+            self.thermo_log = ThermoLog(out / "thermo.log", header=self.header(atoms, note),
+                                        extra_columns=self.columns[len(THERMO_COLUMNS):])
             self.traj = TrajectoryWriter(out / "trajectory.extxyz", atoms)
         if progress:
             from tqdm import tqdm
@@ -300,22 +398,24 @@ class _MDLog:
         e_pot, e_kin, temp, e_cons = (float(x) for x in obs[:4])
         if not np.isfinite(e_pot + e_kin):
             raise MDInstability(f"MD blew up at step {step}: E_pot={e_pot} eV, E_kin={e_kin} eV{self._kept()}", step)
-        self.rows.append((step, step * dt, temp, e_pot, e_kin, e_pot + e_kin, e_cons))
+        extra = ()
+        if self.periodic:  # V, P = −trace/3, Voigt stress; GPa
+            sigma = np.asarray(obs.stress, np.float64) / units.GPa
+            extra = (float(obs.volume), -np.trace(sigma) / 3.0, *sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
+        self.rows.append((step, step * dt, temp, e_pot, e_kin, e_pot + e_kin, e_cons, *extra))
         if self.thermo_log:
-            self.thermo_log.write(step, step * dt, temp, e_pot, e_kin, e_cons)
+            self.thermo_log.write(step, step * dt, temp, e_pot, e_kin, e_cons, *extra)
         written = bool(self.traj) and step % self.cfg.traj_every == 0
         if written:
-            self.traj.write(step, step * dt, state.positions, state.velocities, e_pot, state.forces)
+            self.traj.write(step, step * dt, state.positions, state.velocities, e_pot, state.forces, state.cell)
         if step == 0:
             self.max_temperature, self.e_start = self.cfg.temperature_limit(temp), e_cons
         problem = self._problem(obs, temp, e_cons, n * dt)
         if problem:
             if self.traj and not written:
-                self.traj.write(step, step * dt, state.positions, state.velocities, e_pot, state.forces)
+                self.traj.write(step, step * dt, state.positions, state.velocities, e_pot, state.forces, state.cell)
             raise MDInstability(f"MD blew up at step {step} ({step * dt:g} fs): {problem}{self._kept()}; "
                                 "lower the timestep or check the structure and the model", step)
-        if n and self.t_first is None:
-            self.t_first = (time.perf_counter(), step)
         if self.bar and n:
             self.bar.update(n)
 
@@ -325,7 +425,7 @@ class _MDLog:
         if temp > self.max_temperature:
             return f"temperature {temp:.0f} K > max_temperature {self.max_temperature:.0f} K"
         drift = (e_cons - self.e_start) / self.n_atoms
-        if self.conserved and abs(drift) > cfg.max_energy_drift:
+        if abs(drift) > cfg.max_energy_drift:  # False for NaN (NPT: nothing conserved)
             return f"the conserved energy drifted by {drift:+.3g} eV/atom (max_energy_drift {cfg.max_energy_drift:g} eV/atom)"
         if float(obs.min_distance) < cfg.min_distance:
             return (f"atoms {int(obs.pair_i)} and {int(obs.pair_j)} are {float(obs.min_distance):.3f} Å apart "
@@ -338,14 +438,21 @@ class _MDLog:
     def _kept(self) -> str:
         return f"; thermo.log and trajectory.extxyz up to here are in {self.out}" if self.out is not None else ""
 
-    def ns_per_day(self, done: int, wall: float) -> float:
-        """Simulated ns per day of wall time, excluding the first block (compilation)."""
-        if self.t_first is not None and done > self.t_first[1]:
-            done, wall = done - self.t_first[1], time.perf_counter() - self.t_first[0]
-        return done * self.cfg.timestep * 1e-6 / max(wall, 1e-12) * 86400.0
-
     def thermo(self) -> dict:
-        return {name: np.array([r[k] for r in self.rows]) for k, name in enumerate(THERMO_KEYS)}
+        return {name: np.array([r[k] for r in self.rows]) for k, name in enumerate(self.columns)}
+
+    def header(self, atoms: Atoms, note: str) -> str:
+        """The thermo log's first line: what was run, with every setting."""
+        cfg = self.cfg
+        kind = cfg.ensemble if cfg.ensemble == "nve" else f"{cfg.ensemble} ({cfg.thermostat})"
+        conserved = {"nve": "E_tot", "langevin": "E_tot minus the heat the Langevin thermostat put in (Bussi & "
+                     "Parrinello 2007)", "nose-hoover": "E_tot plus the Nose-Hoover chain's energy",
+                     "npt": "not computed (nan)"}
+        what = conserved[cfg.thermostat if cfg.ensemble == "nvt" else cfg.ensemble]
+        settings = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
+        pbc = "".join("T" if p else "F" for p in atoms.pbc)
+        return (f"nnpes md {kind}: {len(atoms)} atoms {atoms.get_chemical_formula()}, pbc {pbc}"
+                + (f", {note}" if note else "") + f"; E_conserved = {what}; {settings}")
 
     def close(self):
         for f in (self.thermo_log, self.traj, self.bar):

@@ -144,12 +144,15 @@ class Potential:
 
         return NNPESCalculator(self, **kwargs)
 
-    def md_functions(self, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25):
+    def md_functions(self, atoms: Atoms, skin: float = 0.5, capacity_multiplier: float = 1.25,
+                     temperature: float = 300.0, variable_cell: bool = False):
         """``neighbor_fn, energy_fn`` in jax-md's conventions for ``atoms``' species, cell and pbc
-        (skin Å); forces: ``energy_fn.force_fn``. See ``nnpes.md.md_functions``."""
+        (skin Å; buffers sized for MD at ``temperature`` K; ``variable_cell`` for NPT); forces:
+        ``energy_fn.force_fn``. See ``nnpes.md.md_functions``."""
         from nnpes.md.functions import md_functions
 
-        return md_functions(self, atoms, skin=skin, capacity_multiplier=capacity_multiplier)
+        return md_functions(self, atoms, skin=skin, capacity_multiplier=capacity_multiplier,
+                            temperature=temperature, variable_cell=variable_cell)
 
     # ---- persistence -------------------------------------------------------------------------
 
