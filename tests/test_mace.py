@@ -101,14 +101,16 @@ def test_edge_messages_equal_e3nn_tensor_product(irreps_h):
 
 def test_edge_blocks_give_the_unblocked_energies_and_forces(monkeypatch):
     """Per-edge work summed in blocks of 16 edges (aggregation.sum_messages) = all edges at once."""
-    pot = build_potential({"name": "mace", "elements": ["Cu"], "cutoff": 4.0, "dtype": "float64", **SMALL}, seed=0)
+    config = {"name": "mace", "elements": ["Cu"], "cutoff": 4.0, "dtype": "float64",
+              **SMALL, "max_ell": 1, "correlation": 2}  # the lightest compile that still has l = 1 paths
+    pot = build_potential(config, seed=0)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
     atoms.rattle(0.05, seed=1)
     ref = pot.predict(atoms)
     monkeypatch.setattr(mace_module, "BLOCK_ABOVE", 0)
     monkeypatch.setattr(mace_module, "EDGE_CHUNK", 16)
     monkeypatch.setattr(compiled, "_CACHE", {})  # a fresh trace, not the unblocked compile
-    pot = build_potential({"name": "mace", "elements": ["Cu"], "cutoff": 4.0, "dtype": "float64", **SMALL}, seed=0)
+    pot = build_potential(config, seed=0)
     blocked = pot.predict(atoms)
     assert blocked["energy"] == pytest.approx(ref["energy"], rel=1e-12)
     np.testing.assert_allclose(blocked["forces"], ref["forces"], atol=1e-12)
