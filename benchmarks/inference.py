@@ -69,6 +69,18 @@ def system(name: str):
     raise KeyError(name)
 
 
+def displaced_aspirins(n: int = 8):
+    """The training-step batch: n copies of aspirin, positions displaced by 0.05 Å (seed 0)."""
+    base = system("aspirin")
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(n):
+        a = base.copy()
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+        frames.append(a)
+    return frames
+
+
 def build_model(cutoff: float, model: str = "nequip"):
     """The model at its standard size (the registered defaults), float32."""
     import jax
@@ -136,12 +148,9 @@ def run_train_step(cutoff: float, repeats: int, model: str = "nequip") -> dict:
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import energy_forces_stress
 
-    base = system("aspirin")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
     graphs = []
-    for _ in range(8):
-        a = base.copy()
-        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+    for a in displaced_aspirins():
         a.arrays[keys.FORCES] = rng.normal(0.0, 1.0, a.positions.shape)  # labels: values do not affect speed
         a.info[keys.ENERGY] = float(rng.normal())
         graphs.append(atoms_to_graph(a, cutoff))

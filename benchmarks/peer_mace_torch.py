@@ -28,7 +28,7 @@ import numpy as np
 # by default (weights_only), so allow it for this trusted package file.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from inference import system  # noqa: E402  (the same structures as ours; needs only ase, numpy)
+from inference import displaced_aspirins, system  # noqa: E402  (the same structures as ours; ase, numpy)
 
 Z = [1, 6, 7, 8]
 
@@ -75,14 +75,7 @@ def child(name, repeats):
     model = build()
     n_params = sum(p.numel() for p in model.parameters())
     if name == "train":
-        base = system("aspirin")
-        rng = np.random.default_rng(0)
-        frames = []
-        for _ in range(8):
-            a = base.copy()
-            a.positions += rng.normal(0.0, 0.05, a.positions.shape)
-            frames.append(a)
-        b = batch_of(frames).to_dict()
+        b = batch_of(displaced_aspirins()).to_dict()
         e_ref, f_ref = torch.randn(8), torch.randn(b["positions"].shape)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
