@@ -30,9 +30,8 @@ from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
 from nnpes.models.aggregation import sum_messages, use_blocks
 from nnpes.models.mace_ops import coupling, edge_messages, edge_product, symmetric_contraction, to_e3nn_layout
-from nnpes.models.radial import edge_geometry, mlp
+from nnpes.models.radial import ACTIVATIONS, edge_geometry, mlp
 
-GATES = {"silu": jax.nn.silu, "tanh": jnp.tanh}
 # Above BLOCK_ABOVE edges the per-edge messages are made and summed EDGE_CHUNK edges at a time
 # (aggregation.sum_messages): benchmarks/README.md, MACE.
 EDGE_CHUNK, BLOCK_ABOVE = 128, 8192
@@ -139,7 +138,7 @@ class Interaction(nn.Module):
         product = edge_product(str(self._single(up.irreps)), str(sh.irreps))
         sizes = (basis.shape[1], *hp.radial_mlp, len(product.paths) * c)
         consts = (jnp.swapaxes(up.mul_to_axis(c).array, 1, 2), MLPKernels(sizes, self.dtype, name="radial_mlp")())
-        per_edge = functools.partial(_edge_messages, product=product, gate=GATES[hp.gate])
+        per_edge = functools.partial(_edge_messages, product=product, gate=ACTIVATIONS[hp.gate])
         chunk = EDGE_CHUNK if use_blocks(sh.shape[0], EDGE_CHUNK, BLOCK_ABOVE) else None
         a = sum_messages(per_edge, chunk, consts, n_node, sh.array, basis, senders, receivers, indices_are_sorted=True)
         a = to_e3nn_layout(a.reshape(n_node, -1, c), product) / self.avg_num_neighbors
@@ -206,7 +205,7 @@ class MACE(nn.Module):
             scalars = h.filter(keep="0e").array
             widths = (e3nn.Irreps(hp.mlp_irreps).num_irreps, 1) if last else (1,)
             readout = MLPKernels((scalars.shape[-1], *widths), dt, name=f"readout_{layer}")()
-            energy = energy + mlp(readout, scalars, GATES[hp.gate])[:, 0]
+            energy = energy + mlp(readout, scalars, ACTIVATIONS[hp.gate])[:, 0]
         return jnp.where(node_mask, energy, 0.0)
 
 

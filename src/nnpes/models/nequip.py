@@ -44,9 +44,7 @@ from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
 from nnpes.models.aggregation import sum_messages, use_blocks
 from nnpes.models.nequip_ops import edge_pairs
-from nnpes.models.radial import edge_geometry, mlp
-
-ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh}
+from nnpes.models.radial import ACTIVATIONS, edge_geometry, mlp
 
 
 @dataclass

@@ -56,6 +56,10 @@ def edge_geometry(vectors, edge_mask, cutoff: float, num_bessel: int, p: int):
     return jnp.where(edge_mask[:, None], unit, 0.0), basis
 
 
+# The activations a config may name (NequIP's ``activation``, MACE's ``gate``); each is 0 at 0.
+ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh}
+
+
 def mlp(kernels: list, x, gate=jax.nn.silu):
     """Bias-free dense layers ``kernels`` with ``gate`` between them: (..., n) → (..., out).
     As the radial MLP, (E, n_basis) enveloped basis → (E, out) weights: with gate(0) = 0, zero
