@@ -9,7 +9,7 @@ import logging
 import sys
 
 # Order is the order in ``nnpes --help``. A module that is absent is skipped.
-SUBCOMMANDS = ["info", "quickstart", "train", "evaluate", "export", "config", "md", "active_learn"]
+SUBCOMMANDS = ["info", "quickstart", "train", "evaluate", "export", "config", "md", "ipi_client", "active_learn"]
 
 
 def build_parser() -> argparse.ArgumentParser:

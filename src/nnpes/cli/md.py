@@ -55,23 +55,30 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def read_structure(path: str, index: int = -1):
+    """Frame ``index`` of the structure file ``path`` (any format ase reads) as ase Atoms; a missing or
+    unreadable file is a one-line error."""
     from pathlib import Path
 
     from ase.io import read
 
-    from nnpes.cli.evaluate import model_dir
     from nnpes.errors import UserError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"structure file {path!r} not found")
+    try:
+        return read(path, index=index)
+    except Exception as e:  # noqa: BLE001 - ase raises many types for a file it cannot parse
+        raise UserError(f"{path}: could not be read (frame {index}): {type(e).__name__}: {e}") from e
+
+
+def run(args) -> int:
+    from nnpes.cli.evaluate import model_dir
     from nnpes.md import MDConfig, MDInstability, check_elements, run_md
     from nnpes.potential import load_potential
 
     pot = load_potential(model_dir(args.model))
-    if not Path(args.structure).is_file():
-        raise FileNotFoundError(f"structure file {args.structure!r} not found")
-    try:
-        atoms = read(args.structure, index=args.index)
-    except Exception as e:  # noqa: BLE001 - ase raises many types for a file it cannot parse
-        raise UserError(f"{args.structure}: could not be read (frame {args.index}): {type(e).__name__}: {e}") from e
+    atoms = read_structure(args.structure, args.index)
     check_elements(pot, atoms, f"{args.structure} (frame {args.index})")
     cfg = MDConfig(
         steps=args.steps, timestep=args.timestep, ensemble=args.ensemble, temperature=args.temperature,
