@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import bulk
 from ase.io import write
 
@@ -116,7 +117,7 @@ def test_pimd_with_4_beads_gets_nnpes_energies_forces_and_virial(saved, tmp_path
         Path(f"/tmp/ipi_{name}").unlink(missing_ok=True)
     # The client left when i-PI ended the run, with success, having served every bead of every step.
     assert not client.is_alive() and result.get("rc") == 0, capsys.readouterr().err[-3000:]
-    served = int(capsys.readouterr().out.split("i-PI ended the run: ")[1].split()[0])
+    served = int(capsys.readouterr().out.split("i-PI closed the connection after ")[1].split()[0])
     assert served >= BEADS * STEPS
 
     props = np.loadtxt(tmp_path / "sim.out", ndmin=2)
@@ -138,3 +139,111 @@ def test_pimd_with_4_beads_gets_nnpes_energies_forces_and_virial(saved, tmp_path
     # i-PI's virial_md: the beads' virials (−V·stress each) summed, over V; [xx yy zz xy xz yz]
     expected = -stress_sum[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]
     np.testing.assert_allclose(virial, expected, rtol=1e-5, atol=1e-7)
+
+
+class ClientThread:
+    """Lets ase's ``SocketServer`` see a client thread as its client process: its wait for a
+    connection then ends when the client has died (instead of blocking for ever)."""
+
+    def __init__(self, thread: threading.Thread):
+        self.thread = thread
+
+    def poll(self):
+        return None if self.thread.is_alive() else 1
+
+    def wait(self):
+        self.thread.join(timeout=30)
+        return 0
+
+
+def serve_frames(name: str, client: threading.Thread, frames: list) -> list[dict]:
+    """Play i-PI's part with ase's ``SocketServer``: send each frame's positions and cell to the
+    client on unix socket ``name``, return its answers (energy eV, forces eV/Å, virial eV)."""
+    from ase.calculators.socketio import SocketServer
+
+    server = SocketServer(unixsocket=name, timeout=30)
+    server.proc = ClientThread(client)
+    try:
+        return [server.calculate(frame) for frame in frames]
+    finally:
+        server.close()  # the client reads this as the end of the run
+
+
+def cluster() -> Atoms:
+    """Cu4, a distorted tetrahedron about 2.5 Å across, in no cell (not periodic)."""
+    d = 2.55 / np.sqrt(2)
+    return Atoms("Cu4", positions=[[0, 0, 0], [d, d, 0.1], [d, 0, d], [0.1, d, d]])
+
+
+def test_molecule_ignores_the_cell_ipi_sends(saved, tmp_path, capsys):
+    run, pot = saved
+    write(tmp_path / "cu4.xyz", cluster())  # plain xyz: pbc False, so the client is not periodic
+    name = socket_name()
+    client, result = start_client(["ipi-client", str(run / "model"), "--structure", str(tmp_path / "cu4.xyz"),
+                                   "--unix", name, "--connect-timeout", "30"])
+    # i-PI always sends a cell; one smaller than the molecule would put images within the cutoff.
+    frames = [cluster() for _ in range(2)]
+    frames[1].positions[0] += [0.1, -0.05, 0.02]
+    for frame in frames:
+        frame.cell = [2.0, 2.0, 2.0]
+    answers = serve_frames(name, client, frames)
+    client.join(timeout=30)
+    assert not client.is_alive() and result.get("rc") == 0, capsys.readouterr().err[-3000:]
+    assert "i-PI closed the connection after 2 structures (4 atoms each)" in capsys.readouterr().out
+    for frame, answer in zip(frames, answers):
+        frame.pbc = False
+        ref = pot.predict(frame)
+        np.testing.assert_allclose(answer["energy"], ref["energy"], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(answer["forces"], ref["forces"], rtol=1e-8, atol=1e-10)
+        assert np.all(answer["virial"] == 0)  # no stress without a periodic cell
+    assert answers[0]["energy"] != answers[1]["energy"]
+    periodic = frames[0].copy()
+    periodic.pbc = True
+    assert abs(pot.predict(periodic)["energy"] - answers[0]["energy"]) > 1e-3  # the cell would have mattered
+
+
+def test_wrong_atom_count_is_one_line_error(saved, tmp_path, capsys):
+    run, _ = saved
+    write(tmp_path / "start.extxyz", copper())  # 8 atoms, while "i-PI" sends the 4 of the cluster
+    name = socket_name()
+    client, result = start_client(["ipi-client", str(run), "--structure", str(tmp_path / "start.extxyz"),
+                                   "--unix", name, "--connect-timeout", "30"])
+    with pytest.raises(OSError):  # the client hangs up instead of answering
+        serve_frames(name, client, [cluster()])
+    client.join(timeout=30)
+    assert result.get("rc") == 2
+    err = capsys.readouterr().err
+    assert "i-PI sent 4 atoms but" in err and "start.extxyz (frame 0) has 8" in err
+
+
+def test_errors_before_any_force(saved, tmp_path, capsys):
+    import socket
+    import time
+
+    run, _ = saved
+    write(tmp_path / "start.extxyz", copper())
+    base = ["ipi-client", str(run), "--structure", str(tmp_path / "start.extxyz")]
+    # No server: gives up after the timeout, naming where it looked.
+    t0 = time.monotonic()
+    assert main(base + ["--unix", socket_name(), "--connect-timeout", "1"]) == 2
+    assert 0.9 < time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert "error: no i-PI server at unix socket /tmp/ipi_nnpes-test-" in err and "after 1 s" in err
+    assert len(err.strip().splitlines()) == 1
+    # Nothing listens on this port either (one just freed).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(base + ["--address", f"127.0.0.1:{port}", "--connect-timeout", "0.5"]) == 2
+    assert f"no i-PI server at 127.0.0.1:{port} after 0.5 s (Connection refused)" in capsys.readouterr().err
+    assert main(base + ["--address", "localhost:http", "--connect-timeout", "0.5"]) == 2
+    assert "expected HOST:PORT with an integer port" in capsys.readouterr().err
+    # An element the model does not know: said at once, without waiting for a server.
+    silver = copper()
+    silver.symbols[3] = "Ag"
+    write(tmp_path / "ag.extxyz", silver)
+    t0 = time.monotonic()
+    assert main(["ipi-client", str(run), "--structure", str(tmp_path / "ag.extxyz"), "--unix", socket_name()]) == 2
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert "ag.extxyz (frame 0)" in err and "Ag" in err

@@ -46,5 +46,6 @@ def run(args) -> int:
     pot = load_potential(model_dir(args.model))
     n = serve(pot, atoms, address, pbc=PBC[args.pbc], connect_timeout=args.connect_timeout,
               source=f"{args.structure} (frame {args.index})")
-    print(f"i-PI ended the run: {n} structures evaluated ({len(atoms)} atoms each)")
+    # ase reads i-PI's EXIT and a closed socket alike: a crashed i-PI looks like a finished one here.
+    print(f"i-PI closed the connection after {n} structures ({len(atoms)} atoms each)")
     return 0

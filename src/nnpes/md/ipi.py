@@ -72,16 +72,16 @@ def connect(address: Address, timeout: float = 60.0, retry_every: float = 0.5):
 
     deadline = time.monotonic() + timeout
     while True:
-        left = deadline - time.monotonic()
         try:
-            return _connect_once(SocketClient, address, max(left, 0.1))
+            return _connect_once(SocketClient, address, max(deadline - time.monotonic(), 0.1))
         except socket.gaierror as e:
             raise UserError(f"i-PI server {address}: unknown host ({e.strerror})") from None
         except OSError as e:  # refused, no socket file yet, timed out
-            if time.monotonic() + retry_every > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise UserError(f"no i-PI server at {address} after {timeout:g} s ({_why(e)}): start i-PI "
                                 "first, and give the address of its <ffsocket>") from None
-            time.sleep(retry_every)
+            time.sleep(min(retry_every, left))
 
 
 def _connect_once(client_cls, address: Address, timeout: float):
