@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     where.add_argument("--unix", metavar="NAME",
                        help="i-PI's unix socket: the <address> of an <ffsocket mode='unix'> (the socket is /tmp/ipi_NAME)")
     where.add_argument("--address", metavar="HOST:PORT",
-                       help="i-PI's inet socket: the host i-PI runs on and the <port> of an <ffsocket mode='inet'>")
+                       help="i-PI's inet socket: the host i-PI runs on and the <port> of an <ffsocket mode='inet'> "
+                            "(HOST alone: port 31415, i-PI's default)")
     p.add_argument("--pbc", choices=sorted(PBC), default="file",
                    help="periodic cell: 'file' takes the structure's pbc (extxyz with a Lattice: periodic; plain xyz: "
                         "not), 'yes'/'no' override it. Not periodic: i-PI's cell is ignored and the virial is zero")
