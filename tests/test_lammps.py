@@ -160,6 +160,22 @@ def test_npt_moves_the_box_and_forces_still_match(pot):
     lmp.close()
 
 
+def test_box_relax_minimizes_to_zero_pressure(pot):
+    """LAMMPS's minimizer with fix box/relax uses the model's energy and virial together: they must
+    agree (a wrong virial sign or scale drives the box away from the model's equilibrium)."""
+    lmp = lammps_of(cu_cubic(2, rattle=0.0))
+    fix = nnpes_lammps.attach(lmp, pot, ["Cu"])
+    fix.command("run 0")
+    assert abs(lmp.get_thermo("press")) > 1e4  # 3.61 Å is far from the tiny model's lattice constant
+    lmp.command("fix relax all box/relax iso 0.0 vmax 0.01")
+    fix.command("minimize 0 1e-10 2000 10000")
+    assert abs(lmp.get_thermo("press")) < 1.0  # bar
+    assert fix.n_setups == 1  # a 30 % smaller box: the list was reallocated, not rebuilt from scratch
+    atoms, _ = lammps_state(lmp)
+    assert np.abs(pot.predict(atoms)["stress"]).max() * EV_PER_A3_IN_BAR < 1.0
+    lmp.close()
+
+
 def test_settings_lammps_cannot_use_are_refused(pot):
     lmp = nnpes_lammps.lammps_instance()
     lmp.commands_string("units real\nregion box block 0 5 0 5 0 5\ncreate_box 1 box")

