@@ -43,7 +43,7 @@ def cu_triclinic(seed=1):
     return atoms
 
 
-def lammps_of(atoms: Atoms, ids=None, setup: str = ""):
+def lammps_of(atoms: Atoms, ids=None, setup: str = "", boundary: str = "p p p"):
     """A quiet LAMMPS (units metal) holding ``atoms`` as type 1 with atom IDs ``ids`` (default
     1..N), in the order of ``atoms``."""
     a, b, c = atoms.cell.array
@@ -53,7 +53,7 @@ def lammps_of(atoms: Atoms, ids=None, setup: str = ""):
     lmp.commands_string(f"""
         units metal
         atom_style atomic
-        boundary p p p
+        boundary {boundary}
         region box {'prism' if tilt else 'block'} 0 {a[0]} 0 {b[1]} 0 {c[2]}{tilt}
         create_box 1 box
         mass 1 63.546
@@ -101,6 +101,25 @@ def test_energy_forces_pressure_equal_predict(pot, box):
     assert_matches_predict(lmp, pot)
     sorted_atoms = atoms[np.argsort(ids)]
     np.testing.assert_allclose(lammps_state(lmp)[0].positions, sorted_atoms.positions, atol=1e-10)
+    lmp.close()
+
+
+@pytest.mark.parametrize("boundary", ["p p f", "s s s"])
+def test_slab_and_cluster_equal_predict(pot, boundary):
+    """Non-periodic directions (fixed or shrink-wrapped faces): energy and forces as predict's."""
+    atoms = cu_cubic(2)
+    periodic = [b == "p" for b in boundary.split()]
+    atoms.positions += np.where(periodic, 0.0, 3.0)  # vacuum below and above along the open axes
+    atoms.cell = atoms.cell.array + np.diag(np.where(periodic, 0.0, 6.0))
+    lmp = lammps_of(atoms, boundary=boundary)
+    fix = nnpes_lammps.attach(lmp, pot, ["Cu"])
+    lmp.commands_string("velocity all create 300 3\nfix integrate all nve\ntimestep 0.001")
+    fix.command("run 20")
+    got, forces = lammps_state(lmp)
+    ref = pot.predict(Atoms(got.numbers, got.positions, cell=atoms.cell, pbc=periodic))
+    np.testing.assert_allclose(forces, ref["forces"], atol=1e-10)
+    assert lmp.get_thermo("pe") == pytest.approx(ref["energy"], abs=1e-10)
+    assert fix.n_setups == 1
     lmp.close()
 
 

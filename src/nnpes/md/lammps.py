@@ -187,7 +187,14 @@ class NnpesFix:
         # LAMMPS sorts its atoms in memory now and then; atom IDs are the stable order.
         order = np.argsort(tag, kind="stable")
         shifts = unwrap_images(image, *self._image_format)
-        positions = (np.asarray(x) - origin + shifts @ cell)[order]
+        # From the box's corner, a fully periodic box's fractional coordinates are the atoms' own,
+        # as the list that follows NPT's box assumes; a shrink-wrapped face moves with the atoms,
+        # so there positions stay absolute (a moving origin would look like motion to the list).
+        if pbc.all():
+            shifts = shifts @ cell - origin
+        else:
+            shifts = shifts @ cell
+        positions = (np.asarray(x) + shifts)[order]
         numbers = self.type_numbers[np.asarray(types).ravel()[order]]
         if self._needs_setup(numbers, cell, pbc):
             self._setup(numbers, positions, cell, pbc)
