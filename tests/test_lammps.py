@@ -219,7 +219,7 @@ def test_a_model_failure_stops_the_run_and_is_raised(pot, monkeypatch):
     def broken(positions, cell):
         raise FloatingPointError("boom")
 
-    monkeypatch.setattr(fix, "_run", broken)
+    monkeypatch.setattr(fix.engine, "run", broken)
     with pytest.raises(RuntimeError, match="boom"):
         fix.command("run 1000")
     assert lmp.extract_global("ntimestep") <= 6  # stopped at once, not 1000 steps of zero forces

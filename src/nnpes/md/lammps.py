@@ -29,6 +29,7 @@ import ctypes
 import importlib
 import importlib.metadata
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -123,15 +124,69 @@ def _energy_forces_virial(energy_fn, variable_cell: bool, positions, nbrs, cell)
     return nbrs, energy, forces, -stress * jnp.abs(jnp.linalg.det(cell))
 
 
+# Consecutive overflows of one force call before giving up (each reallocation fits what was needed).
+MAX_REALLOCATIONS = 4
+
+
+@dataclass
+class _Engine:
+    """nnpes' MD engine for one set of atoms: what it was set up for (atomic numbers (N,), cell
+    (3,3) Å, pbc), the Verlet list and the jitted step."""
+
+    numbers: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    variable_cell: bool  # fully periodic: the list follows the box (NPT, fix deform, box/relax)
+    neighbor_fn: object
+    nbrs: object
+    step: object
+    dtype: object
+
+    @classmethod
+    def create(cls, potential, numbers, positions, cell, pbc, md_kwargs) -> "_Engine":
+        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+        variable_cell = bool(pbc.all())
+        neighbor_fn, energy_fn = md_functions(potential, atoms, variable_cell=variable_cell, **md_kwargs)
+        step = jax.jit(partial(_energy_forces_virial, energy_fn, variable_cell))
+        nbrs = neighbor_fn.allocate(jnp.asarray(positions, energy_fn.dtype))
+        return cls(numbers, cell, pbc, variable_cell, neighbor_fn, nbrs, step, energy_fn.dtype)
+
+    def fits(self, numbers, cell, pbc) -> bool:
+        """Whether these atoms and this box can use the engine."""
+        if len(numbers) != len(self.numbers) or np.any(numbers != self.numbers) or np.any(pbc != self.pbc):
+            return False
+        # A fixed-cell list holds for the periodic vectors it was built with.
+        return self.variable_cell or np.allclose(cell[pbc], self.cell[pbc], rtol=0.0, atol=1e-12)
+
+    def run(self, positions, cell):
+        """Energy eV, forces (N,3) eV/Å, virial (3,3) eV at ``positions`` (N,3) Å in ``cell``; an
+        overflowed list is reallocated and the step redone (its energy would be NaN)."""
+        r, h = jnp.asarray(positions, self.dtype), jnp.asarray(cell, self.dtype)
+        nbrs = self.nbrs
+        for _ in range(MAX_REALLOCATIONS):
+            new, energy, forces, virial = self.step(r, nbrs, h)
+            if not bool(new.did_buffer_overflow):
+                break
+            nbrs = self.neighbor_fn.allocate(r, previous=new, cell=cell if self.variable_cell else None)
+        else:
+            raise RuntimeError(f"the neighbour list overflowed {MAX_REALLOCATIONS} times in one step: "
+                               "atoms collapsed or flew apart")
+        self.nbrs = new
+        energy = float(energy)
+        if not np.isfinite(energy):
+            raise FloatingPointError(f"the model's energy is {energy} (non-finite positions or a blown-up run?)")
+        return energy, np.asarray(forces, np.float64), np.asarray(virial, np.float64)
+
+
 class NnpesFix:
     """The callback behind ``attach``: LAMMPS's atoms → nnpes (in atom-ID order, unwrapped by the
     image flags, so the Verlet list sees continuous trajectories) → forces, energy, virial back.
 
     The engine (``md_functions``, the Verlet list, the jitted step) is set up at the first call and
     again when the atoms' number or types change, or, in a box not periodic in all three directions,
-    when its periodic vectors change. An exception in the model cannot propagate through LAMMPS:
-    it is kept, the run is stopped (``force_timeout``) and ``check`` raises it; every later run
-    stops at once until then."""
+    when its periodic vectors change (``n_setups`` counts them). An exception in the model cannot
+    propagate through LAMMPS: it is kept, the run is stopped (``force_timeout``) and ``check``
+    raises it; every later run stops at once until then."""
 
     def __init__(self, lmp, potential, type_elements, fix_id: str, skin: float = 0.5,
                  capacity_multiplier: float = 1.25, temperature: float = 300.0):
@@ -139,21 +194,18 @@ class NnpesFix:
         # index = LAMMPS type (1-based; 0 unused) → atomic number
         self.type_numbers = np.array([0] + [atomic_numbers[e] for e in type_elements])
         self.md_kwargs = dict(skin=skin, capacity_multiplier=capacity_multiplier, temperature=temperature)
-        self.engine = None  # (numbers, cell at setup, neighbor_fn, nbrs, step fn, variable_cell)
+        self.engine: _Engine | None = None
         self.error: BaseException | None = None
         self.n_calls = 0
         self.n_setups = 0
         self.energy = float("nan")  # eV, of the last call
         self.virial = np.full(6, np.nan)  # eV, xx yy zz xy xz yz, of the last call
-        image_bits = lmp.extract_setting("IMGBITS")
-        self._image_format = (image_bits, lmp.extract_setting("IMGMASK"), lmp.extract_setting("IMGMAX"))
+        self._image_format = tuple(lmp.extract_setting(k) for k in ("IMGBITS", "IMGMASK", "IMGMAX"))
 
     def __call__(self, caller, step, nlocal, tag, x, f):
-        if self.error is not None:
-            f[:] = 0.0
-            self.lmp.force_timeout()
-            return
         try:
+            if self.error is not None:
+                raise self.error  # an earlier run failed and nobody has called check() yet
             forces, energy, virial = self.evaluate(nlocal, np.asarray(tag).ravel(), x)
         except BaseException as err:  # ctypes would print and drop it: keep it for check()
             self.error = err
@@ -176,6 +228,14 @@ class NnpesFix:
         self.lmp.command(text)
         self.check()
 
+    def positions(self, x: np.ndarray, image: np.ndarray, origin, cell, pbc) -> np.ndarray:
+        """(N,3) Å: LAMMPS's positions ``x`` unwrapped by the image flags."""
+        shifts = unwrap_images(image, *self._image_format) @ cell
+        # From the box's corner, a fully periodic box's fractional coordinates are the atoms' own,
+        # as the list that follows NPT's box assumes; a shrink-wrapped face moves with the atoms,
+        # so there positions stay absolute (a moving origin would look like motion to the list).
+        return np.asarray(x) + shifts - (origin if pbc.all() else 0.0)
+
     def evaluate(self, nlocal: int, tag: np.ndarray, x: np.ndarray):
         """Forces (nlocal,3) eV/Å in LAMMPS's local order, energy eV, virial [xx yy zz xy xz yz] eV."""
         natoms = self.lmp.get_natoms()
@@ -183,65 +243,21 @@ class NnpesFix:
             raise RuntimeError(f"this rank owns {nlocal} of {natoms} atoms: the nnpes fix runs on one MPI rank only")
         origin, cell, pbc = box_of(self.lmp)
         image = self.lmp.numpy.extract_atom("image", nelem=nlocal)
-        types = self.lmp.numpy.extract_atom("type", nelem=nlocal)
+        types = np.asarray(self.lmp.numpy.extract_atom("type", nelem=nlocal)).ravel()
         # LAMMPS sorts its atoms in memory now and then; atom IDs are the stable order.
         order = np.argsort(tag, kind="stable")
-        shifts = unwrap_images(image, *self._image_format)
-        # From the box's corner, a fully periodic box's fractional coordinates are the atoms' own,
-        # as the list that follows NPT's box assumes; a shrink-wrapped face moves with the atoms,
-        # so there positions stay absolute (a moving origin would look like motion to the list).
-        if pbc.all():
-            shifts = shifts @ cell - origin
-        else:
-            shifts = shifts @ cell
-        positions = (np.asarray(x) + shifts)[order]
-        numbers = self.type_numbers[np.asarray(types).ravel()[order]]
-        if self._needs_setup(numbers, cell, pbc):
-            self._setup(numbers, positions, cell, pbc)
-        energy, forces, virial = self._run(positions, cell)
+        positions = self.positions(x, image, origin, cell, pbc)[order]
+        numbers = self.type_numbers[types[order]]
+        if self.engine is None or not self.engine.fits(numbers, cell, pbc):
+            self.engine = _Engine.create(self.potential, numbers, positions, cell, pbc, self.md_kwargs)
+            self.n_setups += 1
+        energy, forces, virial = self.engine.run(positions, cell)
         local = np.empty((nlocal, 3))
         local[order] = forces
         self.n_calls += 1
         self.energy = energy
-        self.virial = np.array([virial[0, 0], virial[1, 1], virial[2, 2], virial[0, 1], virial[0, 2], virial[1, 2]])
+        self.virial = virial[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]
         return local, energy, self.virial.tolist()
-
-    def _needs_setup(self, numbers, cell, pbc) -> bool:
-        if self.engine is None:
-            return True
-        old_numbers, old_cell, old_pbc, variable_cell = self.engine[:4]
-        if len(numbers) != len(old_numbers) or np.any(numbers != old_numbers) or np.any(pbc != old_pbc):
-            return True
-        # A fixed-cell list holds for the periodic vectors it was built with.
-        return not variable_cell and not np.allclose(cell[pbc], old_cell[pbc], rtol=0.0, atol=1e-12)
-
-    def _setup(self, numbers, positions, cell, pbc) -> None:
-        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-        variable_cell = bool(pbc.all())  # the list follows NPT's or fix deform's box
-        neighbor_fn, energy_fn = md_functions(self.potential, atoms, variable_cell=variable_cell, **self.md_kwargs)
-        dtype = energy_fn.dtype
-        step = jax.jit(partial(_energy_forces_virial, energy_fn, variable_cell))
-        nbrs = neighbor_fn.allocate(jnp.asarray(positions, dtype))
-        self.engine = (numbers, cell, pbc, variable_cell, neighbor_fn, nbrs, step, dtype)
-        self.n_setups += 1
-
-    def _run(self, positions, cell):
-        """Energy eV, forces (N,3) eV/Å, virial (3,3) eV; an overflowed list is reallocated and the
-        step redone (the energy would be NaN otherwise)."""
-        numbers, cell0, pbc, variable_cell, neighbor_fn, nbrs, step, dtype = self.engine
-        r, h = jnp.asarray(positions, dtype), jnp.asarray(cell, dtype)
-        for _ in range(4):
-            new, energy, forces, virial = step(r, nbrs, h)
-            if not bool(new.did_buffer_overflow):
-                break
-            nbrs = neighbor_fn.allocate(r, previous=new, cell=cell if variable_cell else None)
-        else:
-            raise RuntimeError("the neighbour list overflowed 4 times in one step: atoms collapsed or flew apart")
-        self.engine = (numbers, cell0, pbc, variable_cell, neighbor_fn, new, step, dtype)
-        energy = float(energy)
-        if not np.isfinite(energy):
-            raise FloatingPointError(f"the model's energy is {energy} (non-finite positions or a blown-up run?)")
-        return energy, np.asarray(forces, np.float64), np.asarray(virial, np.float64)
 
 
 def _check_lammps_settings(lmp, type_elements, elements) -> None:
