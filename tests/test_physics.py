@@ -122,6 +122,9 @@ def test_atom_crossing_cutoff_in_a_molecule(model):
 # ---- short-range repulsion (model.pair_repulsion: zbl) ---------------------------------------
 
 
+# The term sits in EnergyModel, outside every model's network: one model checks it for all (it
+# took ~13 s per model, the cost of compiling the model a second time with the term on).
+@pytest.mark.parametrize("model", ["nequip"], indirect=True)
 def test_pair_repulsion(model):
     """The same weights with the ZBL term on: zero beyond r_out, smooth at both switching radii,
     every dimer rising monotonically below r_in for these random weights, forces and stress by
