@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from ase.build import bulk
 
+from nnpes.graph import atoms_to_graph, to_device
 from nnpes.md import maxwell_boltzmann, md_functions, run_steps, velocity_verlet
 from nnpes.potential import build_potential
+from nnpes.potential.predict import MAX_EDGES_PER_CALL, padded_batches
 
 STANDARD = {"name": "nequip", "elements": ["Cu"], "cutoff": 5.0, "dtype": "float32", "num_layers": 4,
             "features": 32, "l_max": 1}
@@ -58,6 +60,36 @@ def bench_nnpes(pot, atoms, block: int, repeats: int):
     if bool(nbrs.did_buffer_overflow):
         raise RuntimeError("neighbour list overflowed during the benchmark")
     return statistics.median(times), warm, int(nbrs.n_pairs)
+
+
+def _median_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile + warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_parts(pot, atoms, repeats: int) -> dict[str, float]:
+    """Seconds of the pieces of one MD step, each jitted on its own: the force call on the MD
+    loop's padded graph (the issue's yardstick), the list's per-step update without a rebuild, and
+    predict's force call on its host-built graph (what ase + the calculator pays per step, less
+    the host work)."""
+    neighbor_fn, energy_fn = md_functions(pot, atoms)
+    R = jnp.asarray(atoms.positions, jnp.float32)
+    nbrs = neighbor_fn.allocate(R)
+    forces = jax.jit(lambda r, nb: energy_fn.energy_and_forces(r, neighbor=nb))
+    update = jax.jit(neighbor_fn.update)
+    out = {"force call, MD graph": _median_time(lambda: forces(R, nbrs), repeats),
+           "list update, no rebuild": _median_time(lambda: update(R + 0.01, nbrs), repeats),
+           "model slots": nbrs.layout.model_capacity}
+    (_, padded), = padded_batches([atoms_to_graph(atoms, pot.cutoff)], MAX_EDGES_PER_CALL)
+    graph = to_device(padded, pot.dtype)
+    out["force call, predict graph"] = _median_time(lambda: pot._compiled(pot.params, graph, False), repeats)
+    out["predict graph edges"] = int(padded.senders.shape[0])
+    return out
 
 
 def bench_ase(pot, atoms, steps: int):
@@ -107,6 +139,7 @@ def main():
     ap.add_argument("--rebuild-sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                     help="time the on-device neighbour-list rebuild alone")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--parts", action="store_true", help="also time the step's pieces on their own (bench_parts)")
     args = ap.parse_args()
     pot = build_potential(STANDARD, seed=0)
     print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0].platform}")
@@ -119,6 +152,10 @@ def main():
         sec, warm, pairs = bench_nnpes(pot, atoms, block, repeats)
         print(row(f"nnpes VV, lax.scan blocks of {block}", len(atoms), sec)
               + f"  <!-- {pairs} pairs in list, warm-up {warm:.1f} s -->", flush=True)
+        if args.parts:
+            parts = bench_parts(pot, atoms, args.repeats)
+            print("  <!-- " + ", ".join(f"{k} {v * 1e3:.1f} ms" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in parts.items()) + " -->", flush=True)
         if n in args.ase_sizes:  # right after, so both see the same load on a shared machine
             print(row("ase VelocityVerlet + pot.calculator()", len(atoms), bench_ase(pot, atoms, args.repeats * 4)),
                   flush=True)
