@@ -10,11 +10,10 @@ import pytest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from ase import Atoms
 from ase.build import bulk
 
 from nnpes.md import (
-    force_fn, kinetic_energy, langevin, md_functions, neighbor_list_fn, nose_hoover_chain, read_thermo,
+    force_fn, kinetic_energy, md_functions, neighbor_list_fn, nose_hoover_chain, read_thermo,
     run_md, run_steps, velocity_verlet,
 )
 from nnpes.models import MODELS, register
@@ -295,7 +294,7 @@ def test_forces_agree_with_predict_and_calculator(pot, name):
 
 def test_forces_agree_on_nequip():
     """The same agreement on the real equivariant model (small), in a cell thinner than the cutoff."""
-    from nnpes.models import MODELS, get_model
+    from nnpes.models import get_model
 
     try:
         get_model("nequip")
