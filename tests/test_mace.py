@@ -179,8 +179,7 @@ def test_calculator_stress_and_md_functions_agree_with_predict(pot):
     assert np.abs(ref["stress"]).max() > 0
     neighbor_fn, energy_fn = pot.md_functions(atoms)
     positions = jnp.asarray(atoms.positions)
-    # jitted as an MD step would be (called eagerly, each op dispatches on its own: 5x slower)
-    e, f = jax.jit(lambda r, nb: energy_fn.energy_and_forces(r, neighbor=nb))(positions, neighbor_fn.allocate(positions))
+    e, f = energy_fn.energy_and_forces(positions, neighbor=neighbor_fn.allocate(positions))
     assert abs(float(e) - ref["energy"]) < 1e-9 and np.abs(np.asarray(f) - ref["forces"]).max() < 1e-9
 
 
