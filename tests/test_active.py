@@ -132,6 +132,13 @@ def test_fit_trains_all_members_in_one_compile_and_warm_starts(ensemble, dataset
     again = trained.fit(dataset, fit)
     assert n_fit() == n_before + 1
     assert again.errors(dataset)["forces_meV_per_A"]["rmse"] < after["forces_meV_per_A"]["rmse"]
+    # The trained committee knows the shortest distances of what it was trained on (issue 15).
+    from nnpes.graph import atoms_to_graph
+    from nnpes.graph.distances import shortest_distances
+
+    assert ensemble.shortest_distances is None
+    expected = shortest_distances([atoms_to_graph(a, ensemble.cutoff) for a in dataset], ensemble.config.elements)
+    assert trained.shortest_distances == expected and expected
 
 
 def test_committee_step_equals_the_trainers_step_for_one_member(ensemble, dataset):
@@ -195,8 +202,10 @@ def test_save_load_roundtrip_and_calibration(ensemble, dataset, tmp_path):
     assert calibrate_scale(sigma, 2 * sigma) == pytest.approx(2.0)
     ens = ensemble.replace(ensemble.variables)
     ens.std_scale = 2.5
+    ens.shortest_distances = {"Cu-Cu": 2.2}
     ens.save(tmp_path / "e")
     back = load_ensemble(tmp_path / "e")
+    assert back.shortest_distances == {"Cu-Cu": 2.2}
     a, b = ens.predict(dataset[1]), back.predict(dataset[1])
     np.testing.assert_array_equal(a["member_forces"], b["member_forces"])
     assert b["max_force_std"] == pytest.approx(a["max_force_std"]) and back.std_scale == 2.5

@@ -87,6 +87,25 @@ def test_committee_cli_trains_members_with_stress_and_saves_a_calibrated_committ
     assert "std_scale" in log and "calibration" in log
 
 
+def test_committee_warns_below_its_members_shortest_distances(committee_run, data_dir):  # noqa: F811
+    """Issue 15 for committees: the saved committee carries its members' shortest distances per pair
+    (the smaller of the two where they differ) and ``predict`` warns below them."""
+    from nnpes.active.ensemble import load_ensemble
+    from nnpes.data import read_structures
+    from nnpes.graph.distances import ShortDistanceWarning, merge_shortest
+    from nnpes.potential import load_potential
+
+    run_dir, _ = committee_run
+    ens = load_ensemble(run_dir / "committee")
+    members = [load_potential(run_dir / "members" / str(k) / "model").shortest_distances for k in range(2)]
+    assert ens.shortest_distances == merge_shortest(members) and "Cu-Cu" in ens.shortest_distances
+    atoms = read_structures(str(data_dir / "cu_test.extxyz"))[0]
+    d = atoms.get_distance(0, 1, mic=True, vector=True)
+    atoms.positions[1] = atoms.positions[0] + d / np.linalg.norm(d) * 0.9 * ens.shortest_distances["Cu-Cu"]
+    with pytest.warns(ShortDistanceWarning, match=r"atoms 0 and 1 \(Cu-Cu\)"):
+        ens.predict(atoms)
+
+
 def test_evaluate_cli_reports_a_committee_with_its_uncertainty(committee_run, data_dir, tmp_path, capsys):  # noqa: F811
     from nnpes.cli.main import main
 

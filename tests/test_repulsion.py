@@ -18,7 +18,7 @@ import _toy_model  # noqa: F401  (registers "_toy")
 from nnpes.config import template
 from nnpes.config.schema import ConfigError
 from nnpes.graph import atoms_to_graph
-from nnpes.graph.distances import ShortDistanceWarning, close_contacts, shortest_distances
+from nnpes.graph.distances import ShortDistanceWarning, close_contacts, merge_shortest, shortest_distances
 from nnpes.models.repulsion import ZBLRepulsion, switch, switching_radii, zbl_potential
 from nnpes.potential import ModelCard, build_potential, load_potential
 from nnpes.potential.card import TrainingData
@@ -107,6 +107,10 @@ def test_shortest_distances_per_pair_and_close_contacts():
                            short, ["H", "O"], 3.0)
     assert [(c.structure, c.i, c.j, c.pair, c.seen) for c in close] == [(1, 0, 1, "H-O", True), (2, 0, 1, "O-O", False)]
     assert close[0].distance == pytest.approx(0.7) and close[1].shortest == 3.0
+    # models trained on different data (bootstrap committee members): the shorter per pair
+    assert merge_shortest([{"H-H": 1.4, "H-O": 0.96}, None, {"H-H": 1.2, "O-O": 2.5}]) == {
+        "H-H": 1.2, "H-O": 0.96, "O-O": 2.5}
+    assert merge_shortest([None, {}]) is None
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ per-member structure weights (so every member sees the same padded batch).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from nnpes.config.active import FitConfig
 from nnpes.data.labels import reference_labels
 from nnpes.files import atomic_write, atomic_write_dir
 from nnpes.graph import atoms_to_graph, batch, node_graph_index, pad_graph, to_device
+from nnpes.graph.distances import merge_shortest, shortest_distances, warn_close_contacts
 from nnpes.potential import Potential, build_potential, energy_forces_stress
 from nnpes.potential.compiled import cached, model_key
 from nnpes.potential.predict import OUTPUT_LAYOUT, predict_structures
@@ -54,12 +56,15 @@ class Ensemble:
     """K members: ``template`` gives config/module/table, ``variables`` are stacked (leading K).
 
     ``nu`` (eV/Å) regularises the relative force disagreement; ``std_scale`` (1) multiplies every
-    standard deviation reported (1 until ``calibrate`` fits it against validation errors)."""
+    standard deviation reported (1 until ``calibrate`` fits it against validation errors).
+    ``shortest_distances`` (Å per element pair) of the members' training data, as a model card's:
+    ``predict`` warns below them (None: not recorded, nothing checked)."""
 
     template: Potential
     variables: dict
     nu: float = 1.0
     std_scale: float = 1.0
+    shortest_distances: dict[str, float] | None = None
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -84,7 +89,9 @@ class Ensemble:
         for k, p in enumerate(potentials[1:], 1):
             if p.config.to_dict() != first.config.to_dict():
                 raise ValueError(f"committee member {k} has a different model config from member 0")
-        return cls(first, stack_variables([p.params for p in potentials]), nu=nu)
+        # Bootstrap members saw different subsets: a pair is extrapolation only below all of them.
+        shortest = merge_shortest([p.shortest_distances for p in potentials])
+        return cls(first, stack_variables([p.params for p in potentials]), nu=nu, shortest_distances=shortest)
 
     @property
     def size(self) -> int:
@@ -107,7 +114,7 @@ class Ensemble:
 
     def replace(self, variables) -> "Ensemble":
         """A copy with new stacked variables sharing the compiled functions."""
-        return Ensemble(self.template, variables, self.nu, self.std_scale)
+        return dataclasses.replace(self, variables=variables)
 
     def cache_key(self, *extra) -> tuple:
         """Key of this committee's compiled functions in ``nnpes.potential.compiled``."""
@@ -158,8 +165,14 @@ class Ensemble:
         stress = any(bool(np.all(a.pbc)) for a in atoms_list) if compute_stress is None else bool(compute_stress)
         fn = self._compiled(stress)
         results = predict_structures(lambda g: fn(self.variables, g, self.std_scale), atoms_list, self.cutoff,
-                                     self.dtype, layout=COMMITTEE_LAYOUT, max_edges=MAX_EDGES_PER_CALL)
+                                     self.dtype, layout=COMMITTEE_LAYOUT, max_edges=MAX_EDGES_PER_CALL,
+                                     check_graphs=lambda graphs: self.warn_close_contacts(graphs, stacklevel=5))
         return results[0] if single else results
+
+    def warn_close_contacts(self, graphs, stacklevel: int = 2) -> list:
+        """As ``Potential.warn_close_contacts``, against the committee's ``shortest_distances``."""
+        return warn_close_contacts(graphs, self.shortest_distances, self.config.elements, self.cutoff,
+                                   stacklevel + 1)
 
     def errors(self, atoms_list: Sequence[Atoms]) -> dict:
         """Committee-mean errors against the labels, the metrics ``nnpes evaluate`` reports (meV:
@@ -236,7 +249,10 @@ class Ensemble:
                 losses.append(np.asarray(metrics.loss))
             if log is not None:
                 log(epoch, np.mean(losses, axis=0))
-        return self.replace(state.variables)
+        # The committee now knows what ``train`` holds, and nothing else (a warm start's earlier
+        # data is part of ``train`` in the active-learning loop).
+        return dataclasses.replace(self, variables=state.variables,
+                                   shortest_distances=shortest_distances(graphs, self.config.elements))
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -244,7 +260,8 @@ class Ensemble:
         """Directory with ``config.yaml``, ``ensemble.msgpack`` (stacked variables) and
         ``ensemble.json`` (size, nu, std_scale), swapped in as a whole (``atomic_write_dir``)."""
 
-        meta = {"size": self.size, "nu": self.nu, "std_scale": self.std_scale}
+        meta = {"size": self.size, "nu": self.nu, "std_scale": self.std_scale,
+                "shortest_distances": self.shortest_distances}
 
         def fill(d: Path) -> None:
             atomic_write(d / ENSEMBLE_FILE, flax.serialization.to_bytes(self.variables))
@@ -269,7 +286,8 @@ def load_ensemble(path) -> Ensemble:
     except Exception as e:  # noqa: BLE001 - any decoding/structure failure means a bad file
         raise ValueError(f"{str(path / ENSEMBLE_FILE)!r}: cannot restore committee parameters ({e})") from None
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
-    return Ensemble(template, variables, nu=float(meta["nu"]), std_scale=float(meta["std_scale"]))
+    return Ensemble(template, variables, nu=float(meta["nu"]), std_scale=float(meta["std_scale"]),
+                    shortest_distances=meta.get("shortest_distances"))  # absent: saved before it was recorded
 
 
 # Per jitted committee call. The K members multiply every per-edge intermediate by K, and large

@@ -44,6 +44,16 @@ def shortest_distances(graphs: Sequence[jraph.GraphsTuple], elements: Sequence[s
     return {k: round(float(v), 4) for k, v in sorted(out.items())}
 
 
+def merge_shortest(tables: Sequence[dict[str, float] | None]) -> dict[str, float] | None:
+    """Per pair, the shortest of several ``shortest_distances`` tables (models trained on
+    different data); None where no table was recorded."""
+    recorded = [t for t in tables if t]
+    if not recorded:
+        return None
+    pairs = sorted({k for t in recorded for k in t})
+    return {k: min(t[k] for t in recorded if k in t) for k in pairs}
+
+
 def _min_per_pair(z_r, z_s, d) -> dict[tuple[int, int], float]:
     lo, hi = np.minimum(z_r, z_s), np.maximum(z_r, z_s)
     code = lo * 1000 + hi
