@@ -28,6 +28,10 @@ class ModelConfig:
     # A fixed, untrained short-range pair term added to the energy (nnpes.models.repulsion):
     # "zbl" = ZBL screened nuclear repulsion, switched off between 0.5 and 0.8 × (R_cov,i + R_cov,j).
     pair_repulsion: Literal["none", "zbl"] = "none"
+    # Å per element pair ("H-C", in elements' order): where the term reaches zero. None: from the
+    # training data (the farther of 0.8 × (R_cov,i + R_cov,j) and the pair's shortest distance
+    # there), or the covalent value without data. Written into the saved model.
+    pair_repulsion_outer: dict[str, float] | None = None
     hparams: Any = None  # the registered model's hyperparameter dataclass
 
     def validate(self, path: str = "model"):
@@ -48,14 +52,32 @@ class ModelConfig:
                 raise ConfigError(f"{path}.e0: elements {sorted(unknown)} are not in model.elements")
         if self.pair_repulsion == "zbl":
             self._check_repulsion_range(path)
+        elif self.pair_repulsion_outer is not None:
+            raise ConfigError(f"{path}.pair_repulsion_outer is set but pair_repulsion is {self.pair_repulsion!r}: "
+                              "set pair_repulsion: zbl or remove it")
 
     def _check_repulsion_range(self, path: str) -> None:
         # The term must be zero at the cutoff: pairs beyond it are not in the neighbour list.
         import numpy as np
 
-        from nnpes.models.repulsion import switching_radii
+        from nnpes.models.repulsion import pair_keys, switching_radii
 
-        _, r_out = switching_radii(self.numbers)
+        if self.pair_repulsion_outer is not None:
+            names = [key for _, _, key in pair_keys(self.numbers)]
+            for key, value in self.pair_repulsion_outer.items():
+                if key not in names:
+                    flipped = "-".join(reversed(str(key).split("-")))
+                    close = flipped if flipped in names else closest(str(key), names)
+                    hint = f" (did you mean {close!r}?)" if close else f"; pairs: {names}"
+                    raise ConfigError(f"{path}.pair_repulsion_outer: unknown pair {key!r}{hint}")
+                if not isinstance(value, (int, float)) or not value > 0:
+                    raise ConfigError(f"{path}.pair_repulsion_outer.{key} must be a distance > 0 (Å), got {value!r}")
+        r_in, r_out = switching_radii(self.numbers, self.pair_repulsion_outer)
+        bad = np.argwhere(r_out <= r_in)
+        if len(bad):
+            i, j = bad[0]
+            raise ConfigError(f"{path}.pair_repulsion_outer: {self.elements[i]}-{self.elements[j]} r_out {r_out[i, j]:.3f} Å "
+                              f"must be beyond r_in {r_in[i, j]:.3f} Å (0.5 × the covalent radii)")
         i, j = np.unravel_index(np.argmax(r_out), r_out.shape)
         if r_out[i, j] > self.cutoff:
             raise ConfigError(f"{path}.pair_repulsion: zbl reaches {r_out[i, j]:.2f} Å for "
@@ -72,6 +94,8 @@ class ModelConfig:
             del d["init_from"]
         if d["pair_repulsion"] == "none":
             del d["pair_repulsion"]
+        if d["pair_repulsion_outer"] is None:
+            del d["pair_repulsion_outer"]
         d.update(dataclasses.asdict(self.hparams))
         return d
 

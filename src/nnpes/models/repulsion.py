@@ -13,16 +13,25 @@ r_in = ``INNER`` · (R_i + R_j) and r_out = ``OUTER`` · (R_i + R_j), R = ``ase.
 is exactly zero from 0.8 of a bond length outwards (molecular data near equilibrium rarely go below
 0.9: rMD17 ethanol's shortest C–H is 0.91 of R_C + R_H) and is the full ZBL below half a bond length.
 s(r) V(r) decreases monotonically for every r (s' ≤ 0, V' < 0, V > 0).
+
+A model trained on data moves r_out of each pair out to the shortest distance of that pair in the
+data where that is farther (``outer_radii_from_data``, ``model.pair_repulsion_outer``). A pair that
+never bonds in the data (H–H in ethanol: 1.45 Å at the closest) leaves the network free between
+0.8 of a bond and the data, and networks do dip there; the term then covers all the distance the
+data never reached, and is still zero at every pair the data hold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import itertools
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.data import covalent_radii
+from ase.data import chemical_symbols, covalent_radii
 
 COULOMB = 14.399645  # e²/(4π ε_0) in eV·Å
 BOHR = 0.529177210903  # Å
@@ -47,20 +56,41 @@ def switch(r, r_in, r_out):
     return 1.0 - t**3 * (10.0 - 15.0 * t + 6.0 * t**2)
 
 
-def switching_radii(numbers) -> tuple[np.ndarray, np.ndarray]:
-    """(r_in, r_out), each (S, S) Å, for the model's atomic ``numbers`` (S,)."""
+def pair_keys(numbers) -> list[tuple[int, int, str]]:
+    """(i, j, "A-B") for each element pair i ≤ j of a model's atomic ``numbers``, named in the
+    model's element order (as ``nnpes.graph.distances.pair_name``)."""
+    symbols = [chemical_symbols[int(z)] for z in numbers]
+    return [(i, j, f"{symbols[i]}-{symbols[j]}")
+            for i, j in itertools.combinations_with_replacement(range(len(symbols)), 2)]
+
+
+def switching_radii(numbers, outer: Mapping[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(r_in, r_out), each (S, S) Å, for the model's atomic ``numbers`` (S,); ``outer`` (Å per
+    pair, "H-C") replaces the covalent r_out of the pairs it names."""
     radii = covalent_radii[np.asarray(numbers)]
     bond = radii[:, None] + radii[None, :]
-    return INNER * bond, OUTER * bond
+    r_in, r_out = INNER * bond, OUTER * bond
+    for i, j, key in pair_keys(numbers):
+        if outer and key in outer:
+            r_out[i, j] = r_out[j, i] = float(outer[key])
+    return r_in, r_out
+
+
+def outer_radii_from_data(shortest: Mapping[str, float], numbers) -> dict[str, float]:
+    """r_out (Å) for every element pair: the farther of 0.8·(R_i + R_j) and the pair's ``shortest``
+    distance in the training data (``nnpes.graph.distances.shortest_distances``)."""
+    _, r_out = switching_radii(numbers)
+    return {key: round(max(float(r_out[i, j]), float(shortest.get(key, 0.0))), 4) for i, j, key in pair_keys(numbers)}
 
 
 @dataclass(frozen=True)
 class ZBLRepulsion:
     """The switched ZBL pair term for a model of atomic ``numbers`` (one per species index).
-    No parameters: a saved model keeps only the config key. Hashable, so a module holding it is a
+    No parameters: a saved model keeps only the config keys. Hashable, so a module holding it is a
     valid static jit argument and compile-cache key."""
 
     numbers: tuple[int, ...]
+    outer: tuple[tuple[str, float], ...] = ()  # r_out per pair where not covalent (switching_radii)
 
     def __call__(self, vectors, species, senders, receivers, edge_mask):
         """(N,) eV: half of each pair's s·V on each of its two atoms (the neighbour list holds both
@@ -68,7 +98,7 @@ class ZBLRepulsion:
         Padding edges and pairs beyond r_out contribute exactly zero, and so do their gradients."""
         dtype = vectors.dtype
         z = jnp.asarray(self.numbers, dtype)
-        r_in, r_out = (jnp.asarray(x, dtype) for x in switching_radii(self.numbers))
+        r_in, r_out = (jnp.asarray(x, dtype) for x in switching_radii(self.numbers, dict(self.outer)))
         s_i, s_j = species[receivers], species[senders]
         r_in, r_out = r_in[s_i, s_j], r_out[s_i, s_j]
         inside = edge_mask & (jnp.sum(vectors**2, axis=-1) < r_out**2)

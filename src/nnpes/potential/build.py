@@ -20,11 +20,12 @@ from nnpes.config.model import ModelConfig, parse_model_config
 from nnpes.config.schema import ConfigError
 from nnpes.errors import reading
 from nnpes.graph.build import atoms_to_graph
+from nnpes.graph.distances import shortest_distances
 from nnpes.graph.padding import pad_graph, to_device
 from nnpes.models import get_model
 from nnpes.models.energy import EnergyModel
 from nnpes.models.inputs import model_inputs, species_table
-from nnpes.models.repulsion import ZBLRepulsion
+from nnpes.models.repulsion import ZBLRepulsion, outer_radii_from_data
 from nnpes.potential.card import ModelCard
 from nnpes.potential.potential import CONFIG_FILE, PARAMS_FILE, Potential
 from nnpes.graph.stats import check_known_elements, graph_stats
@@ -35,7 +36,9 @@ def make_module(config: ModelConfig) -> EnergyModel:
     spec = get_model(config.name)
     inner = spec.build(config.hparams, config)
     e0 = [float((config.e0 or {}).get(s, 0.0)) for s in config.elements]
-    repulsion = ZBLRepulsion(tuple(config.numbers)) if config.pair_repulsion == "zbl" else None
+    repulsion = None
+    if config.pair_repulsion == "zbl":
+        repulsion = ZBLRepulsion(tuple(config.numbers), tuple(sorted((config.pair_repulsion_outer or {}).items())))
     return EnergyModel(inner=inner, e0_init=tuple(e0), scale_init=float(config.scale or 1.0), repulsion=repulsion)
 
 
@@ -118,7 +121,9 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
     config: dict or YAML path: a bare ``model:`` section or a full config (other sections ignored).
     dataset: labelled ase.Atoms; where the config leaves them None it supplies E0 per element (eV,
     least squares), the scale σ (eV per unit model output, set to the force RMS as NequIP does) and
-    the average number of neighbours, and the model's ``calibrate`` hook runs on its padded graphs.
+    the average number of neighbours, and the model's ``calibrate`` hook runs on its padded graphs;
+    with ``pair_repulsion: zbl`` it sets each pair's r_out (``pair_repulsion_outer``) out to the
+    data's shortest distance of the pair where that is farther than the covalent one.
     graphs: the dataset's graphs at the model's cutoff, when the caller has built them already (the
     trainer does), so each structure's graph is built once.
     Defaults without data: E0 = 0, σ = 1, avg_num_neighbors = 1; they are written into the config.
@@ -138,6 +143,8 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
         stats = graph_stats(graphs, cfg.elements)
         if cfg.e0 is None:
             cfg.e0 = dict(stats.e0)
+        if cfg.pair_repulsion == "zbl" and cfg.pair_repulsion_outer is None:
+            cfg.pair_repulsion_outer = outer_radii_from_data(shortest_distances(graphs, cfg.elements), cfg.numbers)
         if cfg.scale is None:
             cfg.scale = float(stats.force_rms)
         if cfg.avg_num_neighbors is None:

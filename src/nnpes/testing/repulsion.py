@@ -26,7 +26,7 @@ def without_repulsion(pot) -> Evaluator:
     from nnpes.potential.potential import Potential
 
     ev = as_evaluator(pot)
-    off = Potential(dataclasses.replace(ev.pot.config, pair_repulsion="none"), ev.pot.params)
+    off = Potential(dataclasses.replace(ev.pot.config, pair_repulsion="none", pair_repulsion_outer=None), ev.pot.params)
     return Evaluator(off, ev.pad, name=f"{ev.name} without repulsion")
 
 
@@ -42,7 +42,7 @@ def check_pair_repulsion(pot, off=None, r_min: float = 0.1) -> None:
     cfg = ev.pot.config
     assert cfg.pair_repulsion != "none", f"{ev.name} pair repulsion: the model has none (check is vacuous)"
     off = without_repulsion(ev) if off is None else off
-    r_in, r_out = switching_radii(cfg.numbers)
+    r_in, r_out = switching_radii(cfg.numbers, cfg.pair_repulsion_outer)
     check = f"{ev.name} pair repulsion"
     for (i, a), (j, b) in itertools.combinations_with_replacement(enumerate(cfg.elements), 2):
         path, lo, hi = _dimer(a, b), r_in[i, j], r_out[i, j]
