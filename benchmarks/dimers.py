@@ -2,9 +2,11 @@
 its cutoff, and one bond-breaking path, against GFN2-xTB (tblite) and, where installed and
 converged, PySCF (PBE/def2-SVP).
 
-The model is evaluated as saved and with ``pair_repulsion: zbl`` switched on over the same weights
-(the term is fixed and untrained, so adding it to a trained model is what training with it gives
-wherever the training data have no pair inside its outer radius, 0.8 (R_i + R_j)). Energies are
+The model is evaluated without and with ``pair_repulsion: zbl`` over the same weights (the term is
+fixed and untrained, so adding it to a trained model is what training with it gives wherever the
+training data have no pair inside the covalent outer radius 0.8 (R_i + R_j)), with r_out per pair
+from the training data (``outer_radii_from_data``, as training sets it) and with the covalent r_out
+alone. Energies are
 relative to the pair at the cutoff (dimers) or to the molecule as read (path). Table: energy at 0.3 Å,
 and the distance below which the curve stops rising (first r, going inwards from GFN2-xTB's
 minimum r_eq, where E(r − Δr) < E(r); "-" if it rises all the way to 0.3 Å) and the largest
@@ -81,10 +83,25 @@ def repulsion_below(r: np.ndarray, e: np.ndarray, k_eq: int) -> tuple[float | No
     return stop, dip
 
 
-def with_zbl(pot):
+def with_zbl(pot, covalent: bool = False):
+    """``pot`` with the ZBL term on: its own radii if trained with it, else the r_out that training
+    with it would have given (from the model card's shortest distances), or with ``covalent`` the
+    covalent r_out alone (0.8 (R_i + R_j), the term before radii came from the data)."""
+    from nnpes.models.repulsion import outer_radii_from_data
     from nnpes.potential.potential import Potential
 
-    return Potential(dataclasses.replace(pot.config, pair_repulsion="zbl"), pot.params, card=pot.card)
+    cfg = pot.config
+    if cfg.pair_repulsion == "zbl" and not covalent:
+        return pot
+    outer = None if covalent else outer_radii_from_data(pot.shortest_distances or {}, cfg.numbers)
+    return Potential(dataclasses.replace(cfg, pair_repulsion="zbl", pair_repulsion_outer=outer), pot.params, card=pot.card)
+
+
+def without_zbl(pot):
+    from nnpes.potential.potential import Potential
+
+    cfg = dataclasses.replace(pot.config, pair_repulsion="none", pair_repulsion_outer=None)
+    return Potential(cfg, pot.params, card=pot.card)
 
 
 def bond_path(structure: Atoms, a: str, b: str, r_max: float = 3.0, n: int = 40):
@@ -119,11 +136,12 @@ def main(argv=None):
     from nnpes.potential.build import saved_model_dir
 
     pot = load_potential(saved_model_dir(args.model))
-    pots = {"model": pot, "model + ZBL": with_zbl(pot)}
+    pots = {"model": without_zbl(pot), "model + ZBL": with_zbl(pot),
+            "model + ZBL, covalent r_out": with_zbl(pot, covalent=True)}
     refs = oracles()
     old = json.loads(Path(args.reference).read_text()) if args.reference else None
     if old is not None:  # reuse the oracle curves (same grid): name → None marks a stored reference
-        refs = {k: None for k in next(iter(old["curves"].values())) if k not in ("model", "model + ZBL")}
+        refs = {k: None for k in next(iter(old["curves"].values())) if not k.startswith("model")}
     name = args.name or Path(args.model).resolve().name
     rc = pot.cutoff
     rs = np.geomspace(R_MIN, rc, args.points)
@@ -186,7 +204,8 @@ def plot(rs, curves, path, filename, title):
     cols = 4
     fig, axes = plt.subplots((panels + cols - 1) // cols, cols, figsize=(4 * cols, 3.4 * ((panels + cols - 1) // cols)))
     axes = np.ravel(axes)
-    styles = {"model": dict(color="C3"), "model + ZBL": dict(color="C0"), "GFN2-xTB": dict(color="k", ls="--"),
+    styles = {"model": dict(color="C3"), "model + ZBL": dict(color="C0"),
+              "model + ZBL, covalent r_out": dict(color="C0", ls="-.", lw=0.8), "GFN2-xTB": dict(color="k", ls="--"),
               "PBE/def2-SVP": dict(color="0.5", ls=":")}
     for ax, (pair, c) in zip(axes, curves.items()):
         for k, v in c.items():

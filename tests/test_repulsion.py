@@ -146,6 +146,9 @@ def test_shortest_distances_per_pair_and_close_contacts():
     assert merge_shortest([{"H-H": 1.4, "H-O": 0.96}, None, {"H-H": 1.2, "O-O": 2.5}]) == {
         "H-H": 1.2, "H-O": 0.96, "O-O": 2.5}
     assert merge_shortest([None, {}]) is None
+    # the data never warn about themselves: 1.33196 Å is recorded as 1.3319, not 1.332
+    co = [atoms_to_graph(Atoms("CO", positions=[[0, 0, 0], [1.33196, 0, 0]]), 3.0)]
+    assert shortest_distances(co, ["C", "O"]) == {"C-O": 1.3319} and close_contacts(co, {"C-O": 1.3319}, ["C", "O"], 3.0) == []
 
 
 @pytest.fixture(scope="module")

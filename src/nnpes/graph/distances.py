@@ -4,6 +4,7 @@ is extrapolating there; ``Potential.predict``, ``nnpes evaluate`` and ``nnpes md
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,7 +42,9 @@ def shortest_distances(graphs: Sequence[jraph.GraphsTuple], elements: Sequence[s
         for (za, zb), dist in _min_per_pair(numbers[g.receivers], numbers[g.senders], d).items():
             name = pair_name(za, zb, elements)
             out[name] = min(out.get(name, np.inf), dist)
-    return {k: round(float(v), 4) for k, v in sorted(out.items())}
+    # Rounded down: rounded to nearest, a training pair could sit just below its own table's value
+    # and be warned about as extrapolation.
+    return {k: math.floor(float(v) * 1e4) / 1e4 for k, v in sorted(out.items())}
 
 
 def merge_shortest(tables: Sequence[dict[str, float] | None]) -> dict[str, float] | None:

@@ -93,9 +93,24 @@ def make_optimizer(cfg, steps_per_epoch: int, params=None) -> optax.GradientTran
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def ema_update(ema, params, decay: float, step):
-    """EMA with the usual warm start: effective decay min(decay, (1+t)/(10+t))."""
+def ema_update(ema, err, params, decay: float, step):
+    """EMA with the usual warm start (effective decay min(decay, (1+t)/(10+t))); returns (ema, err).
+
+    Compensated (Kahan) sum: ``err`` carries the low-order bits each float32 add loses. Without it
+    an EMA stops moving wherever (1 − decay)·|p − ema| is below half a float32 ulp of the
+    parameter: for an E0 of −615 eV (ulp 6e-5 eV) at decay 0.99 that is a lag of up to 3 meV that
+    never closes, measured as a constant energy offset of the EMA model (0.9 meV/atom on rMD17
+    ethanol after a stage two at lr 1e-3, against 0.1 for the raw parameters)."""
     d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-    # e + (1-d)(p-e), not d·e + (1-d)·p: equal in exact arithmetic, and a parameter that does not
-    # move (training.freeze) keeps its EMA bit for bit.
-    return jax.tree_util.tree_map(lambda e, p: (e + (1.0 - d) * (p - e)).astype(p.dtype), ema, params)
+
+    def one(e, c, p):
+        # e + (1-d)(p-e), not d·e + (1-d)·p: a parameter that does not move (training.freeze) keeps
+        # its EMA bit for bit (y = 0, c stays 0).
+        y = ((1.0 - d) * (p - e)).astype(p.dtype) - c
+        t = e + y
+        return t, (t - e) - y
+
+    pairs = jax.tree_util.tree_map(one, ema, err, params)
+    is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+    return (jax.tree_util.tree_map(lambda x: x[0], pairs, is_leaf=is_pair),
+            jax.tree_util.tree_map(lambda x: x[1], pairs, is_leaf=is_pair))

@@ -57,7 +57,7 @@ _INTS = ("epoch", "best_epoch", "plateau_bad", "stop_bad", "batch")
 
 def _tree(state: TrainState, progress: Progress) -> dict:
     out = {"variables": state.variables, "opt_state": state.opt_state, "ema": state.ema,
-           "step": np.int64(state.step)}
+           "ema_err": state.ema_err, "step": np.int64(state.step)}
     for f in dataclasses.fields(progress):
         v = getattr(progress, f.name)
         out[f.name] = np.int64(v) if f.name in _INTS else np.float64(v)
@@ -82,7 +82,7 @@ def load_run(path: str | Path, state: TrainState, progress: Progress | None = No
     raw = load_checkpoint(path, jax.device_get(_tree(state, progress or Progress())), raw)
     dev = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
     restored = TrainState(variables=dev(raw["variables"]), opt_state=dev(raw["opt_state"]), ema=dev(raw["ema"]),
-                          step=jnp.asarray(int(raw["step"]), jnp.int32))
+                          step=jnp.asarray(int(raw["step"]), jnp.int32), ema_err=dev(raw["ema_err"]))
     kw = {f.name: (int if f.name in _INTS else float)(raw[f.name]) for f in dataclasses.fields(Progress)}
     return restored, Progress(**kw)
 

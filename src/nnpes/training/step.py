@@ -30,12 +30,14 @@ from nnpes.training.optim import ema_update
 @flax.struct.dataclass
 class TrainState:
     """What one step changes: ``variables`` (flax collections; ``params`` trains), optimiser state,
-    EMA of the parameters (None when not tracked) and the number of optimiser steps taken."""
+    EMA of the parameters (None when not tracked) with the rounding its sums lost (``ema_err``,
+    ``optim.ema_update``) and the number of optimiser steps taken."""
 
     variables: Any
     opt_state: Any
     ema: Any
     step: Any
+    ema_err: Any = None
 
     @classmethod
     def create(cls, variables, tx: optax.GradientTransformation, *, ema: bool = True) -> "TrainState":
@@ -43,7 +45,8 @@ class TrainState:
         return cls(variables=variables,
                    opt_state=jax.jit(tx.init)(params),  # jitted: one compile instead of one per leaf op
                    ema=jax.tree_util.tree_map(jnp.array, params) if ema else None,
-                   step=jnp.zeros((), jnp.int32))
+                   step=jnp.zeros((), jnp.int32),
+                   ema_err=jax.tree_util.tree_map(jnp.zeros_like, params) if ema else None)
 
 
 class StepMetrics(NamedTuple):
@@ -104,10 +107,12 @@ def make_train_step(energy_fn: Callable, tx: optax.GradientTransformation, loss:
         updates = jax.tree_util.tree_map(lambda u: (u * lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(params, updates)
         step = jnp.asarray(state.step, jnp.result_type(lr_scale))
-        ema = state.ema if ema_decay is None else ema_update(state.ema, params, ema_decay, step)
+        ema, ema_err = state.ema, state.ema_err
+        if ema_decay is not None:
+            ema, ema_err = ema_update(ema, ema_err, params, ema_decay, step)
         lr = (schedule(state.step) if schedule is not None else 1.0) * lr_scale
         new = state.replace(variables={**state.variables, "params": params}, opt_state=opt_state, ema=ema,
-                            step=state.step + 1)
+                            ema_err=ema_err, step=state.step + 1)
         return new, StepMetrics(loss_value, sums_fn(pred, graph), lr, terms)
 
     def eval_step(state: TrainState, graph, weights):
