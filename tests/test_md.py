@@ -474,6 +474,17 @@ def test_nose_hoover_chain_conserves_its_energy_and_thermostats(pot):
     assert abs(np.mean(temps[5:]) - 400.0) < 100.0
 
 
+def _eos_volume(pot, p0: float) -> float:
+    """Å³/atom where the fcc crystal's T = 0 equation of state gives pressure ``p0`` GPa."""
+    from ase import units
+
+    a = np.linspace(3.45, 3.70, 11)
+    e = [pot.predict(bulk("Cu", "fcc", a=x, cubic=True))["energy"] / 4 for x in a]
+    eos = np.polyfit(a**3 / 4, e, 4)  # E(V) per atom, eV and Å³
+    roots = np.roots(np.polyder(eos) + np.r_[np.zeros(3), p0 * units.GPa])  # −dE/dV = P₀
+    return min(r.real for r in roots if abs(r.imag) < 1e-9 and a[0] ** 3 / 4 < r.real < a[-1] ** 3 / 4)
+
+
 def test_npt_holds_the_target_pressure_at_the_equation_of_state_volume():
     """Issue 13 §2: NPT by stochastic cell rescaling on a Lennard-Jones solid (32 atoms, cell thinner
     than the cutoff, so the list follows the cell through periodic images): the mean pressure is the
@@ -482,12 +493,8 @@ def test_npt_holds_the_target_pressure_at_the_equation_of_state_volume():
     from ase import units
 
     pot = lj_potential()
-    a = np.linspace(3.45, 3.70, 11)
-    e = [pot.predict(bulk("Cu", "fcc", a=x, cubic=True))["energy"] / 4 for x in a]
-    eos = np.polyfit(a**3 / 4, e, 4)  # E(V) per atom, eV and Å³
     p0 = 1.0  # GPa
-    roots = np.roots(np.polyder(eos) + np.r_[np.zeros(3), p0 * units.GPa])  # −dE/dV = P₀
-    v_eos = min(r.real for r in roots if abs(r.imag) < 1e-9 and a[0] ** 3 / 4 < r.real < a[-1] ** 3 / 4)
+    v_eos = _eos_volume(pot, p0)
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     res = run_md(pot, atoms, steps=3000, timestep=2.0, ensemble="npt", temperature=20.0, pressure=p0,
                  tau_p=200.0, friction=0.02, thermo_every=50, traj_every=3000, seed=1)
@@ -502,6 +509,37 @@ def test_npt_holds_the_target_pressure_at_the_equation_of_state_volume():
     assert np.ptp(v) > 1e-3  # the volume moved
     assert np.isnan(res.thermo["E_conserved_eV"]).all()  # NPT claims no conserved quantity
     assert res.atoms.get_volume() == pytest.approx(res.thermo["V_A3"][-1])  # the final cell is the state's
+
+
+def test_flexible_npt_brings_a_strained_sheared_crystal_back_to_cubic():
+    """Issue 13 §2, fully flexible cell: the cubic LJ crystal started with its cell stretched 4 % along
+    x, squeezed 3 % along y and sheared 3 % in xy relaxes, every length and angle free, to the cube
+    of the equation-of-state volume: each diagonal pressure at the target, shear stresses zero, edges
+    equal and angles 90° within their error bars. The isotropic barostat keeps the shape it starts with."""
+    pot = lj_potential()
+    p0 = 1.0
+    edge = (_eos_volume(pot, p0) * 32) ** (1 / 3)  # the 2×2×2 cube's edge at P₀
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    strain = np.array([[1.04, 0.03, 0.0], [0.0, 0.97, 0.0], [0.0, 0.0, 1.0]])
+    atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+    res = run_md(pot, atoms, steps=3000, timestep=2.0, ensemble="npt", npt_cell="flexible", temperature=20.0,
+                 pressure=p0, tau_p=200.0, friction=0.02, thermo_every=50, traj_every=3000, seed=2)
+    th = {k: v[10:] for k, v in res.thermo.items()}  # after 1 ps (5 τ_p)
+    for k in ("Sxx_GPa", "Syy_GPa", "Szz_GPa"):  # ase sign: stress = −pressure
+        assert abs(-th[k].mean() - p0) < 4 * _block_sem(th[k], 5) + 0.03, k
+    for k in ("Syz_GPa", "Sxz_GPa", "Sxy_GPa"):
+        assert abs(th[k].mean()) < 4 * _block_sem(th[k], 5) + 0.03, k
+    lengths, angles = res.atoms.cell.cellpar()[:3], res.atoms.cell.cellpar()[3:]
+    print(f"\nflexible NPT: <P_aa> {[round(-th[k].mean(), 3) for k in ('Sxx_GPa', 'Syy_GPa', 'Szz_GPa')]} GPa, "
+          f"edges {lengths.round(4)} (EOS {edge:.4f}), angles {angles.round(2)}")
+    np.testing.assert_allclose(lengths, edge, rtol=0.01)  # from 3.76, 3.50 (+3 % shear), 3.61 per cell
+    np.testing.assert_allclose(angles, 90.0, atol=1.0)  # from 88.3° between a and b
+    assert res.atoms.get_volume() / 32 == pytest.approx(_eos_volume(pot, p0), rel=0.01)
+    iso = run_md(pot, atoms, steps=300, timestep=2.0, ensemble="npt", temperature=20.0, pressure=p0, tau_p=200.0,
+                 thermo_every=50, traj_every=300, seed=2)
+    assert iso.atoms.cell.cellpar()[3] == pytest.approx(atoms.cell.cellpar()[3], abs=1e-9)  # shape kept
+    with pytest.raises(ValueError, match="npt cell coupling must be 'isotropic' or 'flexible', got 'tri'"):
+        run_md(pot, atoms, steps=1, ensemble="npt", npt_cell="tri")
 
 
 # ---- jax-md and the CLI -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("structure", help="structure file readable by ase (the last frame is used unless --index)")
     p.add_argument("--index", type=int, default=-1, help="frame of STRUCTURE to start from")
     p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nve",
-                   help="npt: Langevin thermostat and stochastic cell rescaling (isotropic), periodic cells only")
+                   help="npt: Langevin thermostat and stochastic cell rescaling (see --npt-cell), periodic cells only")
     p.add_argument("--thermostat", choices=["langevin", "nose-hoover"], default="langevin", help="for nvt")
     p.add_argument("--temperature", type=float, default=300.0,
                    help="K: thermostat target, and initial velocities when the structure has none")
@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--compressibility", type=float, default=0.01,
                    help="npt: the material's isothermal compressibility, 1/GPa, a guess (metals ~0.01, water 0.45); "
                         "a wrong one changes how fast the volume relaxes, not the ensemble")
+    p.add_argument("--npt-cell", choices=["isotropic", "flexible"], default="isotropic",
+                   help="npt: scale the cell as a whole, or let every cell length and angle move (anisotropic "
+                        "stress, phase changes of crystals)")
     p.add_argument("--thermo-every", type=int, default=10, help="steps between thermo lines")
     p.add_argument("--traj-every", type=int, default=100, help="steps between trajectory frames")
     p.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å")
@@ -85,7 +88,7 @@ def run(args) -> int:
         thermostat=args.thermostat, friction=args.friction, tau=args.tau, thermo_every=args.thermo_every,
         traj_every=args.traj_every, seed=args.seed, skin=args.skin, max_temperature=args.max_temperature,
         max_energy_drift=args.max_energy_drift, min_distance=args.min_distance, max_displacement=args.max_displacement,
-        pressure=args.pressure, tau_p=args.tau_p, compressibility=args.compressibility,
+        pressure=args.pressure, tau_p=args.tau_p, compressibility=args.compressibility, npt_cell=args.npt_cell,
     )
     try:
         res = run_md(pot, atoms, cfg, out_dir=args.out, progress=not args.no_progress,

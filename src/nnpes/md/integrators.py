@@ -240,7 +240,7 @@ class BarostatState(NamedTuple):
 
 def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure_GPa: float,
                  friction: float = 0.01, tau_p: float = 1000.0, compressibility: float = 0.01,
-                 update: Callable | None = None) -> Integrator:
+                 update: Callable | None = None, cell: str = "isotropic") -> Integrator:
     """NPT: BAOAB Langevin for the atoms and isotropic stochastic cell rescaling (Bernetti & Bussi,
     J. Chem. Phys. 153, 114107 (2020)) for the volume, one barostat move per step. With ε = ln V,
 
@@ -252,7 +252,18 @@ def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure
     water 0.45): a wrong one changes only how fast the volume relaxes, not the ensemble.
     ``energy_forces_stress(R, neighbor=, cell=)`` is ``EnergyFn.energy_forces_stress``; the list
     follows the cell (``update(R, nbrs, box=cell)``, from ``md_functions(..., variable_cell=True)``).
-    ``state.cell`` is the cell. No conserved quantity is reported (``conserved_energy`` None)."""
+    ``state.cell`` is the cell. No conserved quantity is reported (``conserved_energy`` None).
+
+    ``cell="flexible"``: every cell length and angle moves (the anisotropic scheme of Del Tatto,
+    Raiteri, Bernetti and Bussi, Appl. Sci. 12, 1139 (2022)), with a symmetric strain increment
+
+        dε = (β/3τ_p) (P_sym + (kT/V − P₀) 1) dt + sqrt(2 kT β/(3 V τ_p)) (dW + dWᵀ)/2,
+
+    P_sym the symmetrised pressure tensor; positions, velocities and cell transformed by e^{dε}
+    (its inverse for velocities). Symmetric: no rotation of the cell. β/3 per component, so the
+    volume, tr dε, moves exactly as in the isotropic scheme; the shape relaxes on the same τ_p."""
+    if cell not in ("isotropic", "flexible"):
+        raise ValueError(f"npt cell coupling must be 'isotropic' or 'flexible', got {cell!r}")
     update = update_neighbor_list if update is None else update
     c1 = float(np.exp(-friction * dt))
     c2 = float(np.sqrt(1.0 - c1 * c1))
@@ -272,14 +283,26 @@ def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure
         """One barostat move over dt: positions, velocities and cell rescaled together."""
         volume = jnp.abs(jnp.linalg.det(state.cell))
         total = state.thermostat.stress + kinetic_stress(state.velocities, state.masses, volume)
-        pressure = -jnp.trace(total) / 3.0
         key, noise_key = jax.random.split(state.key)
+        if cell == "flexible":
+            return flexible_move(state, -0.5 * (total + total.T), volume, noise_key)._replace(key=key)
+        pressure = -jnp.trace(total) / 3.0
         noise = jax.random.normal(noise_key, (), state.positions.dtype)
         d_eps = (-(beta / tau_p) * (p0 - pressure - kT / volume) * dt
                  + jnp.sqrt(2.0 * kT * beta * dt / (volume * tau_p)) * noise)
         mu = jnp.exp(d_eps / 3.0)
         return state._replace(positions=state.positions * mu, velocities=state.velocities / mu,
                               cell=state.cell * mu, key=key)
+
+    def flexible_move(state, p_sym, volume, noise_key):
+        dtype = state.positions.dtype
+        w = jax.random.normal(noise_key, (3, 3), dtype)
+        rate = beta / (3.0 * tau_p)
+        d_eps = (rate * (p_sym + (kT / volume - p0) * jnp.eye(3, dtype=dtype)) * dt
+                 + jnp.sqrt(2.0 * kT * rate * dt / volume) * 0.5 * (w + w.T))
+        mu = jax.scipy.linalg.expm(d_eps)  # symmetric: row vectors r ↦ r μ
+        return state._replace(positions=state.positions @ mu, velocities=state.velocities @ jnp.linalg.inv(mu),
+                              cell=state.cell @ mu)
 
     def step_fn(state, nbrs):
         state, heat = _thermalize(_drift(_kick(state, 0.5 * dt), 0.5 * dt), c1, c2, kT)
@@ -290,4 +313,4 @@ def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure
         state = state._replace(energy=e, forces=f, thermostat=state.thermostat._replace(stress=stress))
         return _kick(state, 0.5 * dt), nbrs
 
-    return Integrator(init_fn, step_fn, "npt-langevin")
+    return Integrator(init_fn, step_fn, "npt-langevin" if cell == "isotropic" else "npt-langevin-flexible")

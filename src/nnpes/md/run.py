@@ -52,7 +52,8 @@ class MDConfig:
     """Settings of ``run_md``: ``steps`` of ``timestep`` fs; ``ensemble`` nve | nvt at
     ``temperature`` K with ``thermostat`` langevin (``friction`` 1/fs) | nose-hoover (``tau`` fs);
     npt: Langevin at ``temperature`` and ``pressure`` GPa by stochastic cell rescaling (volume
-    relaxation time ``tau_p`` fs, ``compressibility`` 1/GPa guessed; ``npt_langevin``);
+    relaxation time ``tau_p`` fs, ``compressibility`` 1/GPa guessed; ``npt_langevin``), the cell
+    scaled as a whole (``npt_cell`` isotropic) or every length and angle free (flexible);
     a thermo line every ``thermo_every`` steps (also the block length), a trajectory frame every
     ``traj_every``; ``seed`` for velocities and noise; Verlet ``skin`` Å and buffer head room
     ``capacity_multiplier``. The run stops with ``MDInstability`` past ``max_temperature`` K,
@@ -79,6 +80,7 @@ class MDConfig:
     pressure: float = 0.0
     tau_p: float = 1000.0
     compressibility: float = 0.01
+    npt_cell: str = "isotropic"
 
     def __post_init__(self):
         if self.steps < 0 or self.timestep <= 0 or self.thermo_every < 1:
@@ -229,10 +231,10 @@ class MDResult:
 def make_integrator(energy_and_forces, ensemble: str, timestep: float, temperature_K: float,
                     thermostat: str = "langevin", friction: float = 0.01, tau: float = 100.0, *,
                     energy_forces_stress: Callable | None = None, pressure: float = 0.0, tau_p: float = 1000.0,
-                    compressibility: float = 0.01) -> Integrator:
+                    compressibility: float = 0.01, npt_cell: str = "isotropic") -> Integrator:
     """``ensemble`` nve | nvt | npt; for nvt ``thermostat`` langevin (friction 1/fs) | nose-hoover
     (tau fs); npt (``npt_langevin``) needs ``energy_forces_stress`` (``EnergyFn``'s), ``pressure``
-    GPa, ``tau_p`` fs and ``compressibility`` 1/GPa."""
+    GPa, ``tau_p`` fs, ``compressibility`` 1/GPa and ``npt_cell`` isotropic | flexible."""
     if ensemble == "nve":
         return velocity_verlet(energy_and_forces, timestep)
     if ensemble not in ENSEMBLES:
@@ -244,7 +246,8 @@ def make_integrator(energy_and_forces, ensemble: str, timestep: float, temperatu
             raise ValueError(f"npt runs with the langevin thermostat, not {thermostat!r}")
         if tau_p <= 0 or compressibility <= 0:
             raise ValueError(f"npt needs tau_p > 0 fs and compressibility > 0 1/GPa, got {tau_p}, {compressibility}")
-        return npt_langevin(energy_forces_stress, timestep, temperature_K, pressure, friction, tau_p, compressibility)
+        return npt_langevin(energy_forces_stress, timestep, temperature_K, pressure, friction, tau_p, compressibility,
+                            cell=npt_cell)
     if thermostat == "langevin":
         return langevin(energy_and_forces, timestep, temperature_K, friction)
     if thermostat == "nose-hoover":
@@ -282,7 +285,8 @@ def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=N
     dtype = energy_fn.dtype
     integrator = make_integrator(energy_fn.energy_and_forces, cfg.ensemble, cfg.timestep, cfg.temperature,
                                  cfg.thermostat, cfg.friction, cfg.tau, energy_forces_stress=energy_fn.energy_forces_stress,
-                                 pressure=cfg.pressure, tau_p=cfg.tau_p, compressibility=cfg.compressibility)
+                                 pressure=cfg.pressure, tau_p=cfg.tau_p, compressibility=cfg.compressibility,
+                                 npt_cell=cfg.npt_cell)
     positions = jnp.asarray(atoms.positions, dtype)
     masses = jnp.asarray(atoms.get_masses(), dtype)
     velocities = jnp.asarray(velocities, dtype)
