@@ -10,7 +10,8 @@ alone. Energies are
 relative to the pair at the cutoff (dimers) or to the molecule as read (path). Table: energy at 0.3 Å,
 and the distance below which the curve stops rising (first r, going inwards from GFN2-xTB's
 minimum r_eq, where E(r − Δr) < E(r); "-" if it rises all the way to 0.3 Å) and the largest
-fall of the energy met on that walk (0 for a curve that only rises).
+fall of the energy met on that walk (0 for a curve that only rises); and the same walk from the
+curve's own minimum within 1.5 r_eq (its own bond length, which for a model is that of its data).
 
     taskset -c 0 python benchmarks/dimers.py runs/my/model --out benchmarks/figures
 """
@@ -161,6 +162,11 @@ def main(argv=None):
             row[f"E({R_MIN} Å) {k}"] = round(float(v[0]), 2)
             row[f"stops repulsive {k}"] = None if stop is None else round(stop, 3)
             row[f"largest fall inwards {k}"] = round(dip, 2)
+            # the same walk from the curve's own minimum inside 1.5 r_eq (its own bond length)
+            k_own = int(np.nanargmin(np.where(rs <= 1.5 * rs[k_eq], v, np.inf)))
+            own_stop, own_dip = repulsion_below(rs, v, k_own)
+            row[f"own minimum {k}"] = round(float(rs[k_own]), 3)
+            row[f"largest fall below own minimum {k}"] = round(own_dip, 2)
         table.append(row)
         print(json.dumps(row))
 

@@ -95,8 +95,8 @@ def test_config_key_default_off_saved_only_when_on(toy, toy_zbl, tmp_path):
 
 
 def test_outer_radius_from_the_data_covers_what_the_data_never_reached(tmp_path):
-    """Built on data, each pair's r_out is the farther of 0.8·(R_i + R_j) and the pair's shortest
-    distance in the data: H–H, 1.52 Å apart at the closest in water, is covered out to there; the
+    """Built on data, each pair's r_out is the farther of 0.8·(R_i + R_j) and 0.9 of the pair's shortest
+    distance in the data: H–H, 1.52 Å apart at the closest in water, is covered out to 1.37 Å; the
     term stays zero on every training structure (none is inside a covalent r_out either); the radii
     are saved with the model."""
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -109,13 +109,13 @@ def test_outer_radius_from_the_data_covers_what_the_data_never_reached(tmp_path)
         a.calc = SinglePointCalculator(a, energy=-1.0 - k, forces=np.full((3, 3), 0.1))
     pot = build_potential({**TOY, "pair_repulsion": "zbl"}, seed=0, dataset=data)
     outer = pot.config.pair_repulsion_outer
-    assert outer == pytest.approx({"H-H": 1.5182, "H-C": 1.09, "H-O": 0.96, "C-C": 0.8 * 1.52, "C-O": 1.2,
-                                   "O-O": 0.8 * 1.32}, abs=1e-4)
+    assert outer == pytest.approx({"H-H": 0.9 * 1.5182, "H-C": 0.9 * 1.09, "H-O": 0.9 * 0.96, "C-C": 0.8 * 1.52,
+                                   "C-O": 0.8 * 1.42, "O-O": 0.8 * 1.32}, abs=1e-4)
     plain = type(pot)(dataclasses.replace(pot.config, pair_repulsion="none", pair_repulsion_outer=None), pot.params)
     for a, b in zip(pot.predict(data), plain.predict(data)):  # zero on the data
         assert a["energy"] == pytest.approx(b["energy"], abs=1e-12)
         np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-12)
-    h2 = Atoms("HH", positions=[[0, 0, 0], [1.2, 0, 0]])  # beyond the covalent 0.50 Å, inside the data's 1.52
+    h2 = Atoms("HH", positions=[[0, 0, 0], [1.0, 0, 0]])  # beyond the covalent 0.50 Å, inside 0.9 × 1.52
     assert pot.predict(h2)["energy"] - plain.predict(h2)["energy"] > 0.05
     back = load_potential(pot.save(tmp_path / "m"))
     assert back.config.pair_repulsion_outer == outer and back.predict(h2)["energy"] == pot.predict(h2)["energy"]

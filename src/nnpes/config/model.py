@@ -29,8 +29,8 @@ class ModelConfig:
     # "zbl" = ZBL screened nuclear repulsion, switched off between 0.5 and 0.8 × (R_cov,i + R_cov,j).
     pair_repulsion: Literal["none", "zbl"] = "none"
     # Å per element pair ("H-C", in elements' order): where the term reaches zero. None: from the
-    # training data (the farther of 0.8 × (R_cov,i + R_cov,j) and the pair's shortest distance
-    # there), or the covalent value without data. Written into the saved model.
+    # training data (the farther of 0.8 × (R_cov,i + R_cov,j) and 0.9 × the pair's shortest
+    # distance there), or the covalent value without data. Written into the saved model.
     pair_repulsion_outer: dict[str, float] | None = None
     hparams: Any = None  # the registered model's hyperparameter dataclass
 

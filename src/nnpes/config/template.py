@@ -28,7 +28,7 @@ MODEL_DOCS = {
     "scale": "eV; null: force RMS of the training set",
     "init_from": "fine-tune: saved model or run dir; keeps its weights and normalisation",
     "pair_repulsion": "none or zbl: fixed ZBL nuclear repulsion, zero beyond 0.8·(R_cov,i + R_cov,j)",
-    "pair_repulsion_outer": "Å per pair (H-C: 1.0) where zbl reaches zero; null: farther of 0.8·(R_i + R_j) and the data's shortest",
+    "pair_repulsion_outer": "Å per pair (H-C: 1.0) where zbl reaches zero; null: farther of 0.8·(R_i + R_j) and 0.9 × the data's shortest",
 }
 
 

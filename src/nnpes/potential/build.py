@@ -123,7 +123,7 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
     least squares), the scale σ (eV per unit model output, set to the force RMS as NequIP does) and
     the average number of neighbours, and the model's ``calibrate`` hook runs on its padded graphs;
     with ``pair_repulsion: zbl`` it sets each pair's r_out (``pair_repulsion_outer``) out to the
-    data's shortest distance of the pair where that is farther than the covalent one.
+    data's shortest distance of the pair (× 0.9) where that is farther than the covalent one.
     graphs: the dataset's graphs at the model's cutoff, when the caller has built them already (the
     trainer does), so each structure's graph is built once.
     Defaults without data: E0 = 0, σ = 1, avg_num_neighbors = 1; they are written into the config.
