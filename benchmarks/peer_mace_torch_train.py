@@ -12,8 +12,13 @@ Three steps, each its own command:
     taskset -c 0 timeout 7200 peers/mace/bin/mace_run_train ...      # the command step 1 printed
 
     # 3. either venv with matplotlib: validation force MAE against training time, both runs
-    python benchmarks/peer_mace_torch_train.py curve runs/rmd17_ethanol_mace_170/metrics.csv \
-        benchmarks/out/peer_ethanol/logs --out benchmarks/figures/rmd17_ethanol_mace_vs_mace_torch.png
+    python benchmarks/peer_mace_torch_train.py curve --nnpes "nnpes MACE=runs/rmd17_ethanol_mace_170/metrics.csv" \
+        --mace-torch "mace-torch MACE=benchmarks/out/peer_ethanol/logs" \
+        --out benchmarks/figures/rmd17_ethanol_mace_vs_mace_torch.png
+
+The nequip package is the peer of nnpes's NequIP: its config is
+benchmarks/peer_configs/nequip_rmd17_ethanol.yaml (run it as its header says; ``--nequip
+"nequip=benchmarks/out/peer_ethanol/nequip_run/wallclock.csv"`` draws it).
 
 mace-torch's settings are its rMD17 recipe at nnpes's standard MACE size: 128x0e+128x1o, max_ell 3,
 correlation 3, r_max 5 Å, 8 Bessel, radial MLP [64, 64, 64], batch 5, AMSGrad, lr 0.01, EMA 0.99,
@@ -93,14 +98,28 @@ def nnpes_curve(metrics_csv: Path) -> tuple[list[float], list[float]]:
     return [float(r["time_s"]) / 3600 for r in rows], [float(r["valid_f_mae_meV_A"]) for r in rows]
 
 
-def curve(metrics_csv: Path, log_dir: Path, out: Path) -> None:
+def nequip_curve(clock_csv: Path) -> tuple[list[float], list[float]]:
+    """The nequip peer run's (hours, validation force MAE meV/Å), from ``peer_nequip_clock.WallClock``."""
+    import csv
+
+    rows = list(csv.DictReader(open(clock_csv)))
+    return [float(r["time_s"]) / 3600 for r in rows], [1e3 * float(r["val0_epoch/forces_mae"]) for r in rows]
+
+
+READERS = {"nnpes": nnpes_curve, "mace_torch": mace_torch_curve, "nequip": nequip_curve}
+
+
+def curve(series: list[tuple[str, str, Path]], out: Path) -> None:
+    """One figure: validation force MAE against each run's training wall clock; ``series`` holds
+    (kind in READERS, label, path) per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (h, mae) in (("nnpes MACE", nnpes_curve(metrics_csv)), ("mace-torch MACE", mace_torch_curve(log_dir))):
+    for kind, label, path in series:
+        h, mae = READERS[kind](path)
         ax.plot(h, mae, label=label)
         print(f"{label}: {len(h)} evaluations, {h[-1]:.2f} h, best validation F MAE {min(mae):.2f} meV/Å")
     ax.set(xlabel="training time on one core (h)", ylabel="validation force MAE (meV/Å)", yscale="log")
@@ -117,14 +136,16 @@ def main():
     e.add_argument("config")
     e.add_argument("--out", type=Path, default=Path("benchmarks/out/peer_ethanol"))
     c = sub.add_parser("curve")
-    c.add_argument("metrics_csv", type=Path)
-    c.add_argument("log_dir", type=Path)
+    for kind, what in (("nnpes", "an nnpes run's metrics.csv"), ("mace-torch", "mace-torch's log directory"),
+                       ("nequip", "the nequip run's wallclock.csv")):
+        c.add_argument(f"--{kind}", action="append", default=[], metavar="LABEL=PATH", help=what)
     c.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.step == "export":
         export(args.config, args.out)
     else:
-        curve(args.metrics_csv, args.log_dir, args.out)
+        series = [(kind, *spec.split("=", 1)) for kind in READERS for spec in getattr(args, kind)]
+        curve([(kind, label, Path(path)) for kind, label, path in series], args.out)
 
 
 if __name__ == "__main__":
