@@ -599,3 +599,11 @@ def test_cli_md(pot, tmp_path, capsys):
     rc = main(["md", str(model_dir), str(tmp_path / "bad.extxyz"), "--steps", "10", "--out", str(tmp_path / "bad")])
     assert rc == 2
     assert "Ag" in capsys.readouterr().err
+    # An --out that cannot be a directory (a file in the way): one line, before anything compiles.
+    from nnpes.compile_cache import CompileCounter
+
+    with CompileCounter() as compiles:
+        rc = main(["md", str(model_dir), str(structure), "--steps", "10", "--out", str(structure / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and compiles.n == 0
+    assert err.strip().count("\n") == 0 and f"MD output directory {structure / 'run'} cannot be written" in err

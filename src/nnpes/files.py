@@ -40,6 +40,16 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create directory ``path`` if needed and check that files can be made in it; the OSError
+    (a file in the way, read-only, no permission) is for the caller to name in its own words."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", str(path))
+    return path
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (creates parent directories); the file's mode is
     ``default_file_mode()``."""

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnpes.files import ensure_writable_dir
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no OS lock (runs are then not protected from each other)
@@ -93,9 +95,7 @@ class RunDirLock:
         if self._key is not None:
             return self
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.run_dir, os.W_OK | os.X_OK):  # a run writes many files there
-                raise PermissionError(13, "Permission denied", str(self.run_dir))
+            ensure_writable_dir(self.run_dir)  # a run writes many files there
         except OSError as e:
             raise _unusable(self.run_dir, e) from e
         key = str(self.run_dir.resolve())

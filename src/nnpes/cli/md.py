@@ -78,8 +78,10 @@ def read_structure(path: str, index: int = -1):
 def run(args) -> int:
     from nnpes.cli.evaluate import model_dir
     from nnpes.md import MDConfig, MDInstability, check_elements, run_md
+    from nnpes.md.run import output_dir
     from nnpes.potential import load_potential
 
+    output_dir(args.out)  # a bad --out fails before the model loads and anything compiles
     pot = load_potential(model_dir(args.model))
     atoms = read_structure(args.structure, args.index)
     check_elements(pot, atoms, f"{args.structure} (frame {args.index})")

@@ -33,6 +33,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from nnpes.compile_cache import CompileCounter
+from nnpes.files import ensure_writable_dir
 from nnpes.graph.build import atoms_to_graph
 from nnpes.md.functions import md_functions
 from nnpes.md.integrators import (
@@ -262,6 +263,17 @@ def initial_velocities(atoms: Atoms, temperature_K: float, seed: int) -> np.ndar
     return maxwell_boltzmann(atoms.get_masses(), temperature_K, seed)
 
 
+def output_dir(out_dir) -> Path | None:
+    """``out_dir`` created and writable, or a one-line ValueError naming it (None: no output)."""
+    if out_dir is None:
+        return None
+    try:
+        return ensure_writable_dir(out_dir)
+    except OSError as e:
+        raise ValueError(f"MD output directory {out_dir} cannot be written ({e.strerror or e}); "
+                         "choose another --out or make it writable") from e
+
+
 def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=None, progress: bool = False,
            note: str = "", **settings) -> MDResult:
     """Run ``config.steps`` steps of ``config.timestep`` fs from ``atoms``; writes ``thermo.log``
@@ -270,6 +282,7 @@ def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=N
     ``config`` they override it. ``note`` (e.g. the model's path) goes into the thermo log's
     header line with the settings. Fully periodic cells add volume, pressure and stress columns."""
     cfg = MDConfig(**settings) if config is None else dataclasses.replace(config, **settings)
+    out = output_dir(out_dir)  # before anything compiles: a run must not end without its output
     warn_start = getattr(potential, "warn_close_contacts", None)  # a Potential with a model card
     if warn_start is not None:  # start closer than the training data: ShortDistanceWarning
         warn_start([atoms_to_graph(atoms, potential.cutoff)], stacklevel=3)
@@ -299,7 +312,6 @@ def run_md(potential, atoms: Atoms, config: MDConfig | None = None, *, out_dir=N
         return new_st, new_nb, observe(new_st, new_nb, st.positions)
 
     block_fn = jax.jit(block, static_argnums=2)
-    out = Path(out_dir) if out_dir is not None else None
     log = _MDLog(cfg, atoms, out, progress, cutoff=energy_fn.cutoff, periodic=periodic, note=note)
     try:
         log.record(state, jax.jit(observe)(state, nbrs, state.positions), 0)
