@@ -19,7 +19,6 @@ curve's own minimum within 1.5 r_eq (its own bond length, which for a model is t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import warnings
@@ -89,20 +88,12 @@ def with_zbl(pot, covalent: bool = False):
     with it would have given (from the model card's shortest distances), or with ``covalent`` the
     covalent r_out alone (0.8 (R_i + R_j), the term before radii came from the data)."""
     from nnpes.models.repulsion import outer_radii_from_data
-    from nnpes.potential.potential import Potential
+    from nnpes.testing import with_pair_repulsion
 
-    cfg = pot.config
-    if cfg.pair_repulsion == "zbl" and not covalent:
+    if pot.config.pair_repulsion == "zbl" and not covalent:
         return pot
-    outer = None if covalent else outer_radii_from_data(pot.shortest_distances or {}, cfg.numbers)
-    return Potential(dataclasses.replace(cfg, pair_repulsion="zbl", pair_repulsion_outer=outer), pot.params, card=pot.card)
-
-
-def without_zbl(pot):
-    from nnpes.potential.potential import Potential
-
-    cfg = dataclasses.replace(pot.config, pair_repulsion="none", pair_repulsion_outer=None)
-    return Potential(cfg, pot.params, card=pot.card)
+    outer = None if covalent else outer_radii_from_data(pot.shortest_distances or {}, pot.config.numbers)
+    return with_pair_repulsion(pot, "zbl", outer)
 
 
 def bond_path(structure: Atoms, a: str, b: str, r_max: float = 3.0, n: int = 40):
@@ -137,7 +128,9 @@ def main(argv=None):
     from nnpes.potential.build import saved_model_dir
 
     pot = load_potential(saved_model_dir(args.model))
-    pots = {"model": without_zbl(pot), "model + ZBL": with_zbl(pot),
+    from nnpes.testing import with_pair_repulsion
+
+    pots = {"model": with_pair_repulsion(pot, "none"), "model + ZBL": with_zbl(pot),
             "model + ZBL, covalent r_out": with_zbl(pot, covalent=True)}
     refs = oracles()
     old = json.loads(Path(args.reference).read_text()) if args.reference else None

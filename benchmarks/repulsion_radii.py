@@ -8,7 +8,6 @@ term's switch reaches into the test frames, their errors grow.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import warnings
 
@@ -22,10 +21,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from nnpes.data import read_structures
-    from nnpes.models.repulsion import OUTER, outer_radii_from_data
+    from nnpes.models.repulsion import DATA_MARGIN, OUTER, outer_radii_from_data
     from nnpes.potential import load_potential
     from nnpes.potential.build import saved_model_dir
-    from nnpes.potential.potential import Potential
+    from nnpes.testing import with_pair_repulsion
     from nnpes.training.evaluate import error_metrics, predict_and_compare
 
     warnings.simplefilter("ignore")  # test frames closer than the training data warn: expected here
@@ -33,16 +32,11 @@ def main(argv=None):
     test = read_structures(args.test, energy_unit=args.energy_unit)
     shortest = pot.shortest_distances or {}
 
-    def variant(repulsion, outer):
-        cfg = dataclasses.replace(pot.config, pair_repulsion=repulsion, pair_repulsion_outer=outer)
-        return Potential(cfg, pot.params, card=pot.card)
-
-    variants = {"off": variant("none", None), f"covalent ({OUTER} (R_i + R_j))": variant("zbl", None)}
+    variants = {"off": with_pair_repulsion(pot, "none"),
+                f"covalent ({OUTER} (R_i + R_j))": with_pair_repulsion(pot, "zbl")}
     for f in args.fractions:  # outer_radii_from_data applies DATA_MARGIN: undo it to get f exactly
-        from nnpes.models.repulsion import DATA_MARGIN
-
         scaled = {k: f / DATA_MARGIN * v for k, v in shortest.items()}
-        variants[f"{f} × shortest"] = variant("zbl", outer_radii_from_data(scaled, pot.config.numbers))
+        variants[f"{f} × shortest"] = with_pair_repulsion(pot, "zbl", outer_radii_from_data(scaled, pot.config.numbers))
     for name, v in variants.items():
         m = error_metrics(predict_and_compare(v, test, v.predict(test)))
         print(json.dumps({"r_out": name, "E_mae_meV_atom": round(m["energy_per_atom_meV"]["mae"], 4),

@@ -5,7 +5,6 @@ physics on every real model (finite differences, switching radii, monotonic dime
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import jax
@@ -101,7 +100,7 @@ def test_outer_radius_from_the_data_covers_what_the_data_never_reached(tmp_path)
     are saved with the model."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from nnpes.testing import check_pair_repulsion
+    from nnpes.testing import check_pair_repulsion, with_pair_repulsion
 
     data = [Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
             Atoms("COH", positions=[[0, 0, 0], [1.2, 0, 0], [-1.09, 0, 0]])]
@@ -111,7 +110,7 @@ def test_outer_radius_from_the_data_covers_what_the_data_never_reached(tmp_path)
     outer = pot.config.pair_repulsion_outer
     assert outer == pytest.approx({"H-H": 0.9 * 1.5182, "H-C": 0.9 * 1.09, "H-O": 0.9 * 0.96, "C-C": 0.8 * 1.52,
                                    "C-O": 0.8 * 1.42, "O-O": 0.8 * 1.32}, abs=1e-4)
-    plain = type(pot)(dataclasses.replace(pot.config, pair_repulsion="none", pair_repulsion_outer=None), pot.params)
+    plain = with_pair_repulsion(pot, "none")
     for a, b in zip(pot.predict(data), plain.predict(data)):  # zero on the data
         assert a["energy"] == pytest.approx(b["energy"], abs=1e-12)
         np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-12)

@@ -238,6 +238,15 @@ class BarostatState(NamedTuple):
     stress: jnp.ndarray
 
 
+NPT_CELLS = ("isotropic", "flexible")
+
+
+def check_npt_cell(cell: str) -> None:
+    """ValueError unless ``cell`` is one of ``NPT_CELLS`` (``npt_langevin``'s cell coupling)."""
+    if cell not in NPT_CELLS:
+        raise ValueError(f"npt cell coupling must be 'isotropic' or 'flexible', got {cell!r}")
+
+
 def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure_GPa: float,
                  friction: float = 0.01, tau_p: float = 1000.0, compressibility: float = 0.01,
                  update: Callable | None = None, cell: str = "isotropic") -> Integrator:
@@ -262,8 +271,7 @@ def npt_langevin(energy_forces_stress, dt: float, temperature_K: float, pressure
     P_sym the symmetrised pressure tensor; positions, velocities and cell transformed by e^{dε}
     (its inverse for velocities). Symmetric: no rotation of the cell. β/3 per component, so the
     volume, tr dε, moves exactly as in the isotropic scheme; the shape relaxes on the same τ_p."""
-    if cell not in ("isotropic", "flexible"):
-        raise ValueError(f"npt cell coupling must be 'isotropic' or 'flexible', got {cell!r}")
+    check_npt_cell(cell)
     update = update_neighbor_list if update is None else update
     c1 = float(np.exp(-friction * dt))
     c2 = float(np.sqrt(1.0 - c1 * c1))

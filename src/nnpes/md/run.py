@@ -37,7 +37,8 @@ from nnpes.files import ensure_writable_dir
 from nnpes.graph.build import atoms_to_graph
 from nnpes.md.functions import md_functions
 from nnpes.md.integrators import (
-    Integrator, MDState, kinetic_energy, kinetic_stress, langevin, maxwell_boltzmann, nose_hoover_chain, npt_langevin,
+    Integrator, MDState, check_npt_cell, kinetic_energy, kinetic_stress, langevin, maxwell_boltzmann, nose_hoover_chain,
+    npt_langevin,
     run_steps,
     velocity_verlet,
 )
@@ -87,8 +88,7 @@ class MDConfig:
         if self.steps < 0 or self.timestep <= 0 or self.thermo_every < 1:
             raise ValueError(f"need steps >= 0, timestep > 0 fs, thermo_every >= 1; got {self.steps}, "
                              f"{self.timestep}, {self.thermo_every}")
-        if self.npt_cell not in ("isotropic", "flexible"):  # at construction, not at the first npt step
-            raise ValueError(f"npt cell coupling must be 'isotropic' or 'flexible', got {self.npt_cell!r}")
+        check_npt_cell(self.npt_cell)  # at construction, not when the integrator is made
         if self.traj_every % self.thermo_every:
             raise ValueError(f"traj_every ({self.traj_every}) must be a multiple of thermo_every ({self.thermo_every})")
         for name in ("max_temperature", "max_energy_drift", "min_distance", "max_displacement"):

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
+from nnpes.graph.distances import pair_name
+
 COULOMB = 14.399645  # e²/(4π ε_0) in eV·Å
 BOHR = 0.529177210903  # Å
 SCREENING_COEFFS = (0.18175, 0.50986, 0.28022, 0.02817)  # sum to 1: φ(0) = 1, bare Coulomb at r → 0
@@ -61,10 +63,10 @@ def switch(r, r_in, r_out):
 
 
 def pair_keys(numbers) -> list[tuple[int, int, str]]:
-    """(i, j, "A-B") for each element pair i ≤ j of a model's atomic ``numbers``, named in the
-    model's element order (as ``nnpes.graph.distances.pair_name``)."""
+    """(i, j, "A-B") for each element pair i ≤ j of a model's atomic ``numbers``, named by
+    ``nnpes.graph.distances.pair_name`` (the keys of the training data's shortest distances)."""
     symbols = [chemical_symbols[int(z)] for z in numbers]
-    return [(i, j, f"{symbols[i]}-{symbols[j]}")
+    return [(i, j, pair_name(numbers[i], numbers[j], symbols))
             for i, j in itertools.combinations_with_replacement(range(len(symbols)), 2)]
 
 

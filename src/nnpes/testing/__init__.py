@@ -23,7 +23,7 @@ from nnpes.testing.locality import (  # noqa: F401
     check_cutoff_crossing, check_cutoff_smoothness, check_extensivity, check_no_recompile, check_padding,
     check_separated_add,
 )
-from nnpes.testing.repulsion import check_pair_repulsion, without_repulsion  # noqa: F401
+from nnpes.testing.repulsion import check_pair_repulsion, with_pair_repulsion, without_repulsion  # noqa: F401
 from nnpes.testing.structures import (  # noqa: F401
     CUTOFF, ELEMENTS, KINDS, PERIODIC_KINDS, labelled_dataset, make_structure, random_cell, random_molecule,
     random_rotation, transformed,

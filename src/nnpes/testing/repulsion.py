@@ -21,13 +21,19 @@ def _dimer(a: str, b: str):
     return lambda r: Atoms([a, b], positions=[[0, 0, 0], [r, 0.0, 0.0]])
 
 
-def without_repulsion(pot) -> Evaluator:
-    """An ``Evaluator`` of the same parameters with ``pair_repulsion: none`` (the network alone)."""
+def with_pair_repulsion(pot, kind: str, outer: dict[str, float] | None = None):
+    """The same weights and model card with ``pair_repulsion`` = ``kind`` and r_out per pair
+    ``outer`` (Å; None: covalent). The term has no parameters, so nothing else changes."""
     from nnpes.potential.potential import Potential
 
+    cfg = dataclasses.replace(pot.config, pair_repulsion=kind, pair_repulsion_outer=outer if kind != "none" else None)
+    return Potential(cfg, pot.params, card=pot.card)
+
+
+def without_repulsion(pot) -> Evaluator:
+    """An ``Evaluator`` of the same parameters with ``pair_repulsion: none`` (the network alone)."""
     ev = as_evaluator(pot)
-    off = Potential(dataclasses.replace(ev.pot.config, pair_repulsion="none", pair_repulsion_outer=None), ev.pot.params)
-    return Evaluator(off, ev.pad, name=f"{ev.name} without repulsion")
+    return Evaluator(with_pair_repulsion(ev.pot, "none"), ev.pad, name=f"{ev.name} without repulsion")
 
 
 def check_pair_repulsion(pot, off=None, r_min: float = 0.1) -> None:
