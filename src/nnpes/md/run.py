@@ -357,7 +357,7 @@ def _observer(integrator: Integrator, energy_forces_stress: Callable | None = No
     found on the neighbour list, which holds every pair within the cutoff at the state's positions.
     With ``energy_forces_stress`` (``EnergyFn``'s, periodic cells) the stress is evaluated here,
     once per block, not in every step."""
-    # No conserved quantity (NPT): NaN in the log, and the drift check never fires.
+    # An integrator without a conserved quantity: NaN in the log, and the drift check never fires.
     conserved = integrator.conserved_energy or (lambda s: jnp.full((), jnp.nan, s.energy.dtype))
 
     def stress_of(state, nbrs, box):
@@ -443,7 +443,7 @@ class _MDLog:
         if temp > self.max_temperature:
             return f"temperature {temp:.0f} K > max_temperature {self.max_temperature:.0f} K"
         drift = (e_cons - self.e_start) / self.n_atoms
-        if abs(drift) > cfg.max_energy_drift:  # False for NaN (NPT: nothing conserved)
+        if abs(drift) > cfg.max_energy_drift:  # False for NaN (an integrator that conserves nothing)
             return f"the conserved energy drifted by {drift:+.3g} eV/atom (max_energy_drift {cfg.max_energy_drift:g} eV/atom)"
         if float(obs.min_distance) < cfg.min_distance:
             return (f"atoms {int(obs.pair_i)} and {int(obs.pair_j)} are {float(obs.min_distance):.3f} Å apart "
@@ -465,7 +465,7 @@ class _MDLog:
         kind = cfg.ensemble if cfg.ensemble == "nve" else f"{cfg.ensemble} ({cfg.thermostat})"
         conserved = {"nve": "E_tot", "langevin": "E_tot minus the heat the Langevin thermostat put in (Bussi & "
                      "Parrinello 2007)", "nose-hoover": "E_tot plus the Nose-Hoover chain's energy",
-                     "npt": "not computed (nan)"}
+                     "npt": "E_tot + P0 V minus the heat the Langevin thermostat put in and the work of the barostat (Bernetti & Bussi 2020)"}
         what = conserved[cfg.thermostat if cfg.ensemble == "nvt" else cfg.ensemble]
         settings = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
         pbc = "".join("T" if p else "F" for p in atoms.pbc)
