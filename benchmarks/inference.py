@@ -50,6 +50,20 @@ def water_for(n_atoms: int):
     return water_box((k, k, k))
 
 
+def cu_box(n_atoms: int):
+    """Cubic-ish fcc Cu supercell with about n_atoms atoms (4 per cubic cell), 300 K rattle
+    (``benchmarks/md.py`` and its peers)."""
+    from ase.build import bulk
+
+    cells = max(1, round((n_atoms / 4) ** (1 / 3)))
+    reps = [cells] * 3
+    while 4 * np.prod(reps) < 0.9 * n_atoms:  # sizes between cubes
+        reps[int(np.argmin(reps))] += 1
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(reps)
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
 def system(name: str):
     import ase.io
     from ase import Atoms

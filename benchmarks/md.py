@@ -1,8 +1,12 @@
 """MD speed: ms/step, atom-steps/s and ns/day for fcc Cu boxes with the standard NequIP model
-(4 layers, 32 features, l_max 1, cutoff 5 Å, float32), velocity Verlet with nnpes' on-device
+(4 layers, 32 features, l_max 1, cutoff 5 Å, float32; ``--model mace``: MACE's standard 2 layers,
+128x0e+128x1o, max_ell 3, correlation 3), velocity Verlet with nnpes' on-device
 neighbour list under lax.scan, and the same model through ase's VelocityVerlet + our calculator.
 
     python benchmarks/md.py --sizes 100 1000 10000 --ase-sizes 100 1000
+    python benchmarks/md.py --model mace --sizes 100 1000 --ase-sizes 100 1000
+
+The peers' MD at the same sizes: ``peer_mace_torch.py --md-sizes`` (ase + mace-torch's calculator).
 
 Medians over repeated blocks after a warm-up block (which includes compilation); every timing
 ends in block_until_ready. Random (untrained) weights: speed does not depend on them.
@@ -17,28 +21,19 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from ase.build import bulk
 
 from nnpes.graph import atoms_to_graph, to_device
 from nnpes.md import maxwell_boltzmann, md_functions, run_steps, velocity_verlet
 from nnpes.potential import build_potential
 from nnpes.potential.predict import MAX_EDGES_PER_CALL, padded_batches
 
-STANDARD = {"name": "nequip", "elements": ["Cu"], "cutoff": 5.0, "dtype": "float32", "num_layers": 4,
-            "features": 32, "l_max": 1}
+from inference import cu_box  # the benchmarks' structures (this directory is on sys.path)
+
+STANDARD = {"nequip": {"name": "nequip", "elements": ["Cu"], "cutoff": 5.0, "dtype": "float32", "num_layers": 4,
+                       "features": 32, "l_max": 1},
+            # MACE's defaults are its standard size (2 layers, 128x0e+128x1o, max_ell 3, correlation 3)
+            "mace": {"name": "mace", "elements": ["Cu"], "cutoff": 5.0, "dtype": "float32"}}
 DT = 1.0  # fs
-
-
-def cu_box(n_atoms: int):
-    """Cubic-ish fcc Cu supercell with about n_atoms atoms (4 per cubic cell), 300 K rattle."""
-    cells = max(1, round((n_atoms / 4) ** (1 / 3)))
-    reps = [cells] * 3
-    while 4 * np.prod(reps) < 0.9 * n_atoms:  # sizes between cubes
-        reps[int(np.argmin(reps))] += 1
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(reps)
-    atoms.rattle(0.05, seed=0)
-    return atoms
 
 
 def bench_nnpes(pot, atoms, block: int, repeats: int):
@@ -138,10 +133,12 @@ def main():
     ap.add_argument("--rebuild-sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                     help="time the on-device neighbour-list rebuild alone")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", choices=sorted(STANDARD), default="nequip", help="at its standard size")
     ap.add_argument("--parts", action="store_true", help="also time the step's pieces on their own (bench_parts)")
     args = ap.parse_args()
-    pot = build_potential(STANDARD, seed=0)
-    print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0].platform}")
+    pot = build_potential(STANDARD[args.model], seed=0)
+    print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0].platform}, "
+          f"{args.model} standard size ({pot.n_parameters} parameters)")
     print("| run | atoms | ms/step | atom-steps/s | ns/day (1 fs) |")
     print("|---|---:|---:|---:|---:|")
     for n in args.sizes:

@@ -201,6 +201,28 @@ def test_edge_pairs_match_each_edge_with_its_reverse():
     assert not bool(jax.jit(edge_pairs)(v[keep], s[keep], r[keep], mask[keep]).valid)
 
 
+def test_blocks_of_padding_are_skipped_forward_and_backward():
+    """aggregation.sum_messages with ``active``: a block with no active row is never evaluated.
+    The message 1/x is infinite on padding rows (x = 0), so a computed padding block would make
+    the sum (and its gradient) infinite; skipped, both equal the sum over the real rows."""
+    from nnpes.models.aggregation import sum_messages
+
+    n_real, n_rows, chunk = 16, 64, 8  # real rows fill blocks 0-1, blocks 2-7 all padding
+    x = jnp.where(jnp.arange(n_rows) < n_real, jnp.linspace(1.0, 2.0, n_rows), 0.0)
+    targets = jnp.arange(n_rows) % 3
+    active = jnp.arange(n_rows) < n_real
+
+    def total(x, active):
+        fn = lambda consts, xs, t: [(t, consts[0] / xs[:, None])]  # noqa: E731
+        return sum_messages(fn, chunk, (jnp.ones(()),), 3, x, targets, active=active).sum()
+
+    e, g = jax.value_and_grad(total)(x, active)
+    assert np.isclose(float(e), float(jnp.sum(1.0 / x[:n_real])))
+    np.testing.assert_allclose(g[:n_real], -1.0 / x[:n_real] ** 2)
+    assert np.all(np.asarray(g[n_real:]) == 0.0)
+    assert not np.isfinite(float(total(x, None)))  # without the mask every block runs
+
+
 def test_blocked_pair_path_gives_the_plain_result():
     """Large-system path (blocks + remat + per-pair radial MLP) against the plain per-edge
     evaluation with the same parameters: a molecule, a periodic cell with self-images, and a

@@ -11,29 +11,45 @@ import jax
 import jax.numpy as jnp
 
 
-def sum_messages(fn, chunk: int | None, consts, n_node: int, *edge_arrays, indices_are_sorted=False):
+def sum_messages(fn, chunk: int | None, consts, n_node: int, *edge_arrays, indices_are_sorted=False, active=None):
     """(N, D) Σ of per-edge messages over their target nodes. fn(consts, *edge_arrays) returns a
     list of (targets (B,) int, messages (B, D)).
 
     Above ``chunk`` rows the sum runs as a ``lax.scan`` over blocks of ``chunk`` rows,
     rematerialised in the backward pass: per-edge intermediates stay block-sized (in cache, and
     memory O(N + chunk) rather than O(E)). Rows are padded to whole blocks with zeros (zero
-    basis → zero radial weights → zero message)."""
+    basis → zero radial weights → zero message).
+
+    ``active`` (rows,) bool: the rows that may carry a message (the edge mask). A block with none
+    is skipped (``lax.cond``), forward and backward: padding sorted last then costs nothing, so
+    the MD loop's head room of model slots over the pairs (about 1.3×) is free (issue 13 §1).
+    Exact: a padding row's message is zero, and so is the gradient through its masked geometry."""
     n_rows = edge_arrays[0].shape[0]
     if chunk is None or n_rows <= chunk:
         return sum(jax.ops.segment_sum(m, t, n_node, indices_are_sorted=indices_are_sorted) for t, m in fn(consts, *edge_arrays))
     n_blocks = -(-n_rows // chunk)
     pad = n_blocks * chunk - n_rows
     blocks = [jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape((n_blocks, chunk) + x.shape[1:]) for x in edge_arrays]
-    body = jax.checkpoint(lambda xs: fn(consts, *xs))
+    if active is None:
+        body = jax.checkpoint(lambda xs, _: fn(consts, *xs))
+    else:
+        # The cond sits inside the checkpoint: the scan then saves only each block's inputs for the
+        # backward pass (a cond outside it makes the block's residuals per-iteration outputs).
+        def live_messages(xs, live):
+            shapes = jax.eval_shape(lambda: fn(consts, *xs))
+            zeros = lambda _: [(jnp.zeros(t.shape, t.dtype), jnp.zeros(m.shape, m.dtype)) for t, m in shapes]  # noqa: E731
+            return jax.lax.cond(live, lambda xs: fn(consts, *xs), zeros, xs)
+        body = jax.checkpoint(live_messages)
 
     def step(acc, xs):
-        for t, m in body(xs):
+        block, live = xs
+        for t, m in body(block, live):
             acc = acc.at[t].add(m, indices_are_sorted=indices_are_sorted)
         return acc, None
 
-    width = jax.eval_shape(body, [x[0, :1] for x in blocks])[0][1].shape[-1]
-    return jax.lax.scan(step, jnp.zeros((n_node, width), consts[0].dtype), blocks)[0]
+    live = None if active is None else jnp.pad(active, (0, pad)).reshape(n_blocks, chunk).any(axis=1)
+    width = jax.eval_shape(lambda xs: fn(consts, *xs), [x[0, :1] for x in blocks])[0][1].shape[-1]
+    return jax.lax.scan(step, jnp.zeros((n_node, width), consts[0].dtype), (blocks, live))[0]
 
 
 def use_blocks(n_edges, chunk: int | None, block_above: int) -> bool:

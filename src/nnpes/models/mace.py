@@ -132,7 +132,7 @@ class Interaction(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, h, species, sh, basis, senders, receivers):
+    def __call__(self, h, species, sh, basis, senders, receivers, edge_mask=None):
         hp, c, n_node = self.hp, self.hp.channels, species.shape[0]
         up = e3nn.flax.Linear(h.irreps, name="linear_up")(h)
         product = edge_product(str(self._single(up.irreps)), str(sh.irreps))
@@ -140,7 +140,8 @@ class Interaction(nn.Module):
         consts = (jnp.swapaxes(up.mul_to_axis(c).array, 1, 2), MLPKernels(sizes, self.dtype, name="radial_mlp")())
         per_edge = functools.partial(_edge_messages, product=product, gate=ACTIVATIONS[hp.gate])
         chunk = EDGE_CHUNK if use_blocks(sh.shape[0], EDGE_CHUNK, BLOCK_ABOVE) else None
-        a = sum_messages(per_edge, chunk, consts, n_node, sh.array, basis, senders, receivers, indices_are_sorted=True)
+        a = sum_messages(per_edge, chunk, consts, n_node, sh.array, basis, senders, receivers, indices_are_sorted=True,
+                         active=edge_mask)  # blocks of padding skipped
         a = to_e3nn_layout(a.reshape(n_node, -1, c), product) / self.avg_num_neighbors
         msg_irreps = e3nn.Irreps([(mul * c, ir) for mul, ir in e3nn.Irreps(product.irreps_out)])
         a = e3nn.IrrepsArray(msg_irreps, a)
@@ -200,7 +201,7 @@ class MACE(nn.Module):
             last = layer == hp.num_interactions - 1
             target = e3nn.Irreps(f"{hp.channels}x0e") if last else hp.hidden
             h = Interaction(hp, str(target), layer > 0, self.num_species, self.avg_num_neighbors, dt, name=f"layer_{layer}")(
-                h, species, sh, basis, senders, receivers
+                h, species, sh, basis, senders, receivers, edge_mask
             )
             scalars = h.filter(keep="0e").array
             widths = (e3nn.Irreps(hp.mlp_irreps).num_irreps, 1) if last else (1,)

@@ -198,8 +198,9 @@ class FastInteraction(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, feats, onehot, unit, basis, senders, receivers, pairs=None):
-        """``pairs`` (nequip_ops.EdgePairs) is used on the blocked path only."""
+    def __call__(self, feats, onehot, unit, basis, senders, receivers, pairs=None, edge_mask=None):
+        """``pairs`` (nequip_ops.EdgePairs) is used on the blocked path only; there blocks of
+        padding (``edge_mask`` False) are skipped."""
         hp, c, dt = self.hp, self.hp.features, self.dtype
         dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dt, param_dtype=dt, name=name)  # noqa: E731
         inputs = [ir for ir in _irreps(hp.parity) if ir in feats]
@@ -214,7 +215,7 @@ class FastInteraction(nn.Module):
         blocked = _blocked(hp, unit.shape[0])
         chunk = hp.edge_chunk if blocked else None
         edge_sum = lambda: sum_messages(  # noqa: E731
-            per_edge, chunk, consts, n_node, unit, basis, senders, receivers, indices_are_sorted=True
+            per_edge, chunk, consts, n_node, unit, basis, senders, receivers, indices_are_sorted=True, active=edge_mask
         )
         if pairs is None or not blocked:
             agg = edge_sum()
@@ -222,7 +223,8 @@ class FastInteraction(nn.Module):
             per_pair = functools.partial(_pair_messages, messages=messages)
             f = pairs.first
             pair_sum = lambda: sum_messages(  # noqa: E731
-                per_pair, max(1, chunk // 2), consts, n_node, unit[f], basis[f], senders[f], receivers[f]
+                per_pair, max(1, chunk // 2), consts, n_node, unit[f], basis[f], senders[f], receivers[f],
+                active=None if edge_mask is None else edge_mask[f],
             )
             agg = jax.lax.cond(pairs.valid, pair_sum, edge_sum)
         agg = _unflatten(agg / self.avg_num_neighbors, outputs, c)
@@ -317,7 +319,7 @@ class NequIP(nn.Module):
                 last = layer == hp.num_layers - 1
                 outputs = ((0, 1),) if last else tuple(_irreps(hp.parity))
                 feats = FastInteraction(hp, outputs, self.avg_num_neighbors, dt, name=f"layer_{layer}")(
-                    feats, onehot, unit, basis, senders, receivers, pairs
+                    feats, onehot, unit, basis, senders, receivers, pairs, edge_mask
                 )
             scalars = feats[(0, 1)]
         else:
