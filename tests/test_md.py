@@ -314,6 +314,53 @@ def test_forces_agree_on_nequip():
     assert np.abs(pred["forces"]).max() > 1e-6
 
 
+@pytest.mark.parametrize("name", ["triclinic_small", "box", "cluster"])
+def test_list_pairs_feed_the_blocked_nequip_path(name):
+    """Issue 13 §1: on NequIP's blocked path (forced here with edge blocks of 16) the MD loop hands
+    the model each slot's reverse slot from the list (``VerletList.reverse``, ``slot_pairs``)
+    instead of the per-step sort: every real slot is paired with the slot holding exactly the
+    opposite vector (self-images in a cell thinner than the cutoff included), and energy and
+    forces equal predict's (which sorts) in float64."""
+    from nnpes.md.functions import slot_pairs
+    from nnpes.potential import build_potential
+
+    nequip = build_potential({"name": "nequip", "elements": ["Cu"], "cutoff": CUTOFF, "dtype": "float64",
+                              "num_layers": 2, "features": 4, "radial_mlp_width": 8, "edge_chunk": 16,
+                              "block_above": 0}, seed=1)
+    atoms = STRUCTURES[name]
+    neighbor_fn, energy_fn = md_functions(nequip, atoms)
+    nbrs = neighbor_fn.allocate(atoms.positions)
+    R = jnp.asarray(atoms.positions)
+    inputs, _ = energy_fn.model_inputs(R, nbrs)
+    pairs = inputs.pairs
+    mask = np.asarray(inputs.edge_mask)
+    first, second = np.asarray(pairs.first), np.asarray(pairs.second)
+    lead = mask[first]
+    assert bool(pairs.valid) and 2 * lead.sum() == mask.sum()
+    assert sorted(np.concatenate([first[lead], second[lead]])) == list(np.flatnonzero(mask))  # each slot once
+    v = np.asarray(inputs.vectors)
+    np.testing.assert_array_equal(v[first[lead]], -v[second[lead]])
+    e, f = jax.jit(energy_fn.energy_and_forces)(R, neighbor=nbrs)
+    pred = nequip.predict(atoms)
+    assert abs(pred["energy"] - float(e)) < 1e-9 * max(1, abs(float(e)))
+    np.testing.assert_allclose(np.asarray(f), pred["forces"], atol=1e-9)
+    broken = nbrs.replace(paired=jnp.zeros((), bool))  # an unpaired list: the model goes per edge
+    assert not bool(slot_pairs(*_slots(energy_fn, R, broken), broken).valid)
+    e2, f2 = jax.jit(energy_fn.energy_and_forces)(R, neighbor=broken)
+    assert abs(float(e2) - float(e)) < 1e-9 * max(1, abs(float(e)))
+    np.testing.assert_allclose(np.asarray(f2), np.asarray(f), atol=1e-9)
+
+
+def _slots(energy_fn, R, nbrs):
+    """(inside, idx, real) of ``EnergyFn.model_inputs``'s compaction, for ``slot_pairs``."""
+    from nnpes.graph.verlet import model_pair_mask
+
+    inside = model_pair_mask(R, energy_fn.cell, nbrs)
+    (idx,) = jnp.nonzero(inside, size=nbrs.layout.model_capacity, fill_value=inside.shape[0])
+    real = idx < inside.shape[0]
+    return inside, jnp.minimum(idx, inside.shape[0] - 1), real
+
+
 def test_unknown_element_is_a_clear_error(pot):
     atoms = cu_box()
     atoms.symbols[3] = "O"

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnpes.graph.neighbors import check_extent, neighbor_list as host_neighbor_list
+from nnpes.graph.pairs import reverse_pairs
 
 _MAX_CANDIDATE_BLOCK = 1 << 21  # candidate pairs processed at once by a rebuild (memory bound)
 
@@ -82,7 +83,9 @@ class VerletList:
     then (the cell's periodic rows; it follows the cell in variable-cell MD);
     did_buffer_overflow () bool; n_pairs () int32, pairs found at the last build;
     max_pairs / max_bin_count / max_model_pairs () int32, the largest counts ever needed (list,
-    bin, pairs within the model cutoff at an updated position), for reallocation."""
+    bin, pairs within the model cutoff at an updated position), for reallocation; reverse
+    (capacity,) int32, the entry of each pair's other direction (j ← i, −S for i ← j, S; padding:
+    itself) and paired () bool, every real entry has one (``list_reverse``, at each build)."""
 
     receivers: jnp.ndarray
     senders: jnp.ndarray
@@ -94,6 +97,8 @@ class VerletList:
     max_pairs: jnp.ndarray
     max_bin_count: jnp.ndarray
     max_model_pairs: jnp.ndarray
+    reverse: jnp.ndarray
+    paired: jnp.ndarray
     layout: CellLayout = flax.struct.field(pytree_node=False)
 
     def update(self, positions, box=None) -> "VerletList":
@@ -240,6 +245,21 @@ def _box_too_small(box, layout: CellLayout):
     return jnp.any(jnp.stack(spans) < layout.cutoff * (1 - 1e-9)) if spans else jnp.zeros((), bool)
 
 
+def list_reverse(receivers, senders, shifts, n_atoms: int):
+    """((capacity,) int32, () bool): for each entry (i ← j, S) the index of (j ← i, −S), padding
+    (receiver ``n_atoms``) mapped to itself, and whether every real entry found its partner
+    (``graph.pairs.reverse_pairs`` on the shifts). One integer sort per build, so the model's
+    per-pair radial MLP (``nequip_ops``) needs no sort in every MD step: the slots' pairs follow
+    from this (``md.functions.slot_pairs``)."""
+    cap = receivers.shape[0]
+    real = receivers < n_atoms
+    first, second, paired = reverse_pairs(receivers, senders, shifts, real)
+    both_real = real[first] & real[second]
+    reverse = jnp.arange(cap, dtype=jnp.int32)
+    reverse = reverse.at[first].set(jnp.where(both_real, second, first)).at[second].set(jnp.where(both_real, first, second))
+    return reverse, paired
+
+
 def build_neighbor_list(positions, layout: CellLayout, box=None) -> VerletList:
     """Rebuild the list from scratch at ``positions`` (N,3) Å with the bins of ``layout`` in
     ``box`` (3,3) Å (default: the layout's; variable-cell MD passes the current cell) (jittable)."""
@@ -274,9 +294,11 @@ def build_neighbor_list(positions, layout: CellLayout, box=None) -> VerletList:
     # Bin shifts refer to wrapped positions; shifts in the list refer to the positions given.
     shifts = shift + (image[i] - image[jnp.minimum(j, n - 1)]).astype(jnp.int32)
     max_bin = jnp.max(counts).astype(jnp.int32)
+    receivers, senders = jnp.where(real, i, n), jnp.where(real, j, n)
+    shifts = jnp.where(real[:, None], shifts, 0).astype(jnp.int32)
+    reverse, paired = list_reverse(receivers, senders, shifts, n)
     return VerletList(
-        receivers=jnp.where(real, i, n), senders=jnp.where(real, j, n),
-        shifts=jnp.where(real[:, None], shifts, 0).astype(jnp.int32),
+        receivers=receivers, senders=senders, shifts=shifts, reverse=reverse, paired=paired,
         reference_positions=positions, box=box,
         did_buffer_overflow=(n_pairs > layout.capacity) | (max_bin > cap) | _box_too_small(box, layout),
         n_pairs=n_pairs, max_pairs=n_pairs, max_bin_count=max_bin, max_model_pairs=jnp.zeros((), jnp.int32),

@@ -25,7 +25,9 @@ import numpy as np
 from ase import Atoms
 
 from nnpes.graph.verlet import NeighborFn, VerletList, model_pair_mask, neighbor_list_fn
+from nnpes.models.energy import takes_pairs
 from nnpes.models.inputs import ModelInputs
+from nnpes.models.nequip_ops import EdgePairs
 from nnpes.potential.predict import check_structure
 
 # Keyword arguments that jax-md's integrators pass to energy functions; they do not change the energy.
@@ -57,6 +59,23 @@ def compiled(method):
     return run
 
 
+def slot_pairs(inside, idx, real, neighbor: VerletList) -> EdgePairs:
+    """The model slots' edge pairs from the list's reverse index (``VerletList.reverse``, made at
+    each build), so the model needs no per-step sort for its per-pair radial MLP. ``inside``
+    (capacity,) bool list entries within the cutoff; slot k holds entry ``idx[k]`` (``real[k]``).
+    Each pair is led by its lower slot; padding pairs point at the last slot. ``valid`` is False
+    (the model then goes per edge) if the list was unpaired or a partner fell outside the cutoff."""
+    cap = idx.shape[0]
+    slot_of = jnp.cumsum(inside, dtype=jnp.int32) - 1  # slot of each entry within the cutoff
+    rev = neighbor.reverse[idx]
+    partner = slot_of[rev]
+    valid = neighbor.paired & jnp.all(jnp.where(real, inside[rev], True))
+    lead = real & (jnp.arange(cap, dtype=jnp.int32) < partner)
+    (first,) = jnp.nonzero(lead, size=(cap + 1) // 2, fill_value=cap - 1)
+    second = jnp.where(lead[first], partner[first], first)
+    return EdgePairs(first.astype(jnp.int32), second.astype(jnp.int32), valid)
+
+
 class EnergyFn:
     """Potential energy (eV) of one structure as a function of its positions (N,3) Å."""
 
@@ -75,6 +94,7 @@ class EnergyFn:
         self.node_graph = jnp.asarray(np.append(np.zeros(n, np.int32), 1))
         self.n_node = jnp.asarray([n, 1], jnp.int32)
         self.cell = jnp.asarray(np.asarray(atoms.cell.array, np.float64), self.dtype)
+        self.pairs_used = takes_pairs(potential.module.inner)
 
     def model_inputs(self, positions, neighbor: VerletList, cell=None):
         """(ModelInputs, overflow () bool) at ``positions`` (N,3) Å in ``cell`` (3,3) Å (default:
@@ -98,8 +118,9 @@ class EnergyFn:
         receivers = jnp.where(real, neighbor.receivers[idx], n)
         shifts = jnp.where(real[:, None], neighbor.shifts[idx], 0).astype(self.dtype)
         vectors = jnp.where(real[:, None], pos[senders] - pos[receivers] + shifts @ cell, 0.0)
+        pairs = slot_pairs(inside, idx, real, neighbor) if self.pairs_used else None
         inputs = ModelInputs(vectors, self.species, senders, receivers, real, self.node_mask,
-                             self.node_graph, self.n_node)
+                             self.node_graph, self.n_node, pairs)
         return inputs, jnp.sum(inside) > capacity
 
     def per_atom_energies(self, positions, neighbor: VerletList, params=None, cell=None):

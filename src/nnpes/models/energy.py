@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -32,9 +34,16 @@ class EnergyModel(nn.Module):
         e0 = self.param("e0", lambda _: jnp.asarray(self.e0_init, vectors.dtype))
         scale = self.param("scale", lambda _: jnp.full((n_el,), self.scale_init, vectors.dtype))
         offset = self.param("offset", lambda _: jnp.zeros((), vectors.dtype))
-        e_i = self.inner(vectors, species, inputs.senders, inputs.receivers, inputs.edge_mask, node_mask)
+        # Known edge pairs go to inner models that take them (NequIP's per-pair radial MLP).
+        given = {} if inputs.pairs is None or not takes_pairs(self.inner) else {"pairs": inputs.pairs}
+        e_i = self.inner(vectors, species, inputs.senders, inputs.receivers, inputs.edge_mask, node_mask, **given)
         atoms_in_graph = jnp.maximum(inputs.n_node[inputs.node_graph], 1).astype(vectors.dtype)
         e = scale[species] * e_i + e0[species] + offset / atoms_in_graph
         if self.repulsion is not None:
             e = e + self.repulsion(vectors, species, inputs.senders, inputs.receivers, inputs.edge_mask)
         return jnp.where(node_mask, e, 0.0)
+
+
+def takes_pairs(module) -> bool:
+    """Whether an inner model's ``__call__`` accepts ``pairs=`` (``ModelInputs.pairs``)."""
+    return "pairs" in inspect.signature(type(module).__call__).parameters

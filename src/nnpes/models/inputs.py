@@ -7,7 +7,7 @@ energy function (``nnpes.md.functions``) fills the same fields from its Verlet l
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import jraph
@@ -20,7 +20,9 @@ from nnpes.graph.build import edge_vectors, node_graph_index
 class ModelInputs(NamedTuple):
     """vectors (E,3) Å, r_j − r_i + S·cell, zero on padding edges; species (N,) int32 index into the
     model's elements (0 on padding); senders, receivers (E,) int32 sorted by receiver; edge_mask (E,)
-    and node_mask (N,) bool, False on padding; node_graph (N,) graph of each node; n_node (G,)."""
+    and node_mask (N,) bool, False on padding; node_graph (N,) graph of each node; n_node (G,);
+    pairs: optional ``nequip_ops.EdgePairs`` (each edge with its reverse) when the caller knows
+    them (the MD loop's list, ``EnergyFn``); models that pair edges sort for them otherwise."""
 
     vectors: jnp.ndarray
     species: jnp.ndarray
@@ -30,6 +32,7 @@ class ModelInputs(NamedTuple):
     node_mask: jnp.ndarray
     node_graph: jnp.ndarray
     n_node: jnp.ndarray
+    pairs: Any = None
 
 
 def species_table(numbers) -> np.ndarray:

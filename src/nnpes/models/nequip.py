@@ -305,7 +305,9 @@ class NequIP(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
+    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask, pairs=None):
+        """``pairs``: the edges' pairing when the caller knows it (``ModelInputs.pairs``), else
+        ``edge_pairs`` sorts for it on the blocked path."""
         hp, c, dt = self.hp, self.hp.features, self.dtype
         vectors = vectors.astype(dt)
         unit, basis = edge_geometry(vectors, edge_mask, self.cutoff, hp.num_bessel, hp.polynomial_p)
@@ -313,7 +315,10 @@ class NequIP(nn.Module):
         embed = nn.Dense(c, use_bias=False, dtype=dt, param_dtype=dt, name="embedding")(onehot)
         if hp.l_max == 1 and hp.implementation == "auto":
             blocked = _blocked(hp, vectors.shape[0])
-            pairs = edge_pairs(vectors, senders, receivers, edge_mask) if hp.radial_per_pair and blocked else None
+            if not (hp.radial_per_pair and blocked):
+                pairs = None
+            elif pairs is None:
+                pairs = edge_pairs(vectors, senders, receivers, edge_mask)
             feats = {(0, 1): embed}
             for layer in range(hp.num_layers):
                 last = layer == hp.num_layers - 1
