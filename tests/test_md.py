@@ -344,6 +344,12 @@ def test_list_pairs_feed_the_blocked_nequip_path(name):
     pred = nequip.predict(atoms)
     assert abs(pred["energy"] - float(e)) < 1e-9 * max(1, abs(float(e)))
     np.testing.assert_allclose(np.asarray(f), pred["forces"], atol=1e-9)
+    plain = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF).allocate(atoms.positions)  # no reverse entries
+    assert nbrs.layout.reverse and not plain.layout.reverse and energy_fn.model_inputs(R, plain)[0].pairs is None
+    e3, f3 = jax.jit(energy_fn.energy_and_forces)(R, neighbor=plain)  # the model sorts for its pairs
+    assert abs(float(e3) - float(e)) < 1e-9 * max(1, abs(float(e)))
+    np.testing.assert_allclose(np.asarray(f3), np.asarray(f), atol=1e-9)
+    assert not md_functions(lj_potential(), atoms)[0].allocate(atoms.positions).layout.reverse  # takes no pairs
     broken = nbrs.replace(paired=jnp.zeros((), bool))  # an unpaired list: the model goes per edge
     assert not bool(slot_pairs(*_slots(energy_fn, R, broken), broken).valid)
     e2, f2 = jax.jit(energy_fn.energy_and_forces)(R, neighbor=broken)

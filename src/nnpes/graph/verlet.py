@@ -66,6 +66,9 @@ class CellLayout:
     # (the list's skin shell would otherwise cost ~30 % more model work); checked by ``update``.
     model_cutoff: float = 0.0
     model_capacity: int = 0
+    # Find each entry's reverse at every build (``list_reverse``): only for models that pair edges
+    # (the sort is ~half a rebuild's time, waste for the others).
+    reverse: bool = False
 
     @property
     def offsets(self) -> np.ndarray:
@@ -85,7 +88,8 @@ class VerletList:
     max_pairs / max_bin_count / max_model_pairs () int32, the largest counts ever needed (list,
     bin, pairs within the model cutoff at an updated position), for reallocation; reverse
     (capacity,) int32, the entry of each pair's other direction (j ← i, −S for i ← j, S; padding:
-    itself) and paired () bool, every real entry has one (``list_reverse``, at each build)."""
+    itself) and paired () bool, every real entry has one (``list_reverse``, at each build of a
+    layout with ``reverse``; otherwise the identity and False)."""
 
     receivers: jnp.ndarray
     senders: jnp.ndarray
@@ -169,7 +173,7 @@ def thermal_copies(positions: np.ndarray, temperature: float, n_copies: int = _T
 
 
 def _layout(positions, cell, pbc, list_cutoff, skin, multiplier, capacity_floor=0, bin_floor=0, extra=0,
-            model_cutoff=0.0, model_floor=0, temperature=300.0, cell_slack=0.0):
+            model_cutoff=0.0, model_floor=0, temperature=300.0, cell_slack=0.0, reverse=False):
     n = len(positions)
     check_extent(positions, pbc)  # before the bins: a huge span gives an impossible number of them
     box, origin = _make_box(positions, cell, pbc, margin=max(skin, 1.0))  # never a flat box (planar molecules)
@@ -202,7 +206,7 @@ def _layout(positions, cell, pbc, list_cutoff, skin, multiplier, capacity_floor=
         pbc=tuple(bool(p) for p in pbc), n_bins=tuple(int(x) for x in n_bins),
         reach=tuple(int(x) for x in reach), bin_capacity=int(bin_capacity), capacity=int(capacity),
         cutoff=float(list_cutoff), skin=float(skin), model_cutoff=float(model_cutoff),
-        model_capacity=int(model_capacity),
+        model_capacity=int(model_capacity), reverse=bool(reverse),
     )
 
 
@@ -296,7 +300,10 @@ def build_neighbor_list(positions, layout: CellLayout, box=None) -> VerletList:
     max_bin = jnp.max(counts).astype(jnp.int32)
     receivers, senders = jnp.where(real, i, n), jnp.where(real, j, n)
     shifts = jnp.where(real[:, None], shifts, 0).astype(jnp.int32)
-    reverse, paired = list_reverse(receivers, senders, shifts, n)
+    if layout.reverse:
+        reverse, paired = list_reverse(receivers, senders, shifts, n)
+    else:
+        reverse, paired = jnp.arange(layout.capacity, dtype=jnp.int32), jnp.zeros((), bool)
     return VerletList(
         receivers=receivers, senders=senders, shifts=shifts, reverse=reverse, paired=paired,
         reference_positions=positions, box=box,
@@ -376,7 +383,8 @@ def _update(positions, nbrs: VerletList, box=None) -> VerletList:
 
 
 def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_multiplier: float = 1.25,
-                     dtype=jnp.float32, temperature: float = 300.0, variable_cell: bool = False) -> NeighborFn:
+                     dtype=jnp.float32, temperature: float = 300.0, variable_cell: bool = False,
+                     reverse: bool = False) -> NeighborFn:
     """Neighbour-list functions for a fixed cell (3,3) Å and pbc; pairs within ``cutoff`` Å are
     guaranteed while no atom moved more than ``skin``/2 Å since the last build.
 
@@ -387,7 +395,10 @@ def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_mu
 
     ``variable_cell`` (NPT): ``update(R, nbrs, box=cell)`` follows the cell; the bins stay valid
     while the cell's widths are above 90 % of those at allocation (else the overflow flag is set
-    and ``allocate(R, previous=nbrs, cell=cell)`` lays them out for the new cell)."""
+    and ``allocate(R, previous=nbrs, cell=cell)`` lays them out for the new cell).
+
+    ``reverse``: every build also finds each entry's reverse (``VerletList.reverse``), which a
+    model that pairs edges then takes instead of sorting in every step (``md_functions`` sets it)."""
     pbc = np.broadcast_to(np.asarray(pbc, bool), (3,)).copy()
     cell0 = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
     if variable_cell and not pbc.all():
@@ -414,7 +425,7 @@ def neighbor_list_fn(cell, pbc, cutoff: float, *, skin: float = 0.5, capacity_mu
         layout = _layout(positions_np, box, pbc, cutoff + skin, skin, capacity_multiplier,
                          capacity_floor=floors[0], bin_floor=floors[1], extra=extra_capacity,
                          model_cutoff=cutoff, model_floor=floors[2], temperature=temperature,
-                         cell_slack=0.1 if variable_cell else 0.0)
+                         cell_slack=0.1 if variable_cell else 0.0, reverse=reverse)
         return _build(jnp.asarray(positions_np, dtype), layout)
 
     return NeighborFn(allocate=allocate, update=update_neighbor_list)

@@ -118,7 +118,8 @@ class EnergyFn:
         receivers = jnp.where(real, neighbor.receivers[idx], n)
         shifts = jnp.where(real[:, None], neighbor.shifts[idx], 0).astype(self.dtype)
         vectors = jnp.where(real[:, None], pos[senders] - pos[receivers] + shifts @ cell, 0.0)
-        pairs = slot_pairs(inside, idx, real, neighbor) if self.pairs_used else None
+        # A list built without reverse entries (``neighbor_list_fn(reverse=False)``): the model sorts.
+        pairs = slot_pairs(inside, idx, real, neighbor) if self.pairs_used and neighbor.layout.reverse else None
         inputs = ModelInputs(vectors, self.species, senders, receivers, real, self.node_mask,
                              self.node_graph, self.n_node, pairs)
         return inputs, jnp.sum(inside) > capacity
@@ -236,6 +237,6 @@ def md_functions(potential, atoms: Atoms, skin: float = 0.5, capacity_multiplier
     neighbor_fn = neighbor_list_fn(
         atoms.cell.array, atoms.pbc, energy_fn.cutoff, skin=skin,
         capacity_multiplier=capacity_multiplier, dtype=energy_fn.dtype, temperature=temperature,
-        variable_cell=variable_cell,
+        variable_cell=variable_cell, reverse=energy_fn.pairs_used,
     )
     return MDFunctions(neighbor_fn, energy_fn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-
 from typing import Callable, Sequence
 
 import flax.linen as nn
