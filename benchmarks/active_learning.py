@@ -35,6 +35,8 @@ import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 
+from timing import repeat  # noqa: E402  (this directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"cu": ROOT / "configs/active_cu_adatom_emt.yaml", "malonaldehyde": ROOT / "configs/active_malonaldehyde_xtb.yaml"}
 FILES = {"cu": "cu100_adatom.extxyz", "malonaldehyde": "malonaldehyde_enol.extxyz"}
@@ -291,19 +293,10 @@ def committee_speed(k: int = 4, n_structures: int = 32, repeats: int = 15) -> di
     ens = Ensemble.build(model, k, dataset=frames[:8])
     members = [ens.member(i) for i in range(k)]
 
-    def timed(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts))
-
     out = {}
     for label_, batch in (("1 structure", frames[:1]), (f"{n_structures} structures", frames)):
-        t_vmap = timed(lambda: ens.predict(batch))
-        t_loop = timed(lambda: [m.predict(batch) for m in members])
+        t_vmap = repeat(lambda: ens.predict(batch), repeats).median
+        t_loop = repeat(lambda: [m.predict(batch) for m in members], repeats).median
         out[label_] = {"vmapped_ms": 1e3 * t_vmap, "loop_ms": 1e3 * t_loop, "loop_over_vmapped": t_loop / t_vmap}
     return {"K": k, "model": "nequip default (4 layers, 32x l<=1, r_c 5)", "molecule": "aspirin (21 atoms)", **out}
 

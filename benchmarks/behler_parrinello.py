@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,8 @@ from nnpes.graph import atoms_to_graph, edge_vectors
 from nnpes.config.model import parse_model_config
 from nnpes.models.symmetry_functions import acsf
 from nnpes.potential import Potential, init_params, make_module
+
+from timing import repeat  # this directory is on sys.path
 
 DATA = "/work/shared/data"
 
@@ -42,14 +43,7 @@ class Timing(float):
 
 
 def median_ms(fn, *args, repeats: int) -> Timing:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return Timing(times)
+    return Timing(repeat(lambda: fn(*args), repeats, warmup=2).wall)
 
 
 # ---- per-element MLP: all elements for every atom vs per-atom gathered weights ----------------

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from timing import repeat  # this directory is on sys.path; pure Python (the peers' venvs import this file)
+
 DATA = "/work/shared/data"
 ELEMENTS = ["H", "C", "N", "O"]
 WATER_SPACING = 3.104  # Å: one H2O per 29.9 Å^3 = 1.00 g/cm^3
@@ -126,14 +128,8 @@ def timed(fn, args, repeats: int):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return float(np.median(times)), float(np.median(cpu)), compile_s, flops
+    t = repeat(lambda: compiled(*args), repeats)
+    return t.median, t.cpu_median, compile_s, flops
 
 
 def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip") -> dict:

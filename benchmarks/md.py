@@ -9,7 +9,9 @@ neighbour list under lax.scan, and the same model through ase's VelocityVerlet +
 The peers' MD at the same sizes: ``peer_mace_torch.py --md-sizes`` (ase + mace-torch's calculator).
 
 Medians over repeated blocks after a warm-up block (which includes compilation); every timing
-ends in block_until_ready. Random (untrained) weights: speed does not depend on them.
+ends in block_until_ready. At ``--ase-sizes`` the two loops run alternately, block by block (the
+same number of steps each), and the ratio is taken per pair: on a shared machine the load changes
+between one run and the next, not within a pair. Random (untrained) weights: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from nnpes.potential import build_potential
 from nnpes.potential.predict import MAX_EDGES_PER_CALL, padded_batches
 
 from inference import cu_box  # the benchmarks' structures (this directory is on sys.path)
+from timing import alternated, repeat
 
 STANDARD = {"nequip": {"name": "nequip", "elements": ["Cu"], "cutoff": 5.0, "dtype": "float32", "num_layers": 4,
                        "features": 32, "l_max": 1},
@@ -36,57 +39,28 @@ STANDARD = {"nequip": {"name": "nequip", "elements": ["Cu"], "cutoff": 5.0, "dty
 DT = 1.0  # fs
 
 
-def bench_nnpes(pot, atoms, block: int, repeats: int):
+def nnpes_loop(pot, atoms, block: int):
+    """(run_block, carry): ``run_block()`` runs ``block`` steps of the lax.scan loop (the first call
+    compiles); carry = [state, nbrs]. Raises if the neighbour list ever overflowed."""
     neighbor_fn, energy_fn = md_functions(pot, atoms)
     integ = velocity_verlet(energy_fn.energy_and_forces, DT)
     R = jnp.asarray(atoms.positions, jnp.float32)
-    nbrs = neighbor_fn.allocate(R)
     v = jnp.asarray(maxwell_boltzmann(atoms.get_masses(), 300.0, seed=0), jnp.float32)
-    state = jax.jit(integ.init_fn)(R, v, jnp.asarray(atoms.get_masses(), jnp.float32), nbrs)
-    block_fn = jax.jit(lambda s, nb: run_steps(integ.step_fn, s, nb, block))
-    t0 = time.perf_counter()
-    state, nbrs = jax.block_until_ready(block_fn(state, nbrs))  # compile + warm-up
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, nbrs = jax.block_until_ready(block_fn(state, nbrs))
-        times.append((time.perf_counter() - t0) / block)
-    if bool(nbrs.did_buffer_overflow):
-        raise RuntimeError("neighbour list overflowed during the benchmark")
-    return statistics.median(times), warm, int(nbrs.n_pairs)
-
-
-def _median_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def bench_parts(pot, atoms, repeats: int) -> dict[str, float]:
-    """Seconds of the pieces of one MD step, each jitted on its own: the force call on the MD
-    loop's padded graph (the issue's yardstick), the list's per-step update without a rebuild, and
-    predict's force call on its host-built graph (what ase + the calculator pays per step, less
-    the host work)."""
-    neighbor_fn, energy_fn = md_functions(pot, atoms)
-    R = jnp.asarray(atoms.positions, jnp.float32)
     nbrs = neighbor_fn.allocate(R)
-    # both are compiled once by nnpes itself (EnergyFn's methods, the list's update)
-    out = {"force call, MD graph": _median_time(lambda: energy_fn.energy_and_forces(R, neighbor=nbrs), repeats),
-           "list update, no rebuild": _median_time(lambda: neighbor_fn.update(R + 0.01, nbrs), repeats),
-           "model slots": nbrs.layout.model_capacity}
-    (_, padded), = padded_batches([atoms_to_graph(atoms, pot.cutoff)], MAX_EDGES_PER_CALL)
-    graph = to_device(padded, pot.dtype)
-    out["force call, predict graph"] = _median_time(lambda: pot._compiled(pot.params, graph, False), repeats)
-    out["predict graph edges"] = int(padded.senders.shape[0])
-    return out
+    carry = [jax.jit(integ.init_fn)(R, v, jnp.asarray(atoms.get_masses(), jnp.float32), nbrs), nbrs]
+    block_fn = jax.jit(lambda s, nb: run_steps(integ.step_fn, s, nb, block))
+
+    def run_block():
+        carry[:] = jax.block_until_ready(block_fn(*carry))
+        if bool(carry[1].did_buffer_overflow):
+            raise RuntimeError("neighbour list overflowed during the benchmark")
+
+    return run_block, carry
 
 
-def bench_ase(pot, atoms, steps: int):
+def ase_loop(pot, atoms, block: int):
+    """``run_block()``: ``block`` steps of ase's VelocityVerlet with ``pot.calculator()`` (the
+    first call compiles)."""
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
@@ -94,13 +68,22 @@ def bench_ase(pot, atoms, steps: int):
     atoms.calc = pot.calculator()
     atoms.set_velocities(maxwell_boltzmann(atoms.get_masses(), 300.0, seed=0) / units.fs)
     dyn = VelocityVerlet(atoms, timestep=DT * units.fs)
-    dyn.run(2)  # compile + warm-up
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        dyn.run(1)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return lambda: dyn.run(block)
+
+
+def bare_calls(pot, atoms) -> dict:
+    """The force calls of one step alone: on the MD loop's padded graph (the issue's yardstick)
+    and on predict's host-built graph (what ase + the calculator pays per step, less the host
+    work); the list's per-step update without a rebuild."""
+    neighbor_fn, energy_fn = md_functions(pot, atoms)
+    R = jnp.asarray(atoms.positions, jnp.float32)
+    nbrs = neighbor_fn.allocate(R)
+    (_, padded), = padded_batches([atoms_to_graph(atoms, pot.cutoff)], MAX_EDGES_PER_CALL)
+    graph = to_device(padded, pot.dtype)
+    # each is compiled once by nnpes itself (EnergyFn's methods, the list's update, predict's model)
+    return {"force call, MD graph": lambda: energy_fn.energy_and_forces(R, neighbor=nbrs),
+            "force call, predict graph": lambda: pot._compiled(pot.params, graph, False),
+            "list update, no rebuild": lambda: neighbor_fn.update(R + 0.01, nbrs)}
 
 
 def bench_rebuild(pot, atoms, repeats: int):
@@ -110,15 +93,8 @@ def bench_rebuild(pot, atoms, repeats: int):
     t0 = time.perf_counter()
     nbrs = jax.block_until_ready(neighbor_fn.allocate(R))
     alloc = time.perf_counter() - t0
-    update = jax.jit(neighbor_fn.update)
     moved = R + 0.3  # beyond skin/2: forces the rebuild
-    jax.block_until_ready(update(moved, nbrs))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(update(moved, nbrs))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), alloc, int(nbrs.n_pairs)
+    return repeat(lambda: neighbor_fn.update(moved, nbrs), repeats).median, alloc, int(nbrs.n_pairs)
 
 
 def row(label, n, sec_per_step):
@@ -134,7 +110,7 @@ def main():
                     help="time the on-device neighbour-list rebuild alone")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", choices=sorted(STANDARD), default="nequip", help="at its standard size")
-    ap.add_argument("--parts", action="store_true", help="also time the step's pieces on their own (bench_parts)")
+    ap.add_argument("--parts", action="store_true", help="also time the step's force calls and list update alone, alternated with the loop (bare_calls)")
     args = ap.parse_args()
     pot = build_potential(STANDARD[args.model], seed=0)
     print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0].platform}, "
@@ -145,16 +121,26 @@ def main():
         atoms = cu_box(n)
         block = max(1, min(20, 20000 // len(atoms)))
         repeats = args.repeats if len(atoms) <= 20000 else 1
-        sec, warm, pairs = bench_nnpes(pot, atoms, block, repeats)
-        print(row(f"nnpes VV, lax.scan blocks of {block}", len(atoms), sec)
-              + f"  <!-- {pairs} pairs in list, warm-up {warm:.1f} s -->", flush=True)
+        loop, carry = nnpes_loop(pot, atoms, block)
+        fns = {"loop": loop}
+        if n in args.ase_sizes:  # alternated block by block, so both see the same load
+            fns["ase"] = ase_loop(pot, atoms, block)
         if args.parts:
-            parts = bench_parts(pot, atoms, args.repeats)
-            print("  <!-- " + ", ".join(f"{k} {v * 1e3:.1f} ms" if isinstance(v, float) else f"{k} {v}"
-                                        for k, v in parts.items()) + " -->", flush=True)
-        if n in args.ase_sizes:  # right after, so both see the same load on a shared machine
-            print(row("ase VelocityVerlet + pot.calculator()", len(atoms), bench_ase(pot, atoms, args.repeats * 4)),
-                  flush=True)
+            fns.update(bare_calls(pot, atoms))
+        times = alternated(fns, repeats)
+        per_step = {name: statistics.median(times[name].wall) / (block if name in ("loop", "ase") else 1)
+                    for name in times}
+        print(row(f"nnpes VV, lax.scan blocks of {block}", len(atoms), per_step["loop"])
+              + f"  <!-- {int(carry[1].n_pairs)} pairs in list, model slots {carry[1].layout.model_capacity} -->",
+              flush=True)
+        if "ase" in times:
+            ratios = [a / b for a, b in zip(times["loop"].wall, times["ase"].wall)]
+            print(row(f"ase VelocityVerlet + pot.calculator(), runs of {block}", len(atoms), per_step["ase"])
+                  + f"  <!-- loop / ase: median {statistics.median(ratios):.3f} of {repeats} pairs, "
+                  f"min {min(ratios):.3f}, max {max(ratios):.3f} -->", flush=True)
+        if args.parts:
+            print("  <!-- " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in per_step.items() if k not in ("loop", "ase"))
+                  + " (medians, alternated with the loop) -->", flush=True)
     for n in args.rebuild_sizes:
         atoms = cu_box(n)
         sec, alloc, pairs = bench_rebuild(pot, atoms, args.repeats)

@@ -21,6 +21,8 @@ from nnpes.graph import GraphLoader
 from nnpes.graph import atoms_to_graph
 from nnpes.graph.neighbors import neighbor_list
 
+from timing import repeat  # this directory is on sys.path
+
 CUTOFF = 5.0  # Å
 ASPIRIN = "/work/shared/data/rmd17/rmd17_aspirin_train_01.npz"
 BPA = "/work/shared/data/3bpa/train_300K.xyz"
@@ -51,19 +53,6 @@ def water(n_atoms: int, seed: int = 0) -> Atoms:
     return Atoms(("OH2") * len(centres), positions=positions, cell=np.eye(3) * m * spacing, pbc=True)
 
 
-def median_time(fn, repeats: int) -> tuple[float, float]:
-    """Median (wall, CPU) seconds. CPU time of this process is reported too because the machine is
-    shared: wall time swings with other people's load, CPU time much less (the code is serial)."""
-    fn()  # warm-up (first-touch of memory, vesin's allocations)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
-
-
 def neighbor_rows(max_atoms: float):
     rows = []
     for target in (1_000, 10_000, 100_000, 1_000_000):
@@ -74,8 +63,8 @@ def neighbor_rows(max_atoms: float):
             atoms = build(target)
             n = len(atoms)
             n_edges = len(neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF).senders)
-            t_nl = median_time(lambda: neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF), repeats)
-            t_graph = median_time(lambda: atoms_to_graph(atoms, CUTOFF), repeats)
+            t_nl = repeat(lambda: neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF), repeats).medians
+            t_graph = repeat(lambda: atoms_to_graph(atoms, CUTOFF), repeats).medians
             rows.append((name, n, n_edges, t_nl, t_graph, repeats))
             print(f"| {name} | {n:,} | {n_edges:,} | {t_nl[0] * 1e3:,.0f} | {t_nl[1] * 1e3:,.0f} "
                   f"| {t_nl[1] / n * 1e6:.1f} | {t_graph[0] * 1e3:,.0f} | {t_graph[1] * 1e3:,.0f} "

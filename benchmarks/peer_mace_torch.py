@@ -25,7 +25,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -34,6 +33,7 @@ import numpy as np
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from inference import cu_box, displaced_aspirins, system  # noqa: E402  (the same structures as ours; ase, numpy)
+from timing import repeat  # noqa: E402  (pure Python)
 
 Z = [1, 6, 7, 8]
 
@@ -63,16 +63,6 @@ def batch_of(atoms_list):
     return next(iter(torch_geometric.dataloader.DataLoader(graphs, batch_size=len(graphs), shuffle=False)))
 
 
-def timed(call, repeats):
-    call()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def md_step_time(n_atoms: int, steps: int) -> tuple[float, int, int]:
     """Median seconds per ase VelocityVerlet step (1 fs) of mace-torch MACE on ``cu_box(n_atoms)``."""
     from ase import units
@@ -85,7 +75,7 @@ def md_step_time(n_atoms: int, steps: int) -> tuple[float, int, int]:
     atoms.calc = MACECalculator(models=[model], default_dtype="float32")
     MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    sec = timed(lambda: dyn.run(1), steps) if steps > 1 else timed(lambda: dyn.run(1), 1)
+    sec = repeat(lambda: dyn.run(1), max(steps, 1)).median
     return sec, len(atoms), sum(p.numel() for p in model.parameters())
 
 
@@ -121,7 +111,7 @@ def child(name, repeats):
         def call():
             out = model(b, training=False, compute_force=True)
             out["forces"].sum().item()
-    sec = timed(call, repeats)
+    sec = repeat(call, repeats).median
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(dict(system=name, seconds=sec, params=n_params, peak_mb=peak, threads=torch.get_num_threads())))
 

@@ -14,31 +14,22 @@ Median of --repeats calls after warm-up, ``block_until_ready`` on device outputs
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
 
-from nnpes.graph import batch
 from nnpes.data import read_structures
-from nnpes.graph import atoms_to_graph
 from nnpes.potential import build_potential
+
+from timing import repeat  # this directory is on sys.path
 
 ASPIRIN = "/work/shared/data/rmd17/rmd17_aspirin_train_01.npz"
 
 
-def median_ms(fn, repeats):
+def ms(t):
     """(wall, CPU) medians in ms. CPU time (all threads of this process) is the figure to compare
     on the shared machine, where wall time includes waiting for a core."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
+    return 1e3 * t.median, 1e3 * t.cpu_median
 
 
 def main():
@@ -53,8 +44,8 @@ def main():
 
     graph = pot.device_graph(atoms)
     fn = jax.jit(lambda p, g: pot.energy_forces_stress(p, g, False))
-    bare = median_ms(lambda: jax.block_until_ready(fn(pot.params, graph)), args.repeats)
-    predict = median_ms(lambda: pot.predict(atoms), args.repeats)
+    bare = ms(repeat(lambda: fn(pot.params, graph), args.repeats))
+    predict = ms(repeat(lambda: pot.predict(atoms), args.repeats))
 
     calc_atoms = atoms.copy()
     calc_atoms.calc = pot.calculator()
@@ -64,16 +55,17 @@ def main():
         calc_atoms.positions += rng.normal(scale=1e-3, size=calc_atoms.positions.shape)
         calc_atoms.get_forces()
 
-    calc = median_ms(step, args.repeats)
+    calc = ms(repeat(step, args.repeats))
     plain = [f.copy() for f in frames]
     for f in plain:
         f.calc = None
-    many = [t / len(plain) for t in median_ms(lambda: pot.predict(plain), max(3, args.repeats // 5))]
+    many = [t / len(plain) for t in ms(repeat(lambda: pot.predict(plain), max(3, args.repeats // 5)))]
     print(f"model {args.model}, aspirin 21 atoms, float32, {jax.devices()[0].platform}, compiles {pot.n_compiles}")
     print("                         wall ms   CPU ms")
     for label, (w, c) in [("bare jitted call", bare), ("predict(atoms)", predict),
                           ("calculator.get_forces", calc), ("predict(64 frames)/frame", many)]:
         print(f"  {label:<24} {w:8.3f} {c:8.3f}")
+
 
 if __name__ == "__main__":
     main()

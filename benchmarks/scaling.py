@@ -21,8 +21,9 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import alternated  # this directory is on sys.path
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17"
 MODEL = {"name": "nequip", "elements": ["H", "C", "O"], "cutoff": 4.0, "num_layers": 2, "features": 16,
@@ -50,26 +51,6 @@ def _structures(n: int, molecule_name: str):
         a.calc = SinglePointCalculator(a, energy=e, forces=f)
         out.append(a)
     return out
-
-
-def _median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
-    """{name: (median wall s, median CPU s of this process, all threads)}; the variants run
-    interleaved so that load from other users of the machine hits them alike."""
-    import jax
-    import numpy as np
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            jax.block_until_ready(fn())
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fn())
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    return {k: (float(np.median(wall[k])), float(np.median(cpu[k]))) for k in fns}
 
 
 def child(n_devices: int, batch_size: int, repeats: int, molecule_name: str) -> dict:
@@ -107,8 +88,8 @@ def child(n_devices: int, batch_size: int, repeats: int, molecule_name: str) -> 
         step_hi = mesh_step("highest")  # traced (and cached) under default_matmul_precision("highest")
         fns["plain_step"] = lambda: plain_step(state, g, w, one)
         fns["mesh_step_highest"] = lambda: step_hi(s_r, stacked, w, one)
-    for k, (wall, cpu) in _median_times(fns, repeats).items():
-        out[f"{k}_s"], out[f"{k}_cpu_s"] = wall, cpu
+    for k, t in alternated(fns, repeats, warmup=3).items():
+        out[f"{k}_s"], out[f"{k}_cpu_s"] = t.median, t.cpu_median
     return out
 
 
