@@ -669,6 +669,28 @@ def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):
         load_config({**cfg, "training": {**cfg["training"], "weight_schedule": [{"epoch": 1, "lr_factor": 0.0}]}})
 
 
+def test_resume_may_change_the_stages_the_run_has_not_begun(data_dir, tmp_path):
+    """A long run resumed with a stage two added after its checkpoint ends where an uninterrupted
+    run with that schedule ends; a change to a stage already begun is refused (it used to refuse
+    any change, so a run cut short lost its stage two)."""
+    from nnpes.training import train
+    from nnpes.training.run_record import ResumeError
+
+    late = [{"epoch": 3, "energy_weight": 10.0, "lr_factor": 0.1}]
+    train(_config(data_dir, max_epochs=2), tmp_path / "cut", quiet=True)
+    with pytest.raises(ResumeError, match="weight_schedule: the stages of epochs 0–1"):
+        train(_config(data_dir, max_epochs=4, weight_schedule=[{"epoch": 1, "energy_weight": 10.0}]),
+              tmp_path / "cut", resume=True, quiet=True)
+    resumed = train(_config(data_dir, max_epochs=4, weight_schedule=late), tmp_path / "cut", resume=True, quiet=True)
+    full = train(_config(data_dir, max_epochs=4, weight_schedule=late), tmp_path / "full", quiet=True)
+    assert resumed["epochs"] == full["epochs"] == 4
+    for a, b in zip(_model_leaves(tmp_path / "full"), _model_leaves(tmp_path / "cut")):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    full_lr = [r["lr"] for r in _metrics_rows(tmp_path / "full")]
+    assert [r["lr"] for r in _metrics_rows(tmp_path / "cut")] == pytest.approx(full_lr, rel=1e-12)
+    assert full_lr[3] == pytest.approx(0.1 * full_lr[2] * 0.9, rel=0.05)  # the stage did act (exponential 0.9/epoch)
+
+
 def test_fine_tune_a_float32_run_in_float64_keeps_weights_and_normalisation(data_dir, tmp_path):
     import csv
 

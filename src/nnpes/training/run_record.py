@@ -7,7 +7,10 @@ normalisation data would silently combine old weights with new statistics (issue
 250 meV/atom off). A changed run is a new run started from the old weights: fine-tuning
 (``--init-from``).
 
-A few keys may change between resumes because they only say how long or how verbosely to go on.
+A few keys may change between resumes because they only say how long or how verbosely to go on,
+and ``training.weight_schedule`` may change in the epochs the run has not begun: the stages already
+in force stay as they were, so the resumed run ends where an uninterrupted run with the new schedule
+would (a late stage two added, moved or dropped while a long run is still before it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ RESUMABLE = frozenset({
     "training.max_epochs", "training.max_time", "training.progress", "training.early_stopping_patience",
     "output.run_dir", "output.plots", "output.tensorboard", "output.wandb",
 })
+# Keys a resumed run may change for the epochs it has not begun (``unchanged_before``).
+FUTURE_ONLY = frozenset({"training.weight_schedule"})
 DATA_FILES = ("train", "valid", "test", "train_indices", "valid_indices", "test_indices")
 # Keys added after runs were recorded: a record without one was made with its default.
 ADDED_KEYS = {"data.energy_key": None, "data.forces_key": None, "data.stress_key": None}
@@ -89,14 +94,23 @@ class RunRecord:
             raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); it records the run that --resume "
                             "continues: restore it, or start a new run in another --run-dir") from None
 
-    def differences(self, new: "RunRecord") -> list[str]:
-        """What ``new`` changes that a resumed run may not (one readable item each)."""
+    def differences(self, new: "RunRecord", begun: int | None = None) -> list[str]:
+        """What ``new`` changes that a resumed run may not (one readable item each). ``begun``:
+        epochs the run has begun (done, plus one partly done); the ``FUTURE_ONLY`` keys may change
+        from there on (None: not at all)."""
         out = []
         for key in sorted(set(self.config) | set(new.config)):
             if key in RESUMABLE:
                 continue
             old_v, new_v = (c.get(key, ADDED_KEYS.get(key, "(unset)")) for c in (self.config, new.config))
-            if old_v != new_v:
+            if old_v == new_v:
+                continue
+            if key in FUTURE_ONLY and begun is not None:
+                if unchanged_before(old_v, new_v, begun):
+                    continue
+                out.append(f"{key}: the stages of epochs 0–{begun - 1}, which the run has begun, changed "
+                           "(later stages may change)")
+            else:
                 out.append(f"{key}: {old_v!r} → {new_v!r}")
         for role in DATA_FILES:
             old_f = [f for f in self.files if f.role == role]
@@ -107,16 +121,24 @@ class RunRecord:
         return out
 
 
-def check_resume(run_dir: Path, record: RunRecord, has_checkpoint: bool) -> None:
+def unchanged_before(old_stages, new_stages, begun: int) -> bool:
+    """Whether two ``weight_schedule`` lists (of stage dicts) hold the same stages starting before
+    epoch ``begun``, so they give the same weights and lr factors in epochs 0 … begun − 1."""
+    early = lambda stages: [s for s in stages or [] if s["epoch"] < begun]  # noqa: E731
+    return early(old_stages) == early(new_stages)
+
+
+def check_resume(run_dir: Path, record: RunRecord, has_checkpoint: bool, begun: int | None = None) -> None:
     """ResumeError unless ``run_dir`` holds a run started with ``record``'s config and data (the
-    keys in ``RESUMABLE`` may differ). Runs from before ``run.yaml`` existed resume unchecked."""
+    keys in ``RESUMABLE`` may differ, those in ``FUTURE_ONLY`` from epoch ``begun`` on: epochs the
+    checkpoint has begun). Runs from before ``run.yaml`` existed resume unchecked."""
     old = RunRecord.load(run_dir)
     if old is None:
         if not has_checkpoint:
             raise ResumeError(f"--resume: {run_dir} holds no run to resume (no {RECORD}, no checkpoint); "
                               "drop --resume to start a new run there")
         return
-    diff = old.differences(record)
+    diff = old.differences(record, begun)
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise ResumeError(f"--resume continues the same run, but {run_dir} was started with other settings: {shown}. "

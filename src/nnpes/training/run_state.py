@@ -87,6 +87,12 @@ def load_run(path: str | Path, state: TrainState, progress: Progress | None = No
     return restored, Progress(**kw)
 
 
+def epochs_begun(path: str | Path) -> int:
+    """Epochs a checkpoint's run has begun: those done, plus the one it stopped inside, if any."""
+    raw = read_checkpoint(path)
+    return int(raw.get("epoch", 0)) + (1 if int(raw.get("batch", 0)) > 0 else 0)
+
+
 def partial_epoch(path: str | Path) -> dict | None:
     """The metric sums of the partly done epoch saved in a checkpoint (``save_run(partial=)``), if any."""
     return read_checkpoint(path).get("partial")

@@ -44,7 +44,7 @@ from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
 from nnpes.training.run_record import RECORD, RunRecord, check_resume
-from nnpes.training.run_state import Progress, load_run, partial_epoch, save_run
+from nnpes.training.run_state import Progress, epochs_begun, load_run, partial_epoch, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
 from nnpes.training.trackers import open_trackers
 
@@ -175,8 +175,9 @@ def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
         has_checkpoint = bool(held)
         if not resume and has_checkpoint:
             raise FileExistsError(f"{run_dir} already holds a run ({held[0]}); pass --resume or choose another --run-dir")
-        if resume:
-            check_resume(run_dir, record, has_checkpoint)
+        if resume:  # a committee's members may stand at different epochs: no schedule change there
+            begun = epochs_begun(run_dir / LATEST) if (run_dir / LATEST).exists() else None
+            check_resume(run_dir, record, has_checkpoint, begun)
         stale = remove_stale_tmp(run_dir)  # what a kill in the middle of an atomic write left
         log = _Log(run_dir / "train.log", quiet)
         if stale:
