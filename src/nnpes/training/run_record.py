@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -128,17 +129,19 @@ def unchanged_before(old_stages, new_stages, begun: int) -> bool:
     return early(old_stages) == early(new_stages)
 
 
-def check_resume(run_dir: Path, record: RunRecord, has_checkpoint: bool, begun: int | None = None) -> None:
+def check_resume(run_dir: Path, record: RunRecord, has_checkpoint: bool, begun: Callable[[], int] | None = None) -> None:
     """ResumeError unless ``run_dir`` holds a run started with ``record``'s config and data (the
-    keys in ``RESUMABLE`` may differ, those in ``FUTURE_ONLY`` from epoch ``begun`` on: epochs the
-    checkpoint has begun). Runs from before ``run.yaml`` existed resume unchecked."""
+    keys in ``RESUMABLE`` may differ, those in ``FUTURE_ONLY`` from the epoch ``begun()`` on: epochs
+    the checkpoint has begun, read only when such a key changed). Runs from before ``run.yaml``
+    existed resume unchecked."""
     old = RunRecord.load(run_dir)
     if old is None:
         if not has_checkpoint:
             raise ResumeError(f"--resume: {run_dir} holds no run to resume (no {RECORD}, no checkpoint); "
                               "drop --resume to start a new run there")
         return
-    diff = old.differences(record, begun)
+    future_changed = any(old.config.get(k) != record.config.get(k) for k in FUTURE_ONLY)
+    diff = old.differences(record, begun() if begun is not None and future_changed else None)
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise ResumeError(f"--resume continues the same run, but {run_dir} was started with other settings: {shown}. "

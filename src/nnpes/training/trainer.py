@@ -176,7 +176,7 @@ def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
         if not resume and has_checkpoint:
             raise FileExistsError(f"{run_dir} already holds a run ({held[0]}); pass --resume or choose another --run-dir")
         if resume:  # a committee's members may stand at different epochs: no schedule change there
-            begun = epochs_begun(run_dir / LATEST) if (run_dir / LATEST).exists() else None
+            begun = (lambda: epochs_begun(run_dir / LATEST)) if (run_dir / LATEST).exists() else None
             check_resume(run_dir, record, has_checkpoint, begun)
         stale = remove_stale_tmp(run_dir)  # what a kill in the middle of an atomic write left
         log = _Log(run_dir / "train.log", quiet)
