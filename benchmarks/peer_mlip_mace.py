@@ -30,7 +30,8 @@ def force_call(name: str, repeats: int) -> dict:
     atoms = system(name)
     zs = sorted(set(int(z) for z in atoms.numbers))
     info = DatasetInfo(atomic_energies_map={z: 0.0 for z in zs}, graph_cutoff_angstrom=5.0, avg_num_neighbors=20.0)
-    force_field = ForceField.from_mlip_network(Mace(MaceConfig(), info), seed=0)
+    # node_symmetry 1: hidden features 128x0e+128x1o, the standard size (its default keeps l up to l_max 3)
+    force_field = ForceField.from_mlip_network(Mace(MaceConfig(node_symmetry=1), info), seed=0)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(force_field.params))
     builder = SingleGraphDatasetBuilder(
         ASEAtomsReader([atoms]),
