@@ -314,24 +314,34 @@ def test_forces_agree_on_nequip():
     assert np.abs(pred["forces"]).max() > 1e-6
 
 
+@pytest.fixture(scope="module")
+def blocked_nequip():
+    """A float64 NequIP forced onto the blocked path (edge blocks of 16). One layer: what the MD
+    loop adds is the pairing from the list; the pair messages of deeper layers, with l = 1 inputs,
+    are checked against the per-edge path in test_nequip (``test_blocked_pair_path_...``)."""
+    from nnpes.potential import build_potential
+
+    return build_potential({"name": "nequip", "elements": ["Cu"], "cutoff": CUTOFF, "dtype": "float64",
+                            "num_layers": 1, "features": 4, "radial_mlp_width": 8, "edge_chunk": 16,
+                            "block_above": 0}, seed=1)
+
+
 @pytest.mark.parametrize("name", ["triclinic_small", "box", "cluster"])
-def test_list_pairs_feed_the_blocked_nequip_path(name):
+def test_list_pairs_feed_the_blocked_nequip_path(name, blocked_nequip):
     """Issue 13 §1: on NequIP's blocked path (forced here with edge blocks of 16) the MD loop hands
     the model each slot's reverse slot from the list (``VerletList.reverse``, ``slot_pairs``)
     instead of the per-step sort: every real slot is paired with the slot holding exactly the
     opposite vector (self-images in a cell thinner than the cutoff included), and energy and
     forces equal predict's (which sorts) in float64."""
     from nnpes.md.functions import slot_pairs
-    from nnpes.potential import build_potential
 
-    nequip = build_potential({"name": "nequip", "elements": ["Cu"], "cutoff": CUTOFF, "dtype": "float64",
-                              "num_layers": 2, "features": 4, "radial_mlp_width": 8, "edge_chunk": 16,
-                              "block_above": 0}, seed=1)
+    nequip = blocked_nequip
     atoms = STRUCTURES[name]
     neighbor_fn, energy_fn = md_functions(nequip, atoms)
     nbrs = neighbor_fn.allocate(atoms.positions)
     R = jnp.asarray(atoms.positions)
-    inputs, _ = energy_fn.model_inputs(R, nbrs)
+    model_inputs = jax.jit(energy_fn.model_inputs)  # compiled: eager dispatch of its many small ops is slower
+    inputs, _ = model_inputs(R, nbrs)
     pairs = inputs.pairs
     mask = np.asarray(inputs.edge_mask)
     first, second = np.asarray(pairs.first), np.asarray(pairs.second)
@@ -340,19 +350,22 @@ def test_list_pairs_feed_the_blocked_nequip_path(name):
     assert sorted(np.concatenate([first[lead], second[lead]])) == list(np.flatnonzero(mask))  # each slot once
     v = np.asarray(inputs.vectors)
     np.testing.assert_array_equal(v[first[lead]], -v[second[lead]])
-    e, f = jax.jit(energy_fn.energy_and_forces)(R, neighbor=nbrs)
+    energy_and_forces = jax.jit(energy_fn.energy_and_forces)  # one compile for the list and `broken`
+    e, f = energy_and_forces(R, neighbor=nbrs)
     pred = nequip.predict(atoms)
     assert abs(pred["energy"] - float(e)) < 1e-9 * max(1, abs(float(e)))
     np.testing.assert_allclose(np.asarray(f), pred["forces"], atol=1e-9)
+    assert np.abs(pred["forces"]).max() > 1e-6
     plain = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF).allocate(atoms.positions)  # no reverse entries
-    assert nbrs.layout.reverse and not plain.layout.reverse and energy_fn.model_inputs(R, plain)[0].pairs is None
+    assert nbrs.layout.reverse and not plain.layout.reverse and model_inputs(R, plain)[0].pairs is None
     e3, f3 = jax.jit(energy_fn.energy_and_forces)(R, neighbor=plain)  # the model sorts for its pairs
     assert abs(float(e3) - float(e)) < 1e-9 * max(1, abs(float(e)))
     np.testing.assert_allclose(np.asarray(f3), np.asarray(f), atol=1e-9)
     assert not md_functions(lj_potential(), atoms)[0].allocate(atoms.positions).layout.reverse  # takes no pairs
     broken = nbrs.replace(paired=jnp.zeros((), bool))  # an unpaired list: the model goes per edge
-    assert not bool(slot_pairs(*_slots(energy_fn, R, broken), broken).valid)
-    e2, f2 = jax.jit(energy_fn.energy_and_forces)(R, neighbor=broken)
+    paired = jax.jit(lambda R, nbrs: slot_pairs(*_slots(energy_fn, R, nbrs), nbrs).valid)
+    assert bool(paired(R, nbrs)) and not bool(paired(R, broken))
+    e2, f2 = energy_and_forces(R, neighbor=broken)
     assert abs(float(e2) - float(e)) < 1e-9 * max(1, abs(float(e)))
     np.testing.assert_allclose(np.asarray(f2), np.asarray(f), atol=1e-9)
 

@@ -623,16 +623,19 @@ def test_crash_between_epoch_and_its_metrics_row_loses_no_row(data_dir, tmp_path
     assert result["epochs"] == 4 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
 
 
-def test_max_time_stops_inside_an_epoch_and_resumes_from_the_next_batch(data_dir, tmp_path, monkeypatch):
+def test_max_time_or_sigterm_stop_inside_an_epoch_and_resume_from_the_next_batch(data_dir, tmp_path, monkeypatch):
     """Issue 12: max_time was checked only between epochs (150 s gave 208 s). Now after every step;
     the stop saves the batches done and the epoch's sums, and --resume ends where an uninterrupted
-    run ends, metrics rows included. The clock is a counter, so the stop lands at a fixed batch."""
+    run ends, metrics rows included. The clock is a counter, so the stop lands at a fixed batch.
+    A SIGTERM (a scheduler's end of a job) in the middle of an epoch does the same and raises
+    TrainingInterrupted; before, it killed the run at once, losing the epoch and leaving no log line."""
     import csv
     import itertools
 
     from flax import serialization
 
-    from nnpes.training import train, trainer
+    from nnpes.errors import TrainingInterrupted
+    from nnpes.training import metrics, train, trainer
 
     cfg = _config(data_dir, max_epochs=3, stress_weight=0.0)
     full = train(cfg, tmp_path / "full", quiet=True)
@@ -643,13 +646,57 @@ def test_max_time_stops_inside_an_epoch_and_resumes_from_the_next_batch(data_dir
     assert cut["stop_reason"] == "max_time" and int(saved["epoch"]) == 1 and 0 < int(saved["batch"]) < 5
     assert "max_time reached in epoch 1" in (tmp_path / "cut" / "train.log").read_text()
     monkeypatch.undo()
-    resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
-    assert resumed["epochs"] == full["epochs"] == 3
-    for a, b in zip(_model_leaves(tmp_path / "full"), _model_leaves(tmp_path / "cut")):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    rows = [list(csv.DictReader(open(tmp_path / d / "metrics.csv"))) for d in ("full", "cut")]
-    for col in ("train_loss", "train_f_mae_meV_A", "valid_loss"):
-        np.testing.assert_allclose([float(r[col]) for r in rows[1]], [float(r[col]) for r in rows[0]], rtol=1e-10)
+
+    add, steps = metrics.EpochSums.add, itertools.count(1)
+
+    def sigterm_at_step_7(self, m, n):  # a call inside epoch 1 (the adds count train and validation batches)
+        if next(steps) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return add(self, m, n)
+
+    monkeypatch.setattr(metrics.EpochSums, "add", sigterm_at_step_7)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM") as stopped:
+        train(cfg, tmp_path / "term", quiet=True)
+    monkeypatch.undo()
+    assert stopped.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+    saved = serialization.msgpack_restore((tmp_path / "term" / "latest.ckpt").read_bytes())
+    said = re.search(r"SIGTERM received in epoch 1 after (\d+) of (\d+) batches", (tmp_path / "term" / "train.log").read_text())
+    assert int(saved["epoch"]) == 1 and 0 < int(saved["batch"]) == int(said[1]) < int(said[2])
+    assert not (tmp_path / "term" / "model").exists()  # no model or test set in a scheduler's grace time
+
+    for d in ("cut", "term"):
+        resumed = train(cfg, tmp_path / d, resume=True, quiet=True)
+        assert resumed["epochs"] == full["epochs"] == 3
+        for a, b in zip(_model_leaves(tmp_path / "full"), _model_leaves(tmp_path / d)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        rows = [list(csv.DictReader(open(tmp_path / r / "metrics.csv"))) for r in ("full", d)]
+        for col in ("train_loss", "train_f_mae_meV_A", "valid_loss"):
+            np.testing.assert_allclose([float(r[col]) for r in rows[1]], [float(r[col]) for r in rows[0]], rtol=1e-10)
+
+
+def test_a_second_signal_stops_at_once_and_the_command_exits_with_the_signals_status(monkeypatch, capsys):
+    """The first SIGINT only asks to stop (the step finishes, latest.ckpt is saved); a second one
+    raises KeyboardInterrupt. ``nnpes train`` stopped by SIGTERM exits with 143 and one line."""
+    import nnpes.training
+    from nnpes.cli import main as cli
+    from nnpes.errors import TrainingInterrupted
+    from nnpes.training.stopping import StopRequest, signals_request_stop
+
+    stop = StopRequest(lambda: 0.0)
+    with signals_request_stop(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.reason() == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted("stopped by SIGTERM; runs/x/latest.ckpt saved, --resume goes on from the next batch", 15)
+
+    monkeypatch.setattr(nnpes.training, "train", stopped)
+    assert cli.main(["train", "any.yaml"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "nnpes train: stopped by SIGTERM; runs/x/latest.ckpt saved, --resume goes on from the next batch"
 
 
 def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""The one exception type for input the user can fix, and where their input is read.
+"""The one exception type for input the user can fix, and where their input is read; and the
+stop of a training run by a signal (``TrainingInterrupted``).
 
 ``UserError``: a file, key, value or directory that the user gave cannot be used; its message names
 it and says what to do. The ``nnpes`` command prints such an error on one line (exit code 2); every
@@ -18,6 +19,15 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The training loss became NaN or infinite (a learning rate too high, or bad labels)."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (``training.stopping``) after saving ``latest.ckpt``; the
+    ``nnpes`` command exits with 128 + ``signum``, as a process killed by it would."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def reason(err: BaseException) -> str:

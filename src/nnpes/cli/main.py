@@ -90,7 +90,7 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnpes.errors import UserError
+    from nnpes.errors import TrainingInterrupted, UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input (nnpes.errors): a clear one-line error. Anything else is a bug: its traceback.
         print(f"nnpes {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # a scheduler's SIGTERM or Ctrl-C: the usual exit status of that signal
+        print(f"nnpes {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from nnpes.config import Config, load_config
-from nnpes.errors import TrainingDiverged
+from nnpes.errors import TrainingDiverged, TrainingInterrupted
 from nnpes.files import atomic_write_text, remove_stale_tmp
 from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.graph.distances import shortest_distances
@@ -46,6 +46,7 @@ from nnpes.training.optim import lr_schedule, make_optimizer
 from nnpes.training.run_record import RECORD, RunRecord, check_resume
 from nnpes.training.run_state import Progress, epochs_begun, load_run, partial_epoch, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
+from nnpes.training.stopping import StopRequest, signals_request_stop
 from nnpes.training.trackers import open_trackers
 
 LATEST, BEST = "latest.ckpt", "best.ckpt"
@@ -283,13 +284,18 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool | str = Fal
         train_step, eval_step = _compiled_steps(run, compiles, step_cache)
         trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
         _explain_log(run)
+        stop = StopRequest(clock)
         try:
-            state, stop_reason = _epoch_loop(run, train_step, eval_step, state, progress, trackers)
+            with signals_request_stop(stop):
+                state, stop_reason = _epoch_loop(run, train_step, eval_step, state, progress, trackers, stop)
         finally:
             trackers.close()
         n_train, n_valid = (len(getattr(x, "shapes", ())) if x is not None else 0 for x in (run.train_loader, run.valid_loader))
         log(f"stopped ({stop_reason}) after {_epochs_done(progress.epoch)}; compiles this process: train step "
             f"{compiles.train}, eval step {compiles.eval} (padded shapes: train {n_train}, valid {n_valid})")
+        if stop.signal is not None:  # the scheduler's grace time is short: no model, test set or plots
+            raise TrainingInterrupted(f"stopped by {stop.signal.name}; {run_dir / LATEST} saved, --resume goes on "
+                                      "from the next batch", int(stop.signal))
         return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
 
 
@@ -307,33 +313,35 @@ def finished_run(run_dir, tcfg) -> dict | None:
     return r if done else None
 
 
-def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: Progress, trackers):
+def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: Progress, trackers,
+                stop: StopRequest):
     """Epochs until a stop criterion; ``progress`` is updated in place. Returns (state, stop reason).
 
     ``training.max_time`` bounds the wall time of the epochs (steps, their compilation, validation,
-    checkpoints; not the setup before them nor the final test evaluation), summed over resumes. It
-    is checked after every step: a stop inside an epoch saves ``latest`` with the batches done, and
-    ``--resume`` goes on from the next batch exactly."""
+    checkpoints; not the setup before them nor the final test evaluation), summed over resumes. It,
+    and a signal (``stop``, ``training.stopping``), is checked after every step: a stop inside an
+    epoch saves ``latest`` with the batches done, and ``--resume`` goes on from the next batch exactly."""
     tcfg, run_dir = run.cfg.training, run.run_dir
     wall0 = clock() - progress.elapsed
-    deadline = None if tcfg.max_time is None else wall0 + tcfg.max_time
+    stop.deadline = None if tcfg.max_time is None else wall0 + tcfg.max_time
     partial = partial_epoch(run_dir / LATEST) if progress.batch else None
     while progress.epoch < tcfg.max_epochs:
-        if deadline is not None and clock() >= deadline:
-            return state, "max_time"
+        if why := stop.reason():
+            return state, why
         epoch = progress.epoch
         weights = {k: jnp.asarray(v, run.pot.dtype) for k, v in loss_weights(tcfg, epoch).items()}
         lr_scale = jnp.asarray(progress.lr_scale * stage_lr_factor(tcfg, epoch), run.pot.dtype)
         state, sums, lr, done = _train_epoch(run, train_step, state, weights, lr_scale, epoch, start=progress.batch,
-                                             sums=EpochSums.from_tree(partial), deadline=deadline)
+                                             sums=EpochSums.from_tree(partial), stop=stop)
         partial = None
         progress.elapsed = clock() - wall0
-        if done < run.steps_per_epoch:  # max_time inside the epoch
+        if done < run.steps_per_epoch:  # stopped inside the epoch
             progress.batch = done
             save_run(run_dir / LATEST, state, progress, partial=sums.to_tree())
-            run.log(f"max_time reached in epoch {epoch} after {done} of {run.steps_per_epoch} batches; "
-                    "saved, --resume goes on from the next batch")
-            return state, "max_time"
+            why = stop.reason()
+            run.log(f"{'max_time reached' if why == 'max_time' else why + ' received'} in epoch {epoch} after "
+                    f"{done} of {run.steps_per_epoch} batches; saved, --resume goes on from the next batch")
+            return state, why
         progress.batch = 0
         train_m = sums.reduce()
         valid_m = _validate(run, eval_step, state, weights) if run.valid_loader is not None else dict(train_m)
@@ -413,10 +421,10 @@ def _compiled_steps(run: _Run, compiles: _Compiles, step_cache: dict | None = No
 
 
 def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, epoch: int, *, start: int = 0,
-                 sums: EpochSums | None = None, deadline: float | None = None):
+                 sums: EpochSums | None = None, stop: StopRequest | None = None):
     """The training batches of ``epoch`` from batch ``start`` on (``sums``: those before it), until
-    the end or the first step that ends at or after ``deadline`` (``clock()`` time). Returns (state,
-    sums, last learning rate, batches of the epoch done)."""
+    the end or the first step after which ``stop`` has a reason. Returns (state, sums, last
+    learning rate, batches of the epoch done)."""
     run.train_loader.set_epoch(epoch)
     batches = iter(run.train_loader)
     progress = sys.stderr.isatty() if run.cfg.training.progress is None else run.cfg.training.progress
@@ -435,7 +443,7 @@ def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, ep
         if not math.isfinite(loss):
             raise TrainingDiverged(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr "
                                    f"(or check the labels of {run.cfg.data.train_files[0]})")
-        if deadline is not None and done < run.steps_per_epoch and clock() >= deadline:
+        if stop is not None and done < run.steps_per_epoch and stop.reason():
             break
     if bar is not None:
         bar.close()
