@@ -37,9 +37,12 @@ def mlip_mace(frames: list):
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(force_field.params))
     builder = SingleGraphDatasetBuilder(
         ASEAtomsReader(frames),
-        GraphDatasetBuilderConfig(graph_cutoff_angstrom=5.0, batch_size=len(frames), discard_graphs_without_edges=False),
+        # batch_size counts the padding graph, as in jraph
+        GraphDatasetBuilderConfig(graph_cutoff_angstrom=5.0, batch_size=len(frames) + 1,
+                                  discard_graphs_without_edges=False),
         dataset_info=info)
     (graph,) = list(builder.get_dataset(prefetch=False))
+    assert int(graph.graph_mask().sum()) == len(frames), "one batch must hold every frame"
     return force_field, graph, int(n_params)
 
 
@@ -65,21 +68,21 @@ def train_step(repeats: int) -> dict:
     frames = displaced_aspirins()
     force_field, graph, n_params = mlip_mace(frames)
     rng = np.random.default_rng(1)
-    node_mask, graph_mask = graph.node_mask(), graph.graph_mask()
+    node_mask, graph_mask = graph.node_mask(), graph.graph_mask()  # numpy here; traced inside the step
     f_ref = jnp.asarray(rng.normal(0.0, 1.0, (node_mask.shape[0], 3)), jnp.float32)
     e_ref = jnp.asarray(rng.normal(size=graph_mask.shape[0]), jnp.float32)
     n_atoms = sum(len(a) for a in frames)
     opt = optax.adam(1e-3)
 
-    def loss_fn(params):
+    def loss_fn(params, graph):  # the graph an argument: mlip indexes its counts with traced values
         out = force_field.predictor.apply(params, graph).to_prediction()
         le = jnp.sum(jnp.where(graph_mask, (out.energy - e_ref) ** 2, 0.0)) / len(frames)
         lf = jnp.sum(jnp.where(node_mask[:, None], (out.forces - f_ref) ** 2, 0.0)) / (3 * n_atoms)
         return le + 10.0 * lf
 
     @jax.jit
-    def step(params, state):
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+    def step(params, state, graph):
+        loss, grads = jax.value_and_grad(loss_fn)(params, graph)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
@@ -87,7 +90,7 @@ def train_step(repeats: int) -> dict:
     carry = [params, opt.init(params)]
 
     def one():
-        carry[0], carry[1], loss = step(*carry)
+        carry[0], carry[1], loss = step(*carry, graph)
         return loss
 
     t = repeat(one, repeats)

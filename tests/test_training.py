@@ -700,16 +700,23 @@ def test_a_second_signal_stops_at_once_and_the_command_exits_with_the_signals_st
 
 
 def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):
-    """MACE's stage two as a weight_schedule stage: from epoch 2 on, w_E = 10 and lr × 0.1."""
+    """MACE's stage two as a weight_schedule stage: from epoch 2 on, w_E = 1e4 and lr × 0.1. Its
+    loss is weighted anew, so the best model is chosen within it: before, the stage's larger loss
+    never beat stage one's and the saved model silently came from stage one."""
     import csv
 
     from nnpes.training import train
 
     cfg = _config(data_dir, max_epochs=4, schedule="constant", warmup_epochs=0.0,
-                  weight_schedule=[{"epoch": 2, "energy_weight": 10.0, "lr_factor": 0.1}])
-    train(cfg, tmp_path / "run", quiet=True)
-    lr = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv"))]
+                  weight_schedule=[{"epoch": 2, "energy_weight": 1.0e4, "lr_factor": 0.1}])
+    result = train(cfg, tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    lr = [float(r["lr"]) for r in rows]
     assert lr[0] == lr[1] == pytest.approx(5e-3) and lr[2] == lr[3] == pytest.approx(5e-4)
+    valid = [float(r["valid_loss"]) for r in rows]
+    assert min(valid[2:]) > min(valid[:2])  # the stage's weights raised the loss: the case that failed
+    assert result["best_epoch"] == 2 + int(np.argmin(valid[2:]))
+    assert "best validation loss starts anew" in (tmp_path / "run" / "train.log").read_text()
     from nnpes.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="lr_factor"):

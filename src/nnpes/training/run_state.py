@@ -37,10 +37,14 @@ class Progress:
     elapsed: float = 0.0
     batch: int = 0  # batches of epoch ``epoch`` already done (a stop inside an epoch)
 
-    def update(self, valid_loss: float, tcfg) -> bool:
+    def update(self, valid_loss: float, tcfg, stage_began: bool = False) -> bool:
         """Account for one finished epoch with validation loss ``valid_loss``; lowers ``lr_scale``
-        on a plateau (``tcfg.schedule == "plateau"``). Returns whether the loss improved."""
+        on a plateau (``tcfg.schedule == "plateau"``). Returns whether the loss improved.
+        ``stage_began``: the epoch is the first of a ``weight_schedule`` stage, whose weights make
+        its losses incomparable with earlier ones, so the best starts anew."""
         self.epoch += 1
+        if stage_began:
+            self.best_loss = float("inf")
         if valid_loss < self.best_loss:
             self.best_loss, self.best_epoch, self.plateau_bad, self.stop_bad = valid_loss, self.epoch - 1, 0, 0
             return True

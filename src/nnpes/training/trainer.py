@@ -329,6 +329,10 @@ def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: P
         if why := stop.reason():
             return state, why
         epoch = progress.epoch
+        began = epoch > 0 and any(stage.epoch == epoch for stage in tcfg.weight_schedule)
+        if began and not progress.batch:
+            run.log(f"epoch {epoch}: a training.weight_schedule stage begins; its loss is weighted anew, so the "
+                    "best validation loss starts anew (the saved model comes from this stage on)")
         weights = {k: jnp.asarray(v, run.pot.dtype) for k, v in loss_weights(tcfg, epoch).items()}
         lr_scale = jnp.asarray(progress.lr_scale * stage_lr_factor(tcfg, epoch), run.pot.dtype)
         state, sums, lr, done = _train_epoch(run, train_step, state, weights, lr_scale, epoch, start=progress.batch,
@@ -345,7 +349,7 @@ def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: P
         progress.batch = 0
         train_m = sums.reduce()
         valid_m = _validate(run, eval_step, state, weights) if run.valid_loader is not None else dict(train_m)
-        improved = progress.update(valid_m["loss"], tcfg)
+        improved = progress.update(valid_m["loss"], tcfg, stage_began=began)
         progress.elapsed = clock() - wall0
         # The epoch's metrics row first, then best, then latest: a kill before latest is saved
         # leaves latest at the previous epoch, which resumes, drops the rows written since (CSVLog)
