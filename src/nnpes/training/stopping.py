@@ -3,8 +3,9 @@
 A batch scheduler ends a job with SIGTERM (SLURM: then SIGKILL after ``KillWait``, 30 s by
 default), and Ctrl-C sends SIGINT. Either one, the first time, only sets ``StopRequest.signal``: the
 step in flight finishes, the trainer saves ``latest.ckpt`` with the batches done (as for
-``max_time``), so ``--resume`` goes on from the next batch, and raises ``nnpes.errors.TrainingInterrupted``. A
-second signal stops at once (``KeyboardInterrupt``), losing only the batches since the last save.
+``max_time``), so ``--resume`` goes on from the next batch, and raises
+``nnpes.errors.TrainingInterrupted``. A second signal stops at once (``KeyboardInterrupt``), losing
+only the batches since the last save.
 """
 
 from __future__ import annotations
