@@ -95,10 +95,10 @@ class RunRecord:
             raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); it records the run that --resume "
                             "continues: restore it, or start a new run in another --run-dir") from None
 
-    def differences(self, new: "RunRecord", begun: int | None = None) -> list[str]:
-        """What ``new`` changes that a resumed run may not (one readable item each). ``begun``:
-        epochs the run has begun (done, plus one partly done); the ``FUTURE_ONLY`` keys may change
-        from there on (None: not at all)."""
+    def differences(self, new: "RunRecord", begun: Callable[[], int] | None = None) -> list[str]:
+        """What ``new`` changes that a resumed run may not (one readable item each). ``begun()``:
+        epochs the run has begun (done, plus one partly done), called only when a ``FUTURE_ONLY``
+        key changed (it reads the checkpoint); those keys may change from there on (None: not at all)."""
         out = []
         for key in sorted(set(self.config) | set(new.config)):
             if key in RESUMABLE:
@@ -107,9 +107,10 @@ class RunRecord:
             if old_v == new_v:
                 continue
             if key in FUTURE_ONLY and begun is not None:
-                if unchanged_before(old_v, new_v, begun):
+                n = begun()
+                if unchanged_before(old_v, new_v, n):
                     continue
-                out.append(f"{key}: the stages of epochs 0–{begun - 1}, which the run has begun, changed "
+                out.append(f"{key}: the stages of epochs 0–{n - 1}, which the run has begun, changed "
                            "(later stages may change)")
             else:
                 out.append(f"{key}: {old_v!r} → {new_v!r}")
@@ -140,8 +141,7 @@ def check_resume(run_dir: Path, record: RunRecord, has_checkpoint: bool, begun: 
             raise ResumeError(f"--resume: {run_dir} holds no run to resume (no {RECORD}, no checkpoint); "
                               "drop --resume to start a new run there")
         return
-    future_changed = any(old.config.get(k) != record.config.get(k) for k in FUTURE_ONLY)
-    diff = old.differences(record, begun() if begun is not None and future_changed else None)
+    diff = old.differences(record, begun)
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise ResumeError(f"--resume continues the same run, but {run_dir} was started with other settings: {shown}. "

@@ -425,7 +425,7 @@ def _compiled_steps(run: _Run, compiles: _Compiles, step_cache: dict | None = No
 
 
 def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, epoch: int, *, start: int = 0,
-                 sums: EpochSums | None = None, stop: StopRequest | None = None):
+                 sums: EpochSums | None = None, stop: StopRequest):
     """The training batches of ``epoch`` from batch ``start`` on (``sums``: those before it), until
     the end or the first step after which ``stop`` has a reason. Returns (state, sums, last
     learning rate, batches of the epoch done)."""
@@ -447,7 +447,7 @@ def _train_epoch(run: _Run, train_step, state: TrainState, weights, lr_scale, ep
         if not math.isfinite(loss):
             raise TrainingDiverged(f"epoch {epoch}, step {int(state.step)}: training loss is {loss}; lower training.lr "
                                    f"(or check the labels of {run.cfg.data.train_files[0]})")
-        if stop is not None and done < run.steps_per_epoch and stop.reason():
+        if done < run.steps_per_epoch and stop.reason():
             break
     if bar is not None:
         bar.close()
