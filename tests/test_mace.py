@@ -18,6 +18,7 @@ from nnpes import testing
 from nnpes.config import template
 from nnpes.config.model import parse_model_config
 from nnpes.config.schema import ConfigError
+from nnpes.models.linear import ElementLinear
 from nnpes.models.mace import MACEHParams
 from nnpes.models import mace as mace_module
 from nnpes.potential import compiled
@@ -97,6 +98,25 @@ def test_edge_messages_equal_e3nn_tensor_product(irreps_h):
     mine = edge_messages(jnp.swapaxes(h.mul_to_axis(c).array, 1, 2), sh.array, w.reshape(e, -1, c), product)
     assert e3nn.Irreps([(m * c, ir) for m, ir in e3nn.Irreps(product.irreps_out)]) == reference.irreps
     np.testing.assert_allclose(to_e3nn_layout(mine, product), (reference * w).array, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", [("3x0e+3x1o+3x2e", "3x0e+3x1o+3x2e"), ("3x0e+3x1o", "3x0e"),
+                                                   ("3x0e+3x1o", "2x0e+4x1o+2x2e")])
+def test_element_linear_equals_e3nn_indexed_linear(irreps_in, irreps_out):
+    """ElementLinear (one GEMM on one-hot-scaled features) has e3nn-jax's indexed Linear's
+    parameters — so saved MACE models load unchanged — and gives its result, a missing output
+    irrep (2e here) included."""
+    ir = e3nn.Irreps(irreps_in)
+    x = e3nn.IrrepsArray(ir, jax.random.normal(jax.random.PRNGKey(0), (5, ir.dim), jnp.float64))
+    species = jnp.array([0, 2, 1, 1, 0])
+    reference = e3nn.flax.Linear(irreps_out, num_indexed_weights=3, force_irreps_out=True)
+    params = reference.init(jax.random.PRNGKey(1), species, x)
+    mine = ElementLinear(irreps_out, 3)
+    shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)  # noqa: E731
+    assert shapes(mine.init(jax.random.PRNGKey(1), species, x)) == shapes(params)
+    want, got = reference.apply(params, species, x), mine.apply(params, species, x)
+    assert got.irreps == want.irreps
+    np.testing.assert_allclose(got.array, want.array, rtol=1e-12, atol=1e-12)
 
 
 def test_edge_blocks_give_the_unblocked_energies_and_forces(monkeypatch):

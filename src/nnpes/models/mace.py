@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
 from nnpes.models.aggregation import sum_messages, use_blocks
+from nnpes.models.linear import ElementLinear
 from nnpes.models.mace_ops import coupling, edge_messages, edge_product, symmetric_contraction, to_e3nn_layout
 from nnpes.models.radial import ACTIVATIONS, edge_geometry, mlp
 
@@ -147,15 +148,13 @@ class Interaction(nn.Module):
         a = e3nn.IrrepsArray(msg_irreps, a)
         a = e3nn.flax.Linear(c * sh.irreps, force_irreps_out=True, name="linear_a")(a)
         if not self.residual:  # the first layer mixes A's channels per element (MACE's skip_tp there)
-            a = e3nn.flax.Linear(a.irreps, num_indexed_weights=self.num_species, force_irreps_out=True,
-                                 name="species_mix")(species, a)
+            a = ElementLinear(str(a.irreps), self.num_species, name="species_mix")(species, a)
         b = self._product_basis(a.mul_to_axis(c).array, species)  # (N, C, D)
         target = e3nn.Irreps(self.target)
         b = e3nn.IrrepsArray(self._single(target), b).axis_to_mul()
         out = e3nn.flax.Linear(target, force_irreps_out=True, name="linear_b")(b)
         if self.residual:
-            out = out + e3nn.flax.Linear(target, num_indexed_weights=self.num_species, force_irreps_out=True,
-                                         name="self_connection")(species, h)
+            out = out + ElementLinear(str(target), self.num_species, name="self_connection")(species, h)
         return out
 
     @staticmethod

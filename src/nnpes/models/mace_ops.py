@@ -110,29 +110,31 @@ def symmetric_contraction(a, weights, couplings, node_block: int = NODE_BLOCK):
     over the node × channel lanes; one small GEMM sums the terms into B. The work runs in blocks
     of ``node_block`` nodes (``lax.map``, rematerialised in the backward pass) so the (J, lanes)
     products stay in cache: gathers of whole (J, N, C) arrays and their scatter-add gradients
-    are what made this slow. Every term has at least one real factor, so A = 0 gives B = 0."""
+    are what made this slow. Inside a block the lanes (node, channel) are the last axis, so the
+    rows are contiguous and the GEMM needs no transpose; the layout changes once, outside the
+    loop. Every term has at least one real factor, so A = 0 gives B = 0."""
     terms = _terms(couplings, a.shape[-1])
     n, c, d_out = a.shape[0], a.shape[1], terms.coefficients.shape[0]
     if terms.weight.size == 0:
         return jnp.zeros((n, c, d_out), a.dtype)
-    w = jnp.concatenate(weights, axis=1)  # (N, Q, C)
     coefficients = jnp.asarray(terms.coefficients, a.dtype)
+    n_blocks = -(-n // node_block)
+
+    def lanes_last(x):  # (N, C, k) → (blocks, k, node_block·C)
+        x = jnp.pad(x, [(0, n_blocks * node_block - n), (0, 0), (0, 0)])
+        x = jnp.moveaxis(x.reshape((n_blocks, node_block) + x.shape[1:]), 3, 1)
+        return x.reshape(n_blocks, x.shape[1], node_block * c)
 
     def block(xs):
-        a_b, w_b = xs  # (B, C, d), (B, Q, C)
-        rows = jnp.moveaxis(a_b, -1, 0)
-        rows = jnp.concatenate([rows, jnp.ones_like(rows[:1])])  # (d + 1, B, C)
+        rows, w = xs  # (d, L), (Q, L)
+        rows = jnp.concatenate([rows, jnp.ones_like(rows[:1])])  # row d: the constant 1
         prod = functools.reduce(lambda x, y: x * y, [rows[f] for f in terms.factors.T])
-        prod = prod * jnp.moveaxis(w_b, 1, 0)[terms.weight]  # (J, B, C)
-        return jnp.einsum("Dj,jbc->bcD", coefficients, prod)
+        return coefficients @ (prod * w[terms.weight])  # (D, L)
 
-    if n <= node_block:
-        return block((a, w))
-    n_blocks = -(-n // node_block)
-    pad = [(0, n_blocks * node_block - n), (0, 0), (0, 0)]
-    split = lambda x: jnp.pad(x, pad).reshape((n_blocks, node_block) + x.shape[1:])  # noqa: E731
-    out = jax.lax.map(jax.checkpoint(block), (split(a), split(w)))
-    return out.reshape((n_blocks * node_block, c, d_out))[:n]
+    xs = (lanes_last(a), lanes_last(jnp.swapaxes(jnp.concatenate(weights, axis=1), 1, 2)))
+    out = block(jax.tree_util.tree_map(lambda x: x[0], xs))[None] if n_blocks == 1 else jax.lax.map(jax.checkpoint(block), xs)
+    out = jnp.moveaxis(out.reshape(n_blocks, d_out, node_block, c), 1, 3)
+    return out.reshape(n_blocks * node_block, c, d_out)[:n]
 
 
 # ---------------------------------------------------------------- one-particle basis: edge messages

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from nnpes.config.schema import ConfigError, doc
 from nnpes.models import register
 from nnpes.models.aggregation import sum_messages, use_blocks
+from nnpes.models.linear import species_mix
 from nnpes.models.nequip_ops import edge_pairs
 from nnpes.models.radial import ACTIVATIONS, edge_geometry, mlp
 
@@ -137,7 +138,7 @@ def _unflatten(x, irreps, c):
 
 class SpeciesLinear(nn.Module):
     """Per-species linear map over channels (NequIP's self-connection, a tensor product with the
-    one-hot species): x (N, [3,] C_in), onehot (N, Z) → (N, [3,] C_out), written as one GEMM."""
+    one-hot species): x (N, [3,] C_in), onehot (N, Z) → (N, [3,] C_out) (``linear.species_mix``)."""
 
     out: int
     dtype: jnp.dtype
@@ -145,10 +146,8 @@ class SpeciesLinear(nn.Module):
     @nn.compact
     def __call__(self, x, onehot):
         z, c_in = onehot.shape[-1], x.shape[-1]
-        oh = onehot if x.ndim == 2 else onehot[:, None, :]
-        xz = (oh[..., :, None] * x[..., None, :]).reshape(x.shape[:-1] + (z * c_in,))
         w = self.param("kernel", nn.initializers.normal(1.0 / math.sqrt(c_in)), (z * c_in, self.out), self.dtype)
-        return jnp.dot(xz, w)
+        return species_mix(x, onehot, w)
 
 
 def _messages(h_j, unit, w, *, paths, inputs, outputs, c):
