@@ -83,6 +83,27 @@ def test_contraction_in_node_blocks_equals_the_dense_coupling_sum():
         np.testing.assert_allclose(symmetric_contraction(a, ws, cps, node_block=block), reference, rtol=1e-12, atol=1e-12)
 
 
+def test_contraction_second_derivative_matches_finite_differences():
+    """A training step differentiates forces (∂E/∂A) once more, with respect to the weights: the
+    gradient of a force-like loss through the rematerialised blocks equals central differences."""
+    n, c = 5, 2
+    cps = [coupling(A_IRREPS, B_IRREPS, nu) for nu in (1, 2, 3)]
+    a = jax.random.normal(jax.random.PRNGKey(3), (n, c, e3nn.Irreps(A_IRREPS).dim), jnp.float64)
+    ws = [jax.random.normal(jax.random.PRNGKey(nu), (n, cp.coefficients.shape[1], c), jnp.float64) for nu, cp in enumerate(cps)]
+    v = jax.random.normal(jax.random.PRNGKey(9), (n, c, e3nn.Irreps(B_IRREPS).dim), jnp.float64)
+
+    def loss(w3):
+        forces = jax.grad(lambda x: jnp.sum(v * symmetric_contraction(x, [*ws[:2], w3], cps)))(a)
+        return jnp.sum(forces**2)
+
+    grad = jax.grad(loss)(ws[2])
+    assert np.abs(grad).max() > 1e-3
+    for index in [(0, 0, 0), (3, 5, 1), (4, -1, 0)]:
+        step = jnp.zeros_like(ws[2]).at[index].set(1e-5)
+        fd = (loss(ws[2] + step) - loss(ws[2] - step)) / 2e-5
+        assert float(grad[index]) == pytest.approx(float(fd), rel=1e-6, abs=1e-8)
+
+
 @pytest.mark.parametrize("irreps_h", ["0e", "0e+1o"])
 def test_edge_messages_equal_e3nn_tensor_product(irreps_h):
     """The written-out one-particle-basis messages = e3nn-jax's tensor_product(h_j, Y).regroup(),

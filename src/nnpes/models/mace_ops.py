@@ -131,10 +131,18 @@ def symmetric_contraction(a, weights, couplings, node_block: int = NODE_BLOCK):
         prod = functools.reduce(lambda x, y: x * y, [rows[f] for f in terms.factors.T])
         return coefficients @ (prod * w[terms.weight])  # (D, L)
 
-    xs = (lanes_last(a), lanes_last(jnp.swapaxes(jnp.concatenate(weights, axis=1), 1, 2)))
-    out = block(jax.tree_util.tree_map(lambda x: x[0], xs))[None] if n_blocks == 1 else jax.lax.map(jax.checkpoint(block), xs)
-    out = jnp.moveaxis(out.reshape(n_blocks, d_out, node_block, c), 1, 3)
-    return out.reshape(n_blocks * node_block, c, d_out)[:n]
+    # Rematerialised as a whole as well as per block: under a training step's second derivative
+    # (the gradient of a loss on forces) the per-block checkpoint alone left the loop saving
+    # six (J, lanes) residuals per block; now only A and W are kept (benchmarks/README.md, MACE).
+    @jax.checkpoint
+    def contract(a, w):  # (N, C, d), (N, Q, C)
+        xs = (lanes_last(a), lanes_last(jnp.swapaxes(w, 1, 2)))
+        one = n_blocks == 1
+        out = block(jax.tree_util.tree_map(lambda x: x[0], xs))[None] if one else jax.lax.map(jax.checkpoint(block), xs)
+        out = jnp.moveaxis(out.reshape(n_blocks, d_out, node_block, c), 1, 3)
+        return out.reshape(n_blocks * node_block, c, d_out)[:n]
+
+    return contract(a, jnp.concatenate(weights, axis=1))
 
 
 # ---------------------------------------------------------------- one-particle basis: edge messages
