@@ -132,7 +132,8 @@ def timed(fn, args, repeats: int):
     return t.median, t.cpu_median, compile_s, flops
 
 
-def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip") -> dict:
+def inference_workload(name: str, cutoff: float, model: str = "nequip"):
+    """(fn, args, atoms, edges): the model's energy + forces call on system ``name``, float32."""
     from nnpes.graph import pad_graph
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import energy_forces_stress
@@ -143,12 +144,18 @@ def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip")
     n, e = len(atoms), int(g.n_edge[0])
     graph = to_device(pad_graph(g, n + 1, e, 2))
     fn = lambda p, gr: energy_forces_stress(module, table, p, gr, False)  # noqa: E731
-    sec, cpu_s, compile_s, flops = timed(fn, (params, graph), repeats)
+    return fn, (params, graph), n, e
+
+
+def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip") -> dict:
+    fn, args, n, e = inference_workload(name, cutoff, model)
+    sec, cpu_s, compile_s, flops = timed(fn, args, repeats)
     return dict(kind="E+F", system=name, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
-def run_train_step(cutoff: float, repeats: int, model: str = "nequip") -> dict:
-    """One Adam step on an energy + forces loss over 8 displaced aspirins in one padded batch."""
+def train_workload(cutoff: float, model: str = "nequip"):
+    """(fn, args, atoms, edges): one Adam step on an energy + forces loss over 8 displaced aspirins
+    in one padded batch."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -183,7 +190,12 @@ def run_train_step(cutoff: float, repeats: int, model: str = "nequip") -> dict:
         return optax.apply_updates(p, updates), s, loss
 
     p = variables["params"]
-    sec, cpu_s, compile_s, flops = timed(step, (p, opt.init(p), graph), repeats)
+    return step, (p, opt.init(p), graph), n, e
+
+
+def run_train_step(cutoff: float, repeats: int, model: str = "nequip") -> dict:
+    fn, args, n, e = train_workload(cutoff, model)
+    sec, cpu_s, compile_s, flops = timed(fn, args, repeats)
     return dict(kind="train step", system="8 x aspirin", atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 

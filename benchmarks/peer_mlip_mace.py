@@ -59,7 +59,7 @@ def force_call(name: str, repeats: int) -> dict:
 
 def train_step(repeats: int) -> dict:
     """One Adam step over 8 displaced aspirins with random labels (values do not affect speed),
-    the loss of ``inference.py``'s ``run_train_step`` on mlip's padded batch (masked)."""
+    the loss of ``inference.py``'s ``train_workload`` on mlip's padded batch (masked)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
