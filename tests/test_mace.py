@@ -125,16 +125,17 @@ def test_edge_messages_equal_e3nn_tensor_product(irreps_h):
                                                    ("3x0e+3x1o", "2x0e+4x1o+2x2e")])
 def test_element_linear_equals_e3nn_indexed_linear(irreps_in, irreps_out):
     """ElementLinear (one GEMM on one-hot-scaled features) has e3nn-jax's indexed Linear's
-    parameters — so saved MACE models load unchanged — and gives its result, a missing output
-    irrep (2e here) included."""
+    parameters and initial values — so saved MACE models load unchanged and a seed gives the same
+    model — and its result, a missing output irrep (2e here) included."""
     ir = e3nn.Irreps(irreps_in)
     x = e3nn.IrrepsArray(ir, jax.random.normal(jax.random.PRNGKey(0), (5, ir.dim), jnp.float64))
     species = jnp.array([0, 2, 1, 1, 0])
     reference = e3nn.flax.Linear(irreps_out, num_indexed_weights=3, force_irreps_out=True)
     params = reference.init(jax.random.PRNGKey(1), species, x)
     mine = ElementLinear(irreps_out, 3)
-    shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)  # noqa: E731
-    assert shapes(mine.init(jax.random.PRNGKey(1), species, x)) == shapes(params)
+    mine_init = mine.init(jax.random.PRNGKey(1), species, x)  # the same seed gives the same model
+    assert jax.tree_util.tree_structure(mine_init) == jax.tree_util.tree_structure(params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, mine_init, params)
     want, got = reference.apply(params, species, x), mine.apply(params, species, x)
     assert got.irreps == want.irreps
     np.testing.assert_allclose(got.array, want.array, rtol=1e-12, atol=1e-12)
