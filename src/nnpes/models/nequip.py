@@ -268,6 +268,8 @@ class E3nnInteraction(nn.Module):
             sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(hp.l_max)[1:], e3nn.IrrepsArray("1o", unit), normalize=False, normalization="component")
             if not hp.parity:  # SE(3): harmonics relabelled even, so odd-l products are allowed
                 sh = e3nn.IrrepsArray(e3nn.Irreps([(1, (l, 1)) for l in range(1, hp.l_max + 1)]), sh.array)
+            # MACE's written-out product (mace_ops.edge_messages) was measured slower here, at 32
+            # channels of six irreps: training step 1.37x, aspirin E+F 1.8x (one core, 2026-12-06).
             parts.append(e3nn.tensor_product(h_j, sh, filter_ir_out=hidden))
         msg = e3nn.concatenate(parts).regroup()
         kernels = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, msg.irreps.num_irreps, self.dtype, name="RadialMLP_0")(basis.shape[1])
