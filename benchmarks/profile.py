@@ -71,23 +71,25 @@ def self_times(threads) -> collections.Counter:
 
 def occupancy(threads, groups: dict):
     """(several, one, none) ns of wall time by how many threads ran a kernel, and the groups that
-    ran alone (ns). Nesting is flattened: a thread is busy while any of its events is open."""
-    points = sorted((t, +1 if k == 0 else -1, i, n) for i, evs in enumerate(threads) for s, e, n in evs for k, t in ((0, s), (1, e)))
-    open_per_thread, current = collections.Counter(), {}
+    ran alone (ns), each to its innermost open event: a thread is busy while any of its events is open."""
+    # Ends sort before starts at the same instant, so a thread's open events nest as a stack.
+    points = sorted((t, k, i, n) for i, evs in enumerate(threads) for s, e, n in evs for k, t in ((1, s), (0, e)))
+    open_events = collections.defaultdict(list)  # thread → names of its open events, innermost last
     spans, alone = [0, 0, 0], collections.Counter()
     last = points[0][0] if points else 0
-    for t, step, i, name in points:
-        busy = [j for j, k in open_per_thread.items() if k > 0]
+    for t, starts, i, name in points:
+        busy = [j for j, stack in open_events.items() if stack]
         if len(busy) >= 2:
             spans[0] += t - last
         elif len(busy) == 1:
             spans[1] += t - last
-            alone[groups.get(current.get(busy[0]), "(no metadata)")] += t - last
+            alone[groups.get(open_events[busy[0]][-1], "(no metadata)")] += t - last
         else:
             spans[2] += t - last
-        open_per_thread[i] += step
-        if step > 0:
-            current[i] = name
+        if starts:
+            open_events[i].append(name)
+        else:
+            open_events[i].remove(name)
         last = t
     return spans, alone
 
