@@ -58,6 +58,7 @@ BENCHMARKS = {
     "inference aspirin": lambda root: {"aspirin E+F (ms)": inference(root, "aspirin")},
     "inference water540": lambda root: {"water 540 E+F (ms)": inference(root, "water540")},
     "inference train": lambda root: {"training step, 8 aspirins (ms)": inference(root, "train")},
+    "inference train-water540": lambda root: {"training step, water 540 (ms)": inference(root, "train-water540")},
     "md": md,
     "committee": committee,
 }

@@ -19,7 +19,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import yaml
 from ase.build import add_adsorbate, bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator

@@ -4,6 +4,7 @@ default; ``--model mace``: MACE's standard 2 layers, 128x0e+128x1o, max_ell 3, c
     python benchmarks/inference.py                       # molecules, water 540/~4000, training step
     python benchmarks/inference.py --model mace --only aspirin water540 train
     python benchmarks/inference.py --ladder 12288 108000 # add larger water boxes (atoms, approx.)
+    python benchmarks/inference.py --only train-water540 # training step on one periodic 540-atom box
 
 Each system runs in a fresh subprocess, so peak memory (ru_maxrss) is that system's alone.
 Timing: float32, jitted ``energy_forces_stress`` (no stress), neighbour list and padding built
@@ -153,9 +154,10 @@ def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip")
     return dict(kind="E+F", system=name, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
-def train_workload(cutoff: float, model: str = "nequip"):
-    """(fn, args, atoms, edges): one Adam step on an energy + forces loss over 8 displaced aspirins
-    in one padded batch."""
+def train_workload(cutoff: float, model: str = "nequip", name: str = "train"):
+    """(fn, args, atoms, edges): one Adam step on an energy + forces loss over one padded batch:
+    8 displaced aspirins (``train``), or one periodic system (``train-water540``: above the models'
+    edge-block threshold, so the blocked path of ``aggregation.sum_messages``)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -167,20 +169,21 @@ def train_workload(cutoff: float, model: str = "nequip"):
 
     rng = np.random.default_rng(1)
     graphs = []
-    for a in displaced_aspirins():
+    frames = displaced_aspirins() if name == "train" else [system(name.removeprefix("train-"))]
+    for a in frames:
         a.arrays[keys.FORCES] = rng.normal(0.0, 1.0, a.positions.shape)  # labels: values do not affect speed
         a.info[keys.ENERGY] = float(rng.normal())
         graphs.append(atoms_to_graph(a, cutoff))
     b = batch(graphs)
     n, e = int(b.n_node.sum()), int(b.n_edge.sum())
-    graph = to_device(pad_graph(b, n + 1, e, 9))
+    graph = to_device(pad_graph(b, n + 1, e, len(frames) + 1))
     cfg, module, variables, table = build_model(cutoff, model)
     opt = optax.adam(1e-3)
 
     def loss_fn(p, gr):
         out = energy_forces_stress(module, table, {**variables, "params": p}, gr, False)
         node_w = jnp.repeat(gr.globals[keys.WEIGHT], gr.n_node, total_repeat_length=gr.nodes[keys.POSITIONS].shape[0])
-        le = jnp.sum(gr.globals[keys.WEIGHT] * (out["energy"] - gr.globals[keys.ENERGY]) ** 2) / 8
+        le = jnp.sum(gr.globals[keys.WEIGHT] * (out["energy"] - gr.globals[keys.ENERGY]) ** 2) / len(frames)
         lf = jnp.sum(node_w[:, None] * (out["forces"] - gr.nodes[keys.FORCES]) ** 2) / (3 * n)
         return le + 10.0 * lf
 
@@ -193,18 +196,19 @@ def train_workload(cutoff: float, model: str = "nequip"):
     return step, (p, opt.init(p), graph), n, e
 
 
-def run_train_step(cutoff: float, repeats: int, model: str = "nequip") -> dict:
-    fn, args, n, e = train_workload(cutoff, model)
+def run_train_step(cutoff: float, repeats: int, model: str = "nequip", name: str = "train") -> dict:
+    fn, args, n, e = train_workload(cutoff, model, name)
     sec, cpu_s, compile_s, flops = timed(fn, args, repeats)
-    return dict(kind="train step", system="8 x aspirin", atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
+    what = "8 x aspirin" if name == "train" else name.removeprefix("train-")
+    return dict(kind="train step", system=what, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
 def child(args):
     import jax
 
     jax.config.update("jax_enable_x64", False)
-    if args.one == "train":
-        r = run_train_step(args.cutoff, args.repeats, args.model)
+    if args.one.startswith("train"):
+        r = run_train_step(args.cutoff, args.repeats, args.model, args.one)
     else:
         r = run_inference(args.one, args.cutoff, args.repeats, args.model)
     r["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -220,7 +224,7 @@ def main():
     ap.add_argument("--big-repeats", type=int, default=2, help="repeats for ladder boxes above 20000 atoms")
     ap.add_argument("--ladder", type=int, nargs="*", default=[], help="extra water boxes, ~atoms each")
     ap.add_argument("--peak-gflops", type=float, default=300.0)
-    ap.add_argument("--only", nargs="*", help="subset of: aspirin 3bpa water540 water4000 train waterN")
+    ap.add_argument("--only", nargs="*", help="subset of: aspirin 3bpa water540 water4000 train train-water540 waterN")
     args = ap.parse_args()
     if args.one:
         return child(args)

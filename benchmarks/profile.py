@@ -97,7 +97,7 @@ def occupancy(threads, groups: dict):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mace")
-    ap.add_argument("--workload", default="train", help="train, or a system of inference.py (aspirin, water540, …)")
+    ap.add_argument("--workload", default="train", help="train, train-water540, or a system of inference.py (aspirin, water540, …)")
     ap.add_argument("--cutoff", type=float, default=5.0)
     ap.add_argument("--calls", type=int, default=3, help="calls traced (after two untraced)")
     ap.add_argument("--by", choices=["pass-module", "module", "op"], default="pass-module")
@@ -107,8 +107,8 @@ def main():
     import jax
 
     jax.config.update("jax_enable_x64", False)
-    if args.workload == "train":
-        fn, call_args, n, e = inference.train_workload(args.cutoff, args.model)
+    if args.workload.startswith("train"):
+        fn, call_args, n, e = inference.train_workload(args.cutoff, args.model, args.workload)
     else:
         fn, call_args, n, e = inference.inference_workload(args.workload, args.cutoff, args.model)
     compiled = jax.jit(fn).lower(*call_args).compile()

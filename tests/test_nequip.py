@@ -223,6 +223,40 @@ def test_blocks_of_padding_are_skipped_forward_and_backward():
     assert not np.isfinite(float(total(x, None)))  # without the mask every block runs
 
 
+def _force_loss_gradient(chunk, n_rows, n_node=8, width=256):
+    """A training step's shape through sum_messages: the gradient over the weights of a loss on
+    d(energy)/d(positions), the energy a nonlinear function of the summed messages. Returns the
+    jitted gradient and its arguments (float64)."""
+    from nnpes.models.aggregation import sum_messages
+
+    targets, active = jnp.arange(n_rows) % n_node, jnp.arange(n_rows) < n_rows - 3
+
+    def energy(w, r):
+        fn = lambda consts, r, t: [(t, jnp.tanh(r @ consts[0]) @ consts[1])]  # noqa: E731  (B, width) per block
+        return jnp.sum(jnp.tanh(sum_messages(fn, chunk, w, n_node, r, targets, active=active) * w[1][0]) ** 2)
+
+    loss = lambda w, r: jnp.sum(jax.grad(energy, argnums=1)(w, r) ** 2)  # noqa: E731
+    rng = np.random.default_rng(0)
+    w = (jnp.asarray(rng.normal(size=(3, width))), jnp.asarray(rng.normal(size=(width, 4))))
+    return jax.jit(jax.grad(loss)), (w, jnp.asarray(rng.normal(size=(n_rows, 3))))
+
+
+def test_blocked_sum_keeps_a_training_steps_memory_block_sized():
+    """The second derivative of a training step through the blocked sum: equal to the unblocked
+    one, and its compiled temporary memory does not grow with the number of edges. Before the
+    whole scan was rematerialised, 4× the rows took 3.2× the memory (each block's (64, 256)
+    intermediates saved by the outer pass); in NequIP on 500 Cu atoms a step took 659 MB, now 75."""
+    grad, args = _force_loss_gradient(64, 1024)
+    dense, _ = _force_loss_gradient(None, 1024)
+    got, want = grad(*args), dense(*args)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert float(jnp.abs(b).max()) > 1e-4
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14 * float(jnp.abs(b).max()))
+    temp = [g.lower(*a).compile().memory_analysis().temp_size_in_bytes
+            for g, a in (_force_loss_gradient(64, 1024), _force_loss_gradient(64, 4096))]
+    assert temp[1] < 1.3 * temp[0], temp
+
+
 def test_blocked_pair_path_gives_the_plain_result():
     """Large-system path (blocks + remat + per-pair radial MLP) against the plain per-edge
     evaluation with the same parameters: a molecule, a periodic cell with self-images, and a
