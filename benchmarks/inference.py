@@ -98,14 +98,14 @@ def displaced_aspirins(n: int = 8):
     return frames
 
 
-def build_model(cutoff: float, model: str = "nequip"):
-    """The model at its standard size (the registered defaults), float32."""
+def build_model(cutoff: float, model: str = "nequip", **hparams):
+    """The model at its standard size (the registered defaults, or ``hparams`` changed), float32."""
     import jax
 
     from nnpes.config.model import parse_model_config
     from nnpes.potential import init_params, make_module, species_table
 
-    cfg = parse_model_config({"name": model, "elements": ELEMENTS, "cutoff": cutoff})
+    cfg = parse_model_config({"name": model, "elements": ELEMENTS, "cutoff": cutoff, **hparams})
     module = make_module(cfg)
     params = jax.jit(lambda: init_params(cfg, module, seed=0))()
     return cfg, module, params, species_table(cfg)
@@ -133,14 +133,14 @@ def timed(fn, args, repeats: int):
     return t.median, t.cpu_median, compile_s, flops
 
 
-def inference_workload(name: str, cutoff: float, model: str = "nequip"):
+def inference_workload(name: str, cutoff: float, model: str = "nequip", **hparams):
     """(fn, args, atoms, edges): the model's energy + forces call on system ``name``, float32."""
     from nnpes.graph import pad_graph
     from nnpes.graph import atoms_to_graph
     from nnpes.potential import energy_forces_stress
 
     atoms = system(name)
-    cfg, module, params, table = build_model(cutoff, model)
+    cfg, module, params, table = build_model(cutoff, model, **hparams)
     g = atoms_to_graph(atoms, cutoff)
     n, e = len(atoms), int(g.n_edge[0])
     graph = to_device(pad_graph(g, n + 1, e, 2))
@@ -154,7 +154,7 @@ def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip")
     return dict(kind="E+F", system=name, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
-def train_workload(cutoff: float, model: str = "nequip", name: str = "train"):
+def train_workload(cutoff: float, model: str = "nequip", name: str = "train", **hparams):
     """(fn, args, atoms, edges): one Adam step on an energy + forces loss over one padded batch:
     8 displaced aspirins (``train``), or one periodic system (``train-water540``: above the models'
     edge-block threshold, so the blocked path of ``aggregation.sum_messages``)."""
@@ -177,7 +177,7 @@ def train_workload(cutoff: float, model: str = "nequip", name: str = "train"):
     b = batch(graphs)
     n, e = int(b.n_node.sum()), int(b.n_edge.sum())
     graph = to_device(pad_graph(b, n + 1, e, len(frames) + 1))
-    cfg, module, variables, table = build_model(cutoff, model)
+    cfg, module, variables, table = build_model(cutoff, model, **hparams)
     opt = optax.adam(1e-3)
 
     def loss_fn(p, gr):

@@ -21,8 +21,9 @@ Two implementations of the same architecture:
   * l_max = 1 (the standard size): the paths are written out as dot, cross and scaled-vector
     products with r̂, the radial weights multiplied in the same expression, one gather of sender
     features per layer (see benchmarks/README.md, Inference). Above ``block_above`` edges the
-    per-edge work runs as a ``lax.scan`` over blocks of ``edge_chunk`` edges, rematerialised in the backward pass (``sum_messages``): faster on CPU for large
-    systems and O(N + block) memory; there the radial MLP runs once per unordered pair
+    per-edge work runs as a ``lax.scan`` over blocks of ``edge_chunk`` edges, rematerialised in
+    the backward pass (``sum_messages``): faster on CPU for large systems and O(N + block)
+    memory; there the radial MLP runs once per unordered pair
     (``radial_per_pair``, nequip_ops.py) and both messages of a pair come from it.
   * any l_max (or ``implementation: e3nn``): e3nn-jax spherical harmonics, ``tensor_product``,
     ``flax.Linear`` and ``gate``.
@@ -63,10 +64,11 @@ class NequIPHParams:
     activation: Literal["silu", "tanh"] = doc("on even scalars (odd scalars: tanh)", default="silu")
     implementation: Literal["auto", "e3nn"] = doc("auto: explicit l ≤ 1 kernels when l_max == 1; e3nn: e3nn-jax tensor products", default="auto")
     # Large systems (more than block_above edges): per-edge work in blocks of edge_chunk edges
-    # (lax.scan, remat), radial MLP once per unordered pair (r_ij = r_ji). Measured faster there
-    # (540-atom water 1.9×) and slower for small batches (training on molecules), hence the threshold.
+    # (lax.scan, remat), radial MLP once per unordered pair (r_ij = r_ji). On 2 cores, blocked /
+    # plain: train step 1.39 at 2 358 edges (8 aspirins), 1.11 at 4 430, 0.79 at 10 492, 0.84 at
+    # 35 340; E+F 0.88, 0.81, 0.60, 0.58 (benchmarks/README.md, Inference), hence the threshold.
     edge_chunk: int | None = doc("large systems: edges per block of per-edge work; null: never block", default=1024)
-    block_above: int = doc("work in edge blocks only above this many edges in a batch", default=16384)
+    block_above: int = doc("work in edge blocks only above this many edges in a batch", default=8192)
     radial_per_pair: bool = doc("blocked path: radial MLP once per unordered pair (r_ij = r_ji)", default=True)
 
     def validate(self, path: str = "model"):

@@ -1,0 +1,55 @@
+"""Where NequIP's blocked per-edge path starts to pay (``model.block_above``): the plain path
+(never blocked) against the blocked one (``block_above: 0``), both compiled in one process and
+called alternately, ``--rounds`` rounds, median wall time; standard size, float32. Workloads are
+``inference.py``'s: E+F on a system, and one Adam step on an E+F loss (``train`` = 8 aspirins,
+``train-waterN``).
+
+    python benchmarks/block_threshold.py aspirin train water24 train-water24 water81 train-water81
+    taskset -c 0 python benchmarks/block_threshold.py water192 train-water192   # one core
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import inference  # this directory is on sys.path
+
+
+def workload(name: str, block_above: int):
+    if name.startswith("train"):
+        return inference.train_workload(5.0, "nequip", name, block_above=block_above)
+    return inference.inference_workload(name, 5.0, "nequip", block_above=block_above)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workloads", nargs="+")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    print("| workload | atoms | edges | plain ms | blocked ms | blocked / plain |\n|---|---:|---:|---:|---:|---:|")
+    for name in args.workloads:
+        calls = {}
+        for variant, above in (("plain", 10**9), ("blocked", 0)):
+            fn, fn_args, n, e = workload(name, above)
+            compiled = jax.jit(fn).lower(*fn_args).compile()
+            jax.block_until_ready(compiled(*fn_args))
+            calls[variant] = (compiled, fn_args)
+        times = {k: [] for k in calls}
+        for r in range(args.rounds):
+            for variant in (("plain", "blocked") if r % 2 == 0 else ("blocked", "plain")):
+                compiled, fn_args = calls[variant]
+                t0 = time.perf_counter()
+                jax.block_until_ready(compiled(*fn_args))
+                times[variant].append(time.perf_counter() - t0)
+        plain, blocked = (1e3 * float(np.median(times[k])) for k in ("plain", "blocked"))
+        print(f"| {name} | {n} | {e} | {plain:.1f} | {blocked:.1f} | {blocked / plain:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
