@@ -4,6 +4,7 @@ self time grouped by differentiation pass and model module, and how busy XLA's t
     python benchmarks/profile.py --model mace --workload train            # 8 aspirins, one Adam step
     python benchmarks/profile.py --model mace --workload aspirin --by module
     taskset -c 0 python benchmarks/profile.py --model nequip --workload water540 --calls 3
+    python benchmarks/profile.py --model nequip --hparam l_max=2 --by module
 
 Workloads are those of ``benchmarks/inference.py`` (``train``, or a system name for energy +
 forces). Output: the top groups by self time (ms per call), then the wall time split into "several
@@ -21,6 +22,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -102,15 +104,18 @@ def main():
     ap.add_argument("--calls", type=int, default=3, help="calls traced (after two untraced)")
     ap.add_argument("--by", choices=["pass-module", "module", "op"], default="pass-module")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--hparam", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="model hyperparameters changed from the standard size, e.g. l_max=2 (YAML values)")
     args = ap.parse_args()
+    hparams = {k: yaml.safe_load(v) for k, v in (h.split("=", 1) for h in args.hparam)}
 
     import jax
 
     jax.config.update("jax_enable_x64", False)
     if args.workload.startswith("train"):
-        fn, call_args, n, e = inference.train_workload(args.cutoff, args.model, args.workload)
+        fn, call_args, n, e = inference.train_workload(args.cutoff, args.model, args.workload, **hparams)
     else:
-        fn, call_args, n, e = inference.inference_workload(args.workload, args.cutoff, args.model)
+        fn, call_args, n, e = inference.inference_workload(args.workload, args.cutoff, args.model, **hparams)
     compiled = jax.jit(fn).lower(*call_args).compile()
     for _ in range(2):
         jax.block_until_ready(compiled(*call_args))
