@@ -1,11 +1,13 @@
 """Where NequIP's blocked per-edge path starts to pay (``model.block_above``): the plain path
 (never blocked) against the blocked one (``block_above: 0``), both compiled in one process and
-called alternately, ``--rounds`` rounds, median wall time; standard size, float32. Workloads are
+called alternately, ``--rounds`` rounds, median wall time, and the compiled call's temporary
+memory (XLA's ``memory_analysis``); standard size (or ``--hparam``), float32. Workloads are
 ``inference.py``'s: E+F on a system, and one Adam step on an E+F loss (``train`` = 8 aspirins,
 ``train-waterN``).
 
     python benchmarks/block_threshold.py aspirin train water24 train-water24 water81 train-water81
     taskset -c 0 python benchmarks/block_threshold.py water192 train-water192   # one core
+    python benchmarks/block_threshold.py water192 train-water192 --hparam l_max=2
 """
 
 from __future__ import annotations
@@ -14,30 +16,36 @@ import argparse
 import time
 
 import numpy as np
+import yaml
 
 import inference  # this directory is on sys.path
 
 
-def workload(name: str, block_above: int):
+def workload(name: str, block_above: int, hparams: dict):
     if name.startswith("train"):
-        return inference.train_workload(5.0, "nequip", name, block_above=block_above)
-    return inference.inference_workload(name, 5.0, "nequip", block_above=block_above)
+        return inference.train_workload(5.0, "nequip", name, block_above=block_above, **hparams)
+    return inference.inference_workload(name, 5.0, "nequip", block_above=block_above, **hparams)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workloads", nargs="+")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--hparam", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="model hyperparameters changed from the standard size, e.g. l_max=2 (YAML values)")
     args = ap.parse_args()
+    hparams = {k: yaml.safe_load(v) for k, v in (h.split("=", 1) for h in args.hparam)}
     import jax
 
     jax.config.update("jax_enable_x64", False)
-    print("| workload | atoms | edges | plain ms | blocked ms | blocked / plain |\n|---|---:|---:|---:|---:|---:|")
+    print("| workload | atoms | edges | plain ms | blocked ms | blocked / plain | temp MB plain | blocked |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.workloads:
-        calls = {}
+        calls, temp_mb = {}, {}
         for variant, above in (("plain", 10**9), ("blocked", 0)):
-            fn, fn_args, n, e = workload(name, above)
+            fn, fn_args, n, e = workload(name, above, hparams)
             compiled = jax.jit(fn).lower(*fn_args).compile()
+            temp_mb[variant] = compiled.memory_analysis().temp_size_in_bytes / 1e6
             jax.block_until_ready(compiled(*fn_args))
             calls[variant] = (compiled, fn_args)
         times = {k: [] for k in calls}
@@ -48,7 +56,8 @@ def main():
                 jax.block_until_ready(compiled(*fn_args))
                 times[variant].append(time.perf_counter() - t0)
         plain, blocked = (1e3 * float(np.median(times[k])) for k in ("plain", "blocked"))
-        print(f"| {name} | {n} | {e} | {plain:.1f} | {blocked:.1f} | {blocked / plain:.2f} |", flush=True)
+        print(f"| {name} | {n} | {e} | {plain:.1f} | {blocked:.1f} | {blocked / plain:.2f} | "
+              f"{temp_mb['plain']:.0f} | {temp_mb['blocked']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

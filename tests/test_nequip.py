@@ -257,14 +257,14 @@ def test_blocked_sum_keeps_a_training_steps_memory_block_sized():
     assert temp[1] < 1.3 * temp[0], temp
 
 
-def test_blocked_pair_path_gives_the_plain_result():
-    """Large-system path (blocks + remat + per-pair radial MLP) against the plain per-edge
-    evaluation with the same parameters: a molecule, a periodic cell with self-images, and a
-    half neighbour list (no valid pairing: the blocked per-edge fallback)."""
+def _blocked_equals_plain(name):
+    """The configuration ``name`` in blocks of 48 edges (padding blocks skipped) against all
+    edges at once, same parameters, on a molecule and a periodic cell with self-images.
+    Returns (plain model, blocked model)."""
     from ase.build import bulk
 
-    ref = _model("fast")
-    blocked = Model(ref.params, edge_chunk=48, block_above=0)  # same parameter tree
+    ref = _model(name)
+    blocked = Model(ref.params, **CONFIGS[name], edge_chunk=48, block_above=0)  # same parameter tree
     cell = bulk("C", "diamond", a=3.6)
     cell.rattle(0.05, seed=1)
     cell.numbers[1] = 8
@@ -273,6 +273,19 @@ def test_blocked_pair_path_gives_the_plain_result():
         e2, f2, _ = blocked(atoms)
         assert abs(e) > 1e-6 and np.abs(f).max() > 1e-6
         assert abs(e2 - e) < 1e-12 and np.allclose(f2, f, atol=1e-12)
+    return ref, blocked
+
+
+def test_blocked_e3nn_path_gives_the_plain_result():
+    """l_max 2 (the e3nn-jax layer) through aggregation.sum_messages in blocks."""
+    _blocked_equals_plain("e3nn_l2")
+
+
+def test_blocked_pair_path_gives_the_plain_result():
+    """Large-system path (blocks + remat + per-pair radial MLP) against the plain per-edge
+    evaluation with the same parameters: a molecule, a periodic cell with self-images, and a
+    half neighbour list (no valid pairing: the blocked per-edge fallback)."""
+    ref, blocked = _blocked_equals_plain("fast")
     g = atoms_to_graph(_molecule(seed=7), CUTOFF)
     half = g.receivers < g.senders
     g = g._replace(senders=g.senders[half], receivers=g.receivers[half], edges={k: v[half] for k, v in g.edges.items()},

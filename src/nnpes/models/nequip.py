@@ -26,7 +26,7 @@ Two implementations of the same architecture:
     memory; there the radial MLP runs once per unordered pair
     (``radial_per_pair``, nequip_ops.py) and both messages of a pair come from it.
   * any l_max (or ``implementation: e3nn``): e3nn-jax spherical harmonics, ``tensor_product``,
-    ``flax.Linear`` and ``gate``.
+    ``flax.Linear`` and ``gate``; blocked above ``block_above`` edges the same way.
 """
 
 from __future__ import annotations
@@ -252,6 +252,27 @@ class FastInteraction(nn.Module):
 # ---------------------------------------------------------------- general implementation (e3nn-jax)
 
 
+def _e3nn_messages(h_j: e3nn.IrrepsArray, unit, hidden: e3nn.Irreps, hp: NequIPHParams) -> e3nn.IrrepsArray:
+    """Per-edge h_j ⊗ Y(r̂) (E, msg irreps), the Y0 = 1 path included, regrouped; unweighted."""
+    parts = [h_j.filter(keep=hidden)]  # the Y0 = 1 path
+    if hp.l_max > 0:
+        sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(hp.l_max)[1:], e3nn.IrrepsArray("1o", unit), normalize=False, normalization="component")
+        if not hp.parity:  # SE(3): harmonics relabelled even, so odd-l products are allowed
+            sh = e3nn.IrrepsArray(e3nn.Irreps([(1, (l, 1)) for l in range(1, hp.l_max + 1)]), sh.array)
+        # MACE's written-out product (mace_ops.edge_messages) was measured slower here, at 32
+        # channels of six irreps: training step 1.37x, aspirin E+F 1.8x (one core, 2026-12-06).
+        parts.append(e3nn.tensor_product(h_j, sh, filter_ir_out=hidden))
+    return e3nn.concatenate(parts).regroup()
+
+
+def _e3nn_edge_messages(consts, unit, basis, senders, receivers, *, irreps: str, hidden: str, hp: NequIPHParams):
+    """sum_messages' per-edge function: [(receivers, messages (E, D))], messages weighted per
+    irrep by the radial MLP."""
+    h, kernels = consts
+    msg = _e3nn_messages(e3nn.IrrepsArray(irreps, h[senders]), unit, e3nn.Irreps(hidden), hp)
+    return [(receivers, (msg * mlp(kernels, basis)).array)]
+
+
 class E3nnInteraction(nn.Module):
     """One NequIP layer for any l_max through e3nn-jax. ``feats`` is an IrrepsArray (N, irreps)."""
 
@@ -261,24 +282,18 @@ class E3nnInteraction(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, feats, species, unit, basis, senders, receivers, num_species):
+    def __call__(self, feats, species, unit, basis, senders, receivers, num_species, edge_mask=None):
+        """Above ``block_above`` edges the messages are made and summed in blocks of
+        ``edge_chunk`` edges (``sum_messages``; blocks of padding skipped), as on the l ≤ 1 path."""
         hp, hidden = self.hp, e3nn.Irreps(self.hidden)
         h = e3nn.flax.Linear(feats.irreps, name="linear_1")(feats)
-        h_j = h[senders]
-        parts = [h_j.filter(keep=hidden)]  # the Y0 = 1 path
-        if hp.l_max > 0:
-            sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(hp.l_max)[1:], e3nn.IrrepsArray("1o", unit), normalize=False, normalization="component")
-            if not hp.parity:  # SE(3): harmonics relabelled even, so odd-l products are allowed
-                sh = e3nn.IrrepsArray(e3nn.Irreps([(1, (l, 1)) for l in range(1, hp.l_max + 1)]), sh.array)
-            # MACE's written-out product (mace_ops.edge_messages) was measured slower here, at 32
-            # channels of six irreps: training step 1.37x, aspirin E+F 1.8x (one core, 2026-12-06).
-            parts.append(e3nn.tensor_product(h_j, sh, filter_ir_out=hidden))
-        msg = e3nn.concatenate(parts).regroup()
-        kernels = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, msg.irreps.num_irreps, self.dtype, name="RadialMLP_0")(basis.shape[1])
-        w = mlp(kernels, basis)
-        msg = msg * w
-        agg = e3nn.IrrepsArray(msg.irreps, jax.ops.segment_sum(msg.array, receivers, species.shape[0], indices_are_sorted=True))
-        agg = agg / self.avg_num_neighbors
+        msg_irreps = _e3nn_messages(h[:1], unit[:1], hidden, hp).irreps  # for the irreps only (dead code)
+        kernels = RadialMLP(hp.radial_mlp_width, hp.radial_mlp_depth, msg_irreps.num_irreps, self.dtype, name="RadialMLP_0")(basis.shape[1])
+        per_edge = functools.partial(_e3nn_edge_messages, irreps=str(h.irreps), hidden=str(hidden), hp=hp)
+        chunk = hp.edge_chunk if _blocked(hp, unit.shape[0]) else None
+        agg = sum_messages(per_edge, chunk, (h.array, kernels), species.shape[0], unit, basis, senders, receivers,
+                           indices_are_sorted=True, active=edge_mask)
+        agg = e3nn.IrrepsArray(msg_irreps, agg / self.avg_num_neighbors)
 
         scalars = hidden.filter(keep=["0e", "0o"])
         nonscalars = hidden.filter(drop=["0e", "0o"]).filter(keep=agg.irreps)
@@ -337,7 +352,7 @@ class NequIP(nn.Module):
             for layer in range(hp.num_layers):
                 target = e3nn.Irreps(f"{c}x0e") if layer == hp.num_layers - 1 else hidden
                 feats = E3nnInteraction(hp, str(target), self.avg_num_neighbors, dt, name=f"layer_{layer}")(
-                    feats, species, unit, basis, senders, receivers, self.num_species
+                    feats, species, unit, basis, senders, receivers, self.num_species, edge_mask
                 )
             scalars = feats.filter(keep="0e").array
         e = nn.Dense(1, use_bias=False, dtype=dt, param_dtype=dt, name="readout")(scalars)[:, 0]
