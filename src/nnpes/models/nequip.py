@@ -65,8 +65,8 @@ class NequIPHParams:
     implementation: Literal["auto", "e3nn"] = doc("auto: explicit l ≤ 1 kernels when l_max == 1; e3nn: e3nn-jax tensor products", default="auto")
     # Large systems (more than block_above edges): per-edge work in blocks of edge_chunk edges
     # (lax.scan, remat), radial MLP once per unordered pair (r_ij = r_ji). On 2 cores, blocked /
-    # plain: train step 1.39 at 2 358 edges (8 aspirins), 1.11 at 4 430, 0.79 at 10 492, 0.84 at
-    # 35 340; E+F 0.88, 0.81, 0.60, 0.58 (benchmarks/README.md, Inference), hence the threshold.
+    # plain: train step 1.23 at 2 358 edges (8 aspirins), 1.05 at 4 430, 0.93 at 10 492, 0.73 at
+    # 29 402; E+F 1.16 at 4 430, 0.58 at 10 492 (benchmarks/README.md, Inference): the threshold.
     edge_chunk: int | None = doc("large systems: edges per block of per-edge work; null: never block", default=1024)
     block_above: int = doc("work in edge blocks only above this many edges in a batch", default=8192)
     radial_per_pair: bool = doc("blocked path: radial MLP once per unordered pair (r_ij = r_ji)", default=True)
