@@ -220,6 +220,22 @@ def test_runs_recorded_before_the_label_keys_existed_still_resume(data_dir):  # 
     assert old.differences(keyed) == ["data.energy_key: None → 'E'"]
 
 
+def test_a_run_resumes_across_a_changed_default_of_a_speed_only_model_key(data_dir):  # noqa: F811
+    """NequIP's ``block_above`` default went from 16 384 to 8 192 edges: a run recorded with the
+    old default must still resume (the key changes how the energy is computed, not what it is),
+    while a key that changes the model still refuses. Before, resuming named block_above."""
+    from nnpes.config import load_config
+    from nnpes.training.run_record import RunRecord
+
+    cfg = {**_config(data_dir), "model": {"name": "nequip", "elements": ["Cu", "Al"], "cutoff": 3.0}}
+    new = RunRecord.of(load_config(cfg))
+    assert new.config["model.block_above"] == 8192
+    old = RunRecord({**new.config, "model.block_above": 16384, "model.edge_chunk": 512}, new.files)
+    assert old.differences(new) == []
+    wider = RunRecord.of(load_config({**cfg, "model": {**cfg["model"], "features": 16}}))
+    assert old.differences(wider) == ["model.features: 32 → 16"]
+
+
 # ---- item 4: nnpes md knows when a run blew up -----------------------------------------------
 
 

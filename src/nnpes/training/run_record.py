@@ -8,7 +8,7 @@ normalisation data would silently combine old weights with new statistics (issue
 (``--init-from``).
 
 A few keys may change between resumes because they only say how long or how verbosely to go on,
-and ``training.weight_schedule`` may change in the epochs the run has not begun: the stages already
+or how (not what) the model computes, and ``training.weight_schedule`` may change in the epochs the run has not begun: the stages already
 in force stay as they were, so the resumed run ends where an uninterrupted run with the new schedule
 would (a late stage two added, moved or dropped while a long run is still before it).
 """
@@ -29,10 +29,13 @@ from nnpes.potential.card import DataFile
 
 RECORD = "run.yaml"
 
-# Keys a resumed run may change: how long to go on and what to print, not what is learned.
+# Keys a resumed run may change: how long to go on and what to print, not what is learned; and
+# how the model is computed, not what it computes (NequIP's edge blocks: the same function and
+# parameters, tested equal to 1e-12), so a run started before such a default changed resumes.
 RESUMABLE = frozenset({
     "training.max_epochs", "training.max_time", "training.progress", "training.early_stopping_patience",
     "output.run_dir", "output.plots", "output.tensorboard", "output.wandb",
+    "model.edge_chunk", "model.block_above", "model.radial_per_pair",
 })
 # Keys a resumed run may change for the epochs it has not begun (``unchanged_before``).
 FUTURE_ONLY = frozenset({"training.weight_schedule"})
