@@ -16,25 +16,17 @@ import argparse
 import time
 
 import numpy as np
-import yaml
 
 import inference  # this directory is on sys.path
-
-
-def workload(name: str, block_above: int, hparams: dict):
-    if name.startswith("train"):
-        return inference.train_workload(5.0, "nequip", name, block_above=block_above, **hparams)
-    return inference.inference_workload(name, 5.0, "nequip", block_above=block_above, **hparams)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workloads", nargs="+")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--hparam", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="model hyperparameters changed from the standard size, e.g. l_max=2 (YAML values)")
+    inference.add_hparam_option(ap)
     args = ap.parse_args()
-    hparams = {k: yaml.safe_load(v) for k, v in (h.split("=", 1) for h in args.hparam)}
+    hparams = inference.hparams_of(args)
     import jax
 
     jax.config.update("jax_enable_x64", False)
@@ -43,7 +35,7 @@ def main():
     for name in args.workloads:
         calls, temp_mb = {}, {}
         for variant, above in (("plain", 10**9), ("blocked", 0)):
-            fn, fn_args, n, e = workload(name, above, hparams)
+            fn, fn_args, n, e = inference.workload(name, 5.0, "nequip", block_above=above, **hparams)
             compiled = jax.jit(fn).lower(*fn_args).compile()
             temp_mb[variant] = compiled.memory_analysis().temp_size_in_bytes / 1e6
             jax.block_until_ready(compiled(*fn_args))

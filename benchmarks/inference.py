@@ -148,6 +148,25 @@ def inference_workload(name: str, cutoff: float, model: str = "nequip", **hparam
     return fn, (params, graph), n, e
 
 
+def workload(name: str, cutoff: float, model: str = "nequip", **hparams):
+    """``train_workload`` for ``train``/``train-<system>``, else ``inference_workload``."""
+    if name.startswith("train"):
+        return train_workload(cutoff, model, name, **hparams)
+    return inference_workload(name, cutoff, model, **hparams)
+
+
+def add_hparam_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--hparam", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="model hyperparameters changed from the standard size, e.g. l_max=2 (YAML values)")
+
+
+def hparams_of(args) -> dict:
+    """``--hparam`` values as a dict (YAML-parsed values)."""
+    import yaml  # not at the top: the peers' venvs import this file
+
+    return {k: yaml.safe_load(v) for k, v in (h.split("=", 1) for h in args.hparam)}
+
+
 def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip") -> dict:
     fn, args, n, e = inference_workload(name, cutoff, model)
     sec, cpu_s, compile_s, flops = timed(fn, args, repeats)

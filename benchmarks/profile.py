@@ -22,7 +22,6 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -104,18 +103,13 @@ def main():
     ap.add_argument("--calls", type=int, default=3, help="calls traced (after two untraced)")
     ap.add_argument("--by", choices=["pass-module", "module", "op"], default="pass-module")
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--hparam", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="model hyperparameters changed from the standard size, e.g. l_max=2 (YAML values)")
+    inference.add_hparam_option(ap)
     args = ap.parse_args()
-    hparams = {k: yaml.safe_load(v) for k, v in (h.split("=", 1) for h in args.hparam)}
 
     import jax
 
     jax.config.update("jax_enable_x64", False)
-    if args.workload.startswith("train"):
-        fn, call_args, n, e = inference.train_workload(args.cutoff, args.model, args.workload, **hparams)
-    else:
-        fn, call_args, n, e = inference.inference_workload(args.workload, args.cutoff, args.model, **hparams)
+    fn, call_args, n, e = inference.workload(args.workload, args.cutoff, args.model, **inference.hparams_of(args))
     compiled = jax.jit(fn).lower(*call_args).compile()
     for _ in range(2):
         jax.block_until_ready(compiled(*call_args))
