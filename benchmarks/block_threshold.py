@@ -13,11 +13,10 @@ memory (XLA's ``memory_analysis``); standard size (or ``--hparam``), float32. Wo
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
+import functools
 
 import inference  # this directory is on sys.path
+from timing import alternated
 
 
 def main():
@@ -38,16 +37,9 @@ def main():
             fn, fn_args, n, e = inference.workload(name, 5.0, "nequip", block_above=above, **hparams)
             compiled = jax.jit(fn).lower(*fn_args).compile()
             temp_mb[variant] = compiled.memory_analysis().temp_size_in_bytes / 1e6
-            jax.block_until_ready(compiled(*fn_args))
-            calls[variant] = (compiled, fn_args)
-        times = {k: [] for k in calls}
-        for r in range(args.rounds):
-            for variant in (("plain", "blocked") if r % 2 == 0 else ("blocked", "plain")):
-                compiled, fn_args = calls[variant]
-                t0 = time.perf_counter()
-                jax.block_until_ready(compiled(*fn_args))
-                times[variant].append(time.perf_counter() - t0)
-        plain, blocked = (1e3 * float(np.median(times[k])) for k in ("plain", "blocked"))
+            calls[variant] = functools.partial(compiled, *fn_args)
+        times = alternated(calls, args.rounds)
+        plain, blocked = (1e3 * times[k].median for k in ("plain", "blocked"))
         print(f"| {name} | {n} | {e} | {plain:.1f} | {blocked:.1f} | {blocked / plain:.2f} | "
               f"{temp_mb['plain']:.0f} | {temp_mb['blocked']:.0f} |", flush=True)
 

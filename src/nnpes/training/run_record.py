@@ -8,9 +8,10 @@ normalisation data would silently combine old weights with new statistics (issue
 (``--init-from``).
 
 A few keys may change between resumes because they only say how long or how verbosely to go on,
-or how (not what) the model computes, and ``training.weight_schedule`` may change in the epochs the run has not begun: the stages already
-in force stay as they were, so the resumed run ends where an uninterrupted run with the new schedule
-would (a late stage two added, moved or dropped while a long run is still before it).
+or how (not what) the model computes, and ``training.weight_schedule`` may change in the epochs
+the run has not begun: the stages already in force stay as they were, so the resumed run ends
+where an uninterrupted run with the new schedule would (a late stage two added, moved or dropped
+while a long run is still before it).
 """
 
 from __future__ import annotations
