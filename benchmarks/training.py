@@ -43,7 +43,7 @@ def throughput(name: str, steps: int, repeats: int) -> dict:
     from nnpes.potential import build_potential
     from nnpes.training import LossOptions, TrainState, lr_schedule, make_optimizer, make_train_step
     from nnpes.training.data import load_splits
-    from nnpes.training.trainer import loss_weights, make_loader, n_batches
+    from nnpes.training.trainer import make_loader, n_batches
 
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     t = cfg.training
@@ -59,7 +59,7 @@ def throughput(name: str, steps: int, repeats: int) -> dict:
     train_step = jax.jit(step_fn)
     dtype = pot.dtype
     state = TrainState.create(pot.params, tx)
-    w = {k: jnp.asarray(v, dtype) for k, v in loss_weights(t, 0).items()}
+    w = {k: jnp.asarray(v, dtype) for k, v in t.loss_weights(0).items()}
     one = jnp.asarray(1.0, dtype)
     loader.set_epoch(0)
     batches = [to_device(b, dtype) for b in loader]

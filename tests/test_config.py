@@ -162,3 +162,17 @@ def test_config_cli(tmp_path, capsys):
     assert main(["config", "check", str(_write(tmp_path, cfg, "bad.yaml"))]) == 2
     err = capsys.readouterr().err
     assert "bach_size" in err and "batch_size" in err and "Traceback" not in err
+
+
+def test_a_weight_schedule_stage_keeps_what_it_does_not_set():
+    """Each key of the schedule comes from the last stage begun that sets it: a third stage that
+    sets only w_F keeps the second's w_E and lr factor."""
+    from nnpes.config.training import TrainingConfig, WeightStage
+
+    t = TrainingConfig(energy_weight=1.0, forces_weight=100.0,
+                       weight_schedule=[WeightStage(epoch=5, energy_weight=1000.0, lr_factor=0.1),
+                                        WeightStage(epoch=8, forces_weight=10.0)])
+    assert t.loss_weights(4) == {"energy": 1.0, "forces": 100.0, "stress": 0.0} and t.lr_factor(4) == 1.0
+    assert t.loss_weights(5) == {"energy": 1000.0, "forces": 100.0, "stress": 0.0} and t.lr_factor(7) == 0.1
+    assert t.loss_weights(9) == {"energy": 1000.0, "forces": 10.0, "stress": 0.0} and t.lr_factor(9) == 0.1
+    assert [e for e in range(10) if t.stage_begins(e)] == [5, 8]

@@ -326,6 +326,19 @@ def blocked_nequip():
                             "block_above": 0}, seed=1)
 
 
+def _paired_list(nequip, atoms):
+    """(energy_fn, nbrs, R, energy_and_forces compiled) of an MD list that carries reverse slots."""
+    neighbor_fn, energy_fn = md_functions(nequip, atoms)
+    nbrs = neighbor_fn.allocate(atoms.positions)
+    return energy_fn, nbrs, jnp.asarray(atoms.positions), jax.jit(energy_fn.energy_and_forces)
+
+
+def _same_energy_and_forces(a, b):
+    (e1, f1), (e2, f2) = a, b
+    assert abs(float(e1) - float(e2)) < 1e-9 * max(1, abs(float(e2)))
+    np.testing.assert_allclose(np.asarray(f1), np.asarray(f2), atol=1e-9)
+
+
 @pytest.mark.parametrize("name", ["triclinic_small", "box", "cluster"])
 def test_list_pairs_feed_the_blocked_nequip_path(name, blocked_nequip):
     """Issue 13 §1: on NequIP's blocked path (forced here with edge blocks of 16) the MD loop hands
@@ -333,15 +346,9 @@ def test_list_pairs_feed_the_blocked_nequip_path(name, blocked_nequip):
     instead of the per-step sort: every real slot is paired with the slot holding exactly the
     opposite vector (self-images in a cell thinner than the cutoff included), and energy and
     forces equal predict's (which sorts) in float64."""
-    from nnpes.md.functions import slot_pairs
-
-    nequip = blocked_nequip
     atoms = STRUCTURES[name]
-    neighbor_fn, energy_fn = md_functions(nequip, atoms)
-    nbrs = neighbor_fn.allocate(atoms.positions)
-    R = jnp.asarray(atoms.positions)
-    model_inputs = jax.jit(energy_fn.model_inputs)  # compiled: eager dispatch of its many small ops is slower
-    inputs, _ = model_inputs(R, nbrs)
+    energy_fn, nbrs, R, energy_and_forces = _paired_list(blocked_nequip, atoms)
+    inputs, _ = jax.jit(energy_fn.model_inputs)(R, nbrs)  # compiled: eager dispatch of its many small ops is slower
     pairs = inputs.pairs
     mask = np.asarray(inputs.edge_mask)
     first, second = np.asarray(pairs.first), np.asarray(pairs.second)
@@ -350,24 +357,29 @@ def test_list_pairs_feed_the_blocked_nequip_path(name, blocked_nequip):
     assert sorted(np.concatenate([first[lead], second[lead]])) == list(np.flatnonzero(mask))  # each slot once
     v = np.asarray(inputs.vectors)
     np.testing.assert_array_equal(v[first[lead]], -v[second[lead]])
-    energy_and_forces = jax.jit(energy_fn.energy_and_forces)  # one compile for the list and `broken`
-    e, f = energy_and_forces(R, neighbor=nbrs)
-    pred = nequip.predict(atoms)
-    assert abs(pred["energy"] - float(e)) < 1e-9 * max(1, abs(float(e)))
-    np.testing.assert_allclose(np.asarray(f), pred["forces"], atol=1e-9)
+    pred = blocked_nequip.predict(atoms)
+    _same_energy_and_forces(energy_and_forces(R, neighbor=nbrs), (pred["energy"], pred["forces"]))
     assert np.abs(pred["forces"]).max() > 1e-6
+
+
+def test_a_list_without_pairs_leaves_the_pairing_to_the_model(blocked_nequip):
+    """A list without reverse slots, or one whose pairing broke, gives the blocked NequIP the same
+    energy and forces: the model sorts for its pairs, or goes per edge. (One structure, the cell
+    thinner than the cutoff: the pairing itself is checked on all three above.)"""
+    from nnpes.md.functions import slot_pairs
+
+    atoms = STRUCTURES["triclinic_small"]
+    energy_fn, nbrs, R, energy_and_forces = _paired_list(blocked_nequip, atoms)
+    reference = energy_and_forces(R, neighbor=nbrs)
     plain = neighbor_list_fn(atoms.cell.array, atoms.pbc, CUTOFF).allocate(atoms.positions)  # no reverse entries
-    assert nbrs.layout.reverse and not plain.layout.reverse and model_inputs(R, plain)[0].pairs is None
-    e3, f3 = jax.jit(energy_fn.energy_and_forces)(R, neighbor=plain)  # the model sorts for its pairs
-    assert abs(float(e3) - float(e)) < 1e-9 * max(1, abs(float(e)))
-    np.testing.assert_allclose(np.asarray(f3), np.asarray(f), atol=1e-9)
+    assert nbrs.layout.reverse and not plain.layout.reverse
+    assert jax.jit(energy_fn.model_inputs)(R, plain)[0].pairs is None
+    _same_energy_and_forces(jax.jit(energy_fn.energy_and_forces)(R, neighbor=plain), reference)
     assert not md_functions(lj_potential(), atoms)[0].allocate(atoms.positions).layout.reverse  # takes no pairs
     broken = nbrs.replace(paired=jnp.zeros((), bool))  # an unpaired list: the model goes per edge
     paired = jax.jit(lambda R, nbrs: slot_pairs(*_slots(energy_fn, R, nbrs), nbrs).valid)
     assert bool(paired(R, nbrs)) and not bool(paired(R, broken))
-    e2, f2 = energy_and_forces(R, neighbor=broken)
-    assert abs(float(e2) - float(e)) < 1e-9 * max(1, abs(float(e)))
-    np.testing.assert_allclose(np.asarray(f2), np.asarray(f), atol=1e-9)
+    _same_energy_and_forces(energy_and_forces(R, neighbor=broken), reference)
 
 
 def _slots(energy_fn, R, nbrs):

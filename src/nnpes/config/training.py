@@ -145,6 +145,26 @@ class TrainingConfig:
         if epochs != sorted(epochs):
             raise ConfigError(f"{path}.weight_schedule: stages must be in increasing epoch order")
 
+    # weight_schedule: the value of a key at an epoch is the one set by the last stage begun by then
+    def _scheduled(self, epoch: int, key: str, before):
+        for stage in self.weight_schedule:
+            if epoch >= stage.epoch and getattr(stage, key) is not None:
+                before = getattr(stage, key)
+        return before
+
+    def loss_weights(self, epoch: int) -> dict[str, float]:
+        """w_E, w_F, w_S in force at ``epoch``."""
+        return {k: self._scheduled(epoch, f"{k}_weight", getattr(self, f"{k}_weight"))
+                for k in ("energy", "forces", "stress")}
+
+    def lr_factor(self, epoch: int) -> float:
+        """The factor on the learning rate in force at ``epoch`` (1 before any stage sets one)."""
+        return self._scheduled(epoch, "lr_factor", 1.0)
+
+    def stage_begins(self, epoch: int) -> bool:
+        """Whether a later ``weight_schedule`` stage begins at ``epoch`` (one at epoch 0 is the start)."""
+        return epoch > 0 and any(stage.epoch == epoch for stage in self.weight_schedule)
+
 
 @dataclass
 class OutputConfig:

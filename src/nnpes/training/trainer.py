@@ -70,27 +70,6 @@ def n_batches(loader) -> int:
         return sum(1 for _ in loader)
 
 
-def loss_weights(tcfg, epoch: int) -> dict:
-    """w_E, w_F, w_S in force at ``epoch`` (the last weight_schedule stage that has started)."""
-    w = {"energy": tcfg.energy_weight, "forces": tcfg.forces_weight, "stress": tcfg.stress_weight}
-    for stage in tcfg.weight_schedule:
-        if epoch >= stage.epoch:
-            for k in ("energy", "forces", "stress"):
-                v = getattr(stage, f"{k}_weight")
-                if v is not None:
-                    w[k] = v
-    return w
-
-
-def stage_lr_factor(tcfg, epoch: int) -> float:
-    """The learning-rate factor in force at ``epoch`` (the last started stage that sets one; 1)."""
-    factor = 1.0
-    for stage in tcfg.weight_schedule:
-        if epoch >= stage.epoch and stage.lr_factor is not None:
-            factor = stage.lr_factor
-    return factor
-
-
 class _Log:
     def __init__(self, path, quiet=False):
         self.f = open(path, "a")
@@ -329,12 +308,12 @@ def _epoch_loop(run: _Run, train_step, eval_step, state: TrainState, progress: P
         if why := stop.reason():
             return state, why
         epoch = progress.epoch
-        began = epoch > 0 and any(stage.epoch == epoch for stage in tcfg.weight_schedule)
+        began = tcfg.stage_begins(epoch)
         if began and not progress.batch:
             run.log(f"epoch {epoch}: a training.weight_schedule stage begins; its loss is weighted anew, so the "
                     "best validation loss starts anew (the saved model comes from this stage on)")
-        weights = {k: jnp.asarray(v, run.pot.dtype) for k, v in loss_weights(tcfg, epoch).items()}
-        lr_scale = jnp.asarray(progress.lr_scale * stage_lr_factor(tcfg, epoch), run.pot.dtype)
+        weights = {k: jnp.asarray(v, run.pot.dtype) for k, v in tcfg.loss_weights(epoch).items()}
+        lr_scale = jnp.asarray(progress.lr_scale * tcfg.lr_factor(epoch), run.pot.dtype)
         state, sums, lr, done = _train_epoch(run, train_step, state, weights, lr_scale, epoch, start=progress.batch,
                                              sums=EpochSums.from_tree(partial), stop=stop)
         partial = None
