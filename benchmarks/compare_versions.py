@@ -8,7 +8,8 @@ alternating, so both see the same load; each run is a fresh process with that ch
 PYTHONPATH and its own benchmark scripts:
 ``inference.py`` (aspirin E+F, 540-atom water E+F, training step on 8 aspirins; standard NequIP,
 float32), ``md.py`` (velocity Verlet under lax.scan, fcc Cu 108 and 1008 atoms) and the committee
-speed of ``active_learning.py speed`` (K = 4, one vmapped call, aspirin). Prints medians over
+speed of ``active_learning.py speed`` (K = 4, one vmapped call, aspirin), and ``build``: one
+``build_potential`` in a fresh process, compilation cache off. Prints medians over
 rounds and after/before ratios as a markdown table. ``--model mace --only "inference aspirin"
 "inference water540" "inference train"`` compares MACE at its standard size.
 """
@@ -25,8 +26,8 @@ import sys
 from pathlib import Path
 
 
-def _run(root: Path, args: list[str]) -> str:
-    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+def _run(root: Path, args: list[str], **env_vars: str) -> str:
+    env = {**os.environ, **env_vars, "PYTHONPATH": str(root / "src")}
     proc = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{root}: {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
@@ -54,6 +55,26 @@ def committee(root: Path) -> dict[str, float]:
     return {f"committee K=4, {k} (ms)": v["vmapped_ms"] for k, v in out.items() if isinstance(v, dict)}
 
 
+# Seconds of build_potential (fresh parameters) in a fresh process, the persistent cache off: the
+# start of every `nnpes train`, most of it compilation.
+BUILD = """
+import json, time
+import nnpes
+t = time.perf_counter()
+nnpes.build_potential({model}, seed=0)
+print(json.dumps(time.perf_counter() - t))
+"""
+BUILD_MODELS = {"nequip": {"name": "nequip", "elements": ["H", "C", "O"], "cutoff": 5.0, "num_layers": 4,
+                           "features": 32, "l_max": 1},
+                "mace": {"name": "mace", "elements": ["H", "C", "O"]}}
+
+
+def build(root: Path) -> dict[str, float]:
+    out = _run(root, ["-c", BUILD.format(model=BUILD_MODELS[MODEL])], NNPES_COMPILE_CACHE="off")
+    seconds = json.loads(out.splitlines()[-1])
+    return {f"build_potential, fresh process ({MODEL}, s)": seconds}
+
+
 BENCHMARKS = {
     "inference aspirin": lambda root: {"aspirin E+F (ms)": inference(root, "aspirin")},
     "inference water540": lambda root: {"water 540 E+F (ms)": inference(root, "water540")},
@@ -61,6 +82,7 @@ BENCHMARKS = {
     "inference train-water540": lambda root: {"training step, water 540 (ms)": inference(root, "train-water540")},
     "md": md,
     "committee": committee,
+    "build": build,
 }
 
 
