@@ -183,7 +183,7 @@ def test_hidden_irreps_and_bad_hyperparameters_are_named():
             parse_model_config({"name": "mace", "elements": ["H"], **bad})
 
 
-@pytest.mark.parametrize("correlation", [1, 2, 3])
+@pytest.mark.parametrize("correlation", [1, 2])  # 3: SMALL's, which the fixture below runs in float64
 def test_every_correlation_order_builds(correlation):
     pot = build_potential({"name": "mace", "elements": ["H", "C", "O"], "cutoff": 3.0, **SMALL, "correlation": correlation,
                            "num_interactions": 1})
