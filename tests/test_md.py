@@ -264,6 +264,13 @@ def test_default_capacity_holds_copper_at_300K():
 # ---- forces -------------------------------------------------------------------------------------
 
 
+def _same_energy_and_forces(a, b):
+    """(energy eV, forces (N, 3) eV/Å) pairs equal to 1e-9 (relative for the energy above 1 eV)."""
+    (e1, f1), (e2, f2) = a, b
+    assert abs(float(e1) - float(e2)) < 1e-9 * max(1, min(abs(float(e1)), abs(float(e2))))
+    np.testing.assert_allclose(np.asarray(f1), np.asarray(f2), atol=1e-9)
+
+
 @pytest.mark.parametrize("name", ["triclinic_small", "box", "cluster", "slab"])
 def test_forces_agree_with_predict_and_calculator(pot, name):
     atoms = STRUCTURES[name].copy()
@@ -285,8 +292,7 @@ def test_forces_agree_with_predict_and_calculator(pot, name):
         np.testing.assert_allclose(stress, expected, atol=1e-9)
 
     pred = pot.predict(atoms)
-    assert abs(pred["energy"] - e) < 1e-9 * max(1, abs(e))
-    np.testing.assert_allclose(f, pred["forces"], atol=1e-9)
+    _same_energy_and_forces((e, f), (pred["energy"], pred["forces"]))
     atoms.calc = pot.calculator()
     np.testing.assert_allclose(f, atoms.get_forces(), atol=1e-9)
     assert np.abs(f).max() > 1e-3  # a real test: the structure is not at a stationary point
@@ -309,8 +315,7 @@ def test_forces_agree_on_nequip():
     nbrs = neighbor_fn.allocate(atoms.positions)
     e, f = jax.jit(energy_fn.energy_and_forces)(jnp.asarray(atoms.positions), neighbor=nbrs)
     pred = nequip.predict(atoms)
-    assert abs(pred["energy"] - float(e)) < 1e-9 * max(1, abs(float(e)))
-    np.testing.assert_allclose(np.asarray(f), pred["forces"], atol=1e-9)
+    _same_energy_and_forces((e, f), (pred["energy"], pred["forces"]))
     assert np.abs(pred["forces"]).max() > 1e-6
 
 
@@ -331,12 +336,6 @@ def _paired_list(nequip, atoms):
     neighbor_fn, energy_fn = md_functions(nequip, atoms)
     nbrs = neighbor_fn.allocate(atoms.positions)
     return energy_fn, nbrs, jnp.asarray(atoms.positions), jax.jit(energy_fn.energy_and_forces)
-
-
-def _same_energy_and_forces(a, b):
-    (e1, f1), (e2, f2) = a, b
-    assert abs(float(e1) - float(e2)) < 1e-9 * max(1, abs(float(e2)))
-    np.testing.assert_allclose(np.asarray(f1), np.asarray(f2), atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["triclinic_small", "box", "cluster"])
