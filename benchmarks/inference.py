@@ -173,6 +173,11 @@ def run_inference(name: str, cutoff: float, repeats: int, model: str = "nequip")
     return dict(kind="E+F", system=name, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
+def trained_system(name: str) -> str | None:
+    """The periodic system a ``train-<system>`` workload trains on; None for ``train`` (8 aspirins)."""
+    return None if name == "train" else name.removeprefix("train-")
+
+
 def train_workload(cutoff: float, model: str = "nequip", name: str = "train", **hparams):
     """(fn, args, atoms, edges): one Adam step on an energy + forces loss over one padded batch:
     8 displaced aspirins (``train``), or one periodic system (``train-water540``: above the models'
@@ -188,7 +193,8 @@ def train_workload(cutoff: float, model: str = "nequip", name: str = "train", **
 
     rng = np.random.default_rng(1)
     graphs = []
-    frames = displaced_aspirins() if name == "train" else [system(name.removeprefix("train-"))]
+    periodic = trained_system(name)
+    frames = displaced_aspirins() if periodic is None else [system(periodic)]
     for a in frames:
         a.arrays[keys.FORCES] = rng.normal(0.0, 1.0, a.positions.shape)  # labels: values do not affect speed
         a.info[keys.ENERGY] = float(rng.normal())
@@ -218,7 +224,7 @@ def train_workload(cutoff: float, model: str = "nequip", name: str = "train", **
 def run_train_step(cutoff: float, repeats: int, model: str = "nequip", name: str = "train") -> dict:
     fn, args, n, e = train_workload(cutoff, model, name)
     sec, cpu_s, compile_s, flops = timed(fn, args, repeats)
-    what = "8 x aspirin" if name == "train" else name.removeprefix("train-")
+    what = trained_system(name) or "8 x aspirin"
     return dict(kind="train step", system=what, atoms=n, edges=e, seconds=sec, cpu_s=cpu_s, compile_s=compile_s, flops=flops)
 
 
