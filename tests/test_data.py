@@ -139,8 +139,9 @@ def test_npz_both_key_styles_and_kcal_conversion(tmp_path):
     raw = read_structures(new, index="2")
     rmd17 = tmp_path / "rmd17_keys.npz"
     np.savez(rmd17, nuclear_charges=z, coords=coords, energies=energies, old_energies=energies)
-    with pytest.warns(UserWarning, match="kcal/mol"):
+    with pytest.warns(UserWarning, match="kcal/mol") as record:
         read_structures(rmd17)
+    assert record[0].filename == __file__  # the warning points at the caller's line, not into nnpes
     assert raw[0].info["frame"] == 2
     np.testing.assert_allclose(raw[0].get_potential_energy(), energies[2])
 

@@ -94,7 +94,8 @@ def _select(n: int, index, path) -> np.ndarray:
 # ---- format readers: each returns (atoms_list, frame_ids, labels_list) in file units --------
 
 
-def _read_npz(path: Path, index, energy_unit):
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file; a clear DataError for anything that is not one."""
     import zipfile
 
     if not zipfile.is_zipfile(path):  # np.load would talk of pickles, or fail with EOFError
@@ -102,23 +103,18 @@ def _read_npz(path: Path, index, energy_unit):
                         + (", the file is empty)" if path.stat().st_size == 0 else ")"))
     try:
         with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files}
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(path, f"is not a valid .npz file ({type(err).__name__}: {err})") from None
     except ValueError as err:  # an array of Python objects
         raise DataError(path, f"holds an array that is not plain numbers ({err.args[0].split('.')[0]}); "
                         "nnpes reads numeric arrays only") from None
 
-    def get(name, required):
-        for k in _NPZ_KEYS[name]:
-            if k in data:
-                return k, data[k]
-        if required:
-            raise DataError(path, f"no {name} array: expected one of keys {list(_NPZ_KEYS[name])}, found {sorted(data)}")
-        return None, None
 
+def _check_npz_units(path: Path, data: dict, energy_unit: str) -> None:
+    """Refuse units the file states otherwise (sGDML's r_unit, e_unit); warn on rMD17 read as eV."""
     for key, expected in (("r_unit", LENGTH_UNITS), ("e_unit", None)):
-        if key in data:  # sGDML files state their units; refuse to read them as something else
+        if key in data:
             stated = str(data[key])
             if expected is not None and stated not in expected:
                 raise DataError(path, f"{key}={stated!r}: only lengths in Å are supported")
@@ -128,8 +124,21 @@ def _read_npz(path: Path, index, energy_unit):
         warnings.warn(
             f"{path} looks like an rMD17 file (keys nuclear_charges, old_energies), whose energies are in "
             "kcal/mol, but energy_unit='eV' was given; pass energy_unit='kcal/mol' if the file is rMD17",
-            stacklevel=3,
+            stacklevel=5,  # _check_npz_units < _read_npz < _read_raw < read_structures < the caller
         )
+
+
+def _npz_arrays(path: Path, data: dict):
+    """(Z, R, E, F) found under any of their accepted keys, shape-checked: Z (atoms,) or (frames, atoms),
+    R (frames, atoms, 3), E (frames,) or None, F like R or None."""
+    def get(name, required):
+        for k in _NPZ_KEYS[name]:
+            if k in data:
+                return k, data[k]
+        if required:
+            raise DataError(path, f"no {name} array: expected one of keys {list(_NPZ_KEYS[name])}, found {sorted(data)}")
+        return None, None
+
     zkey, z = get("numbers", True)
     rkey, r = get("positions", True)
     ekey, e = get("energy", False)
@@ -146,10 +155,17 @@ def _read_npz(path: Path, index, energy_unit):
         e = e.reshape(m)
     if forces is not None and forces.shape != r.shape:
         raise DataError(path, f"{fkey!r} has shape {forces.shape}, expected {r.shape} like {rkey!r}")
+    return z, r, e, forces
+
+
+def _read_npz(path: Path, index, energy_unit):
+    data = _load_npz(path)
+    _check_npz_units(path, data, energy_unit)
+    z, r, e, forces = _npz_arrays(path, data)
     cell, pbc = None, False
     if "lattice" in data:
         cell, pbc = np.asarray(data["lattice"], np.float64).reshape(3, 3), True
-    ids = _select(m, index, path)
+    ids = _select(len(r), index, path)
     atoms_list, labels_list = [], []
     for i in ids:
         numbers = z if z.ndim == 1 else z[i]
