@@ -127,6 +127,31 @@ def test_outer_radius_from_the_data_covers_what_the_data_never_reached(tmp_path)
         build_potential({**TOY, "pair_repulsion_outer": {"H-H": 1.0}})
 
 
+
+def test_fine_tuning_keeps_the_saved_switching_radii(tmp_path):
+    """``init_from`` carries the parent's data-derived r_out (it once fell back to the covalent
+    0.8·(R_i + R_j), changing H–H at 1 Å without a word); dropping the term is an error; switching
+    it on for a model saved without it takes the radii from the fine-tuning data."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    data = [Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])]
+    closer = [Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [-0.05, 0.96, 0]])]  # H–H 1.39 Å
+    for a in data + closer:
+        a.calc = SinglePointCalculator(a, energy=-1.0, forces=np.full((3, 3), 0.1))
+    parent = build_potential({**TOY, "pair_repulsion": "zbl"}, seed=0, dataset=data)
+    path = parent.save(tmp_path / "parent")
+    child = build_potential({**TOY, "pair_repulsion": "zbl", "init_from": str(path)}, dataset=closer)
+    assert child.config.pair_repulsion_outer == parent.config.pair_repulsion_outer
+    h2 = Atoms("HH", positions=[[0, 0, 0], [1.0, 0, 0]])  # inside the data's H–H r_out, beyond the covalent one
+    assert child.predict(h2)["energy"] == pytest.approx(parent.predict(h2)["energy"], abs=1e-12)
+    own = build_potential({**TOY, "pair_repulsion": "zbl", "pair_repulsion_outer": {"H-H": 1.2}, "init_from": str(path)})
+    assert own.config.pair_repulsion_outer == {"H-H": 1.2}  # set by hand: the config's
+    with pytest.raises(ConfigError, match="the saved model has pair_repulsion: zbl; set model.pair_repulsion: zbl"):
+        build_potential({**TOY, "init_from": str(path)})
+    plain = build_potential(TOY, seed=0).save(tmp_path / "plain")
+    switched_on = build_potential({**TOY, "pair_repulsion": "zbl", "init_from": str(plain)}, dataset=closer)
+    assert switched_on.config.pair_repulsion_outer["H-H"] == pytest.approx(0.9 * 1.3934, abs=1e-4)
+
 # ---- closer than the training data -----------------------------------------------------------
 
 

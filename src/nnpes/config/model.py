@@ -23,7 +23,8 @@ class ModelConfig:
     e0: dict[str, float] | None = None  # eV per element; default 0
     scale: float | None = None  # eV, σ_Z initial value for every element; default 1.0
     # A saved potential (or a run directory holding model/) to start from: its weights and its
-    # normalisation (e0, scale, avg_num_neighbors, descriptor statistics) are kept; dtype may differ.
+    # normalisation (e0, scale, avg_num_neighbors, descriptor statistics) are kept, and so are its
+    # zbl switching radii where pair_repulsion_outer is None; dtype may differ.
     init_from: str | None = None
     # A fixed, untrained short-range pair term added to the energy (nnpes.models.repulsion):
     # "zbl" = ZBL screened nuclear repulsion, switched off between 0.5 and 0.8 × (R_cov,i + R_cov,j).

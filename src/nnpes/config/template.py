@@ -26,7 +26,7 @@ MODEL_DOCS = {
     "avg_num_neighbors": "null: from the training set",
     "e0": "eV per element; null: least squares on the training set",
     "scale": "eV; null: force RMS of the training set",
-    "init_from": "fine-tune: saved model or run dir; keeps its weights and normalisation",
+    "init_from": "fine-tune: saved model or run dir; keeps its weights, normalisation and zbl radii",
     "pair_repulsion": "none or zbl: fixed ZBL nuclear repulsion, zero beyond 0.8·(R_cov,i + R_cov,j)",
     "pair_repulsion_outer": "Å per pair (H-C: 1.0) where zbl reaches zero; null: farther of 0.8·(R_i + R_j) and 0.9 × the data's shortest",
 }

@@ -135,16 +135,15 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
         if not dataset:
             raise ValueError("build_potential: dataset is empty")
         check_known_elements(dataset, cfg.elements)
+    if dataset is not None and graphs is None:
+        graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
     if cfg.init_from is not None:
-        return potential_from_saved(cfg)
+        return potential_from_saved(cfg, graphs)
     if dataset is not None:
-        if graphs is None:
-            graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
         stats = graph_stats(graphs, cfg.elements)
         if cfg.e0 is None:
             cfg.e0 = dict(stats.e0)
-        if cfg.pair_repulsion == "zbl" and cfg.pair_repulsion_outer is None:
-            cfg.pair_repulsion_outer = outer_radii_from_data(shortest_distances(graphs, cfg.elements), cfg.numbers)
+        _repulsion_radii_from_data(cfg, graphs)
         if cfg.scale is None:
             cfg.scale = float(stats.force_rms)
         if cfg.avg_num_neighbors is None:
@@ -163,6 +162,23 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
     return Potential(cfg, variables, module)
 
 
+def _repulsion_radii_from_data(cfg: ModelConfig, graphs) -> None:
+    """Fill ``pair_repulsion_outer`` (Å) from the data's shortest pair distances where zbl is on and
+    the config leaves it None."""
+    if cfg.pair_repulsion == "zbl" and cfg.pair_repulsion_outer is None and graphs is not None:
+        cfg.pair_repulsion_outer = outer_radii_from_data(shortest_distances(graphs, cfg.elements), cfg.numbers)
+
+
+def _keep_saved_repulsion(cfg: ModelConfig, old: ModelConfig, where: str) -> None:
+    """The saved model's short-range term carries over: dropping it, or falling back to other
+    switching radii, would change energies at short range without a word."""
+    if old.pair_repulsion != "none" and cfg.pair_repulsion != old.pair_repulsion:
+        raise ConfigError(f"{where}: the saved model has pair_repulsion: {old.pair_repulsion}; set "
+                          f"model.pair_repulsion: {old.pair_repulsion} (leave pair_repulsion_outer out to keep its radii)")
+    if cfg.pair_repulsion == old.pair_repulsion and cfg.pair_repulsion_outer is None:
+        cfg.pair_repulsion_outer = None if old.pair_repulsion_outer is None else dict(old.pair_repulsion_outer)
+
+
 def saved_model_dir(path) -> Path:
     """A saved potential's directory: ``path`` itself, or ``path/model`` of a training run."""
     path = Path(path)
@@ -172,11 +188,13 @@ def saved_model_dir(path) -> Path:
     raise FileNotFoundError(f"model.init_from: {str(path)!r} is neither a saved potential nor a run directory with model/")
 
 
-def potential_from_saved(cfg: ModelConfig) -> Potential:
+def potential_from_saved(cfg: ModelConfig, graphs: Sequence | None = None) -> Potential:
     """``cfg``'s model starting from the weights and normalisation of the saved potential
     ``cfg.init_from`` (fine-tuning). The architecture and elements must match; the dtype may differ
     (parameters are cast, e.g. float64 fine-tuning of a float32 run); the normalisation (e0, scale,
-    avg_num_neighbors, and the trained parameters holding descriptor statistics) is the saved model's."""
+    avg_num_neighbors, and the trained parameters holding descriptor statistics) is the saved model's.
+    A saved zbl term keeps its switching radii unless ``cfg`` sets them; zbl switched on for a model
+    saved without it takes its radii from ``graphs`` (the fine-tuning data), as a fresh build does."""
     saved = load_potential(saved_model_dir(cfg.init_from))
     old = saved.config
     where = f"model.init_from ({cfg.init_from})"
@@ -194,6 +212,8 @@ def potential_from_saved(cfg: ModelConfig) -> Potential:
             raise ConfigError(f"{where}: model.{name} = {getattr(cfg, name)} differs from the saved model's "
                               f"{getattr(old, name)}; leave it out to keep the saved normalisation")
         setattr(cfg, name, getattr(old, name))
+    _keep_saved_repulsion(cfg, old, where)
+    _repulsion_radii_from_data(cfg, graphs)
     dtype = jnp.float64 if cfg.dtype == "float64" else jnp.float32
     variables = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, saved.params)
