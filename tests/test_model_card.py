@@ -150,7 +150,42 @@ def test_trained_model_card_has_data_and_test_errors_and_info_shows_them(tmp_pat
     out = capsys.readouterr().out
     m = result["test_metrics"]
     assert "frames: train 6, valid 2, test 3" in out
-    assert "shortest distances (Å): " + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()) in out
+    assert "distances in the training data (Å; predict warns below): " + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()) in out
     assert re.search(rf"^ +test +{re.escape(str(tmp_path / 'hco_test.extxyz'))} +sha256 {sha['hco_test.extxyz'][:12]}$", out, re.M)
     assert f"{m['energy_per_atom_meV']['mae']:9.3f}" in out and "meV/atom" in out and "meV/Å" in out
     assert "on the test set" in out and "jax " in out and "created   " in out
+
+
+def test_fine_tuned_card_carries_its_lineage_and_the_run_keeps_its_parent(tmp_path, capsys):
+    """A fine-tune's card holds its parent's card (``nnpes info`` lists the lineage) and the
+    shortest distances of both datasets; the run copies its parent into ``parent/``, so a resume
+    works after the original is gone (it once needed ``model.init_from`` to still be there)."""
+    import shutil
+
+    from ase.io import write
+
+    from nnpes.graph.distances import merge_shortest
+    from nnpes.testing import labelled_dataset
+    from nnpes.training import train
+
+    write(tmp_path / "a.extxyz", labelled_dataset(1, 6))
+    write(tmp_path / "b.extxyz", labelled_dataset(7, 6))
+    cfg = {"data": {"train": str(tmp_path / "a.extxyz"), "n_valid": 2}, "model": TOY,
+           "training": {"max_epochs": 1, "batch_size": 4, "stress_weight": 0.0, "progress": False},
+           "output": {"plots": False}}
+    train(cfg, tmp_path / "first", quiet=True)
+    parent = load_potential(tmp_path / "first" / "model").card
+    child_cfg = {**cfg, "data": {**cfg["data"], "train": str(tmp_path / "b.extxyz")},
+                 "model": {**TOY, "init_from": str(tmp_path / "first")}}
+    train(child_cfg, tmp_path / "child", quiet=True)
+    shutil.rmtree(tmp_path / "first")  # the parent is gone: the resume builds from the run's copy
+    child_cfg["training"] = {**cfg["training"], "max_epochs": 2}
+    assert train(child_cfg, tmp_path / "child", resume=True, quiet=True)["epochs"] == 2
+    child = load_potential(tmp_path / "child" / "model")
+    assert child.card.parent.path == str(tmp_path / "first") and child.card.parent.card == parent
+    assert [c.created for c in child.card.lineage()] == [child.card.created, parent.created]
+    both = merge_shortest([parent.data.shortest_distances, child.card.data.shortest_distances])
+    assert child.shortest_distances == both != child.card.data.shortest_distances
+    assert main(["info", str(tmp_path / "child")]) == 0
+    out = capsys.readouterr().out
+    assert f"parent    {tmp_path / 'first'}: _toy, created {parent.created}, trained on {tmp_path / 'a.extxyz'}" in out

@@ -57,15 +57,30 @@ def describe_model(path) -> str:
         lines.append(f"data      frames: {frames} (energies in the files: {card.data.energy_unit})")
         width = max((len(f.role) for f in card.data.files), default=0)
         lines += [f"          {f.role:<{width}}  {f.path}  sha256 {f.sha256[:12]}" for f in card.data.files]
-        if card.data.shortest_distances:  # predict warns below these
-            lines.append("          shortest distances (Å): "
-                         + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()))
+    lines += _lineage_lines(card)
+    shortest = card.shortest_distances()
+    if shortest:  # predict warns below these
+        lines.append("shortest  distances in the training data (Å; predict warns below): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in shortest.items()))
     if card.test_metrics:
         from nnpes.training.evaluate import format_metrics
 
         lines.append(f"errors    on the {card.test_split} set")
         lines += ["          " + line for line in format_metrics(card.test_metrics).splitlines()]
     return "\n".join(lines)
+
+
+def _lineage_lines(card) -> list[str]:
+    """One line per model ``card`` was fine-tuned from, nearest first: path, date, training files."""
+    lines = []
+    while card.parent is not None:
+        parent, card = card.parent, card.parent.card
+        if card is None:
+            lines.append(f"parent    {parent.path} (saved without a model card)")
+            break
+        train = ", ".join(f.path for f in card.data.files if f.role == "train") if card.data else "data not recorded"
+        lines.append(f"parent    {parent.path}: {card.model.name}, created {card.created}, trained on {train}")
+    return lines
 
 
 def _summary_without_card(directory):

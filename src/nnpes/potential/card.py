@@ -1,6 +1,7 @@
 """The model card saved beside every potential (``card.yaml``): what the model is, which versions
 made it and when, its units and, for a model saved by ``nnpes train``, the data it was trained on
-(paths, sha256, frames per split) and its test errors. ``nnpes info MODEL`` prints it.
+(paths, sha256, frames per split) and its test errors; for a fine-tuned model, its parent's card
+(``parent``), so the whole lineage travels with the model. ``nnpes info MODEL`` prints it.
 
 Potentials saved before cards existed have none (``Potential.card`` is None) and load as before;
 keys a newer nnpes adds to a card are ignored by this one.
@@ -93,6 +94,20 @@ class TrainingData:
 
 
 @dataclass
+class Parent:
+    """The saved potential a fine-tune started from (``model.init_from``)."""
+
+    path: str  # as the config gave it
+    card: "ModelCard | None" = None  # its card; None: saved before cards
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Parent":
+        d = _known(cls, d)
+        card = d.pop("card", None)
+        return cls(card=None if card is None else ModelCard.from_dict(card), **d)
+
+
+@dataclass
 class ModelCard:
     model: ModelSummary
     created: str  # UTC, ISO 8601
@@ -102,14 +117,31 @@ class ModelCard:
     test_split: str | None = None  # "test", or "valid" for a run without a test set
     test_metrics: dict | None = None  # nnpes.training.evaluate's dict: MAE/RMSE in meV
     card_version: int = CARD_VERSION
+    parent: Parent | None = None  # set by the trainer for a fine-tune (model.init_from)
+
+    def lineage(self) -> list["ModelCard"]:
+        """This card, then its parent's, and so on back to the model trained from scratch (or the
+        first ancestor saved without a card)."""
+        cards = [self]
+        while cards[-1].parent is not None and cards[-1].parent.card is not None:
+            cards.append(cards[-1].parent.card)
+        return cards
+
+    def shortest_distances(self) -> dict[str, float] | None:
+        """Å per element pair: the shortest in the training data of this model and of every model
+        it was fine-tuned from (its weights learned them all); None if none was recorded."""
+        from nnpes.graph.distances import merge_shortest
+
+        return merge_shortest([c.data.shortest_distances for c in self.lineage() if c.data is not None])
 
     @classmethod
-    def of(cls, potential, data: TrainingData | None = None) -> "ModelCard":
+    def of(cls, potential, data: TrainingData | None = None, parent: Parent | None = None) -> "ModelCard":
         """A new card for ``potential``, dated now, with the installed versions."""
         c = potential.config
         model = ModelSummary(c.name, list(c.elements), float(c.cutoff), c.dtype, potential.n_parameters)
         created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        return cls(model=model, created=created, versions=package_versions(CARD_PACKAGES), data=data)
+        return cls(model=model, created=created, versions=package_versions(CARD_PACKAGES), data=data,
+                   parent=parent)
 
     def to_dict(self) -> dict:
         return yaml_safe(dataclasses.asdict(self))
@@ -119,8 +151,9 @@ class ModelCard:
         d = _known(cls, d)
         try:
             model = ModelSummary(**_known(ModelSummary, d.pop("model")))
-            data = d.pop("data", None)
-            return cls(model=model, data=None if data is None else TrainingData.from_dict(data), **d)
+            data, parent = d.pop("data", None), d.pop("parent", None)
+            return cls(model=model, data=None if data is None else TrainingData.from_dict(data),
+                       parent=None if parent is None else Parent.from_dict(parent), **d)
         except (KeyError, TypeError) as e:
             raise ValueError(f"model card: missing or malformed entry ({e})") from None
 

@@ -129,9 +129,8 @@ class Potential:
     @property
     def shortest_distances(self) -> dict[str, float] | None:
         """Å per element pair ("H-C", in the model's element order) in the training data, from the
-        model card; None if not recorded."""
-        data = self.card.data if self.card is not None else None
-        return data.shortest_distances if data is not None else None
+        model card (a fine-tuned model's: its data and its ancestors'); None if not recorded."""
+        return self.card.shortest_distances() if self.card is not None else None
 
     def warn_close_contacts(self, graphs, stacklevel: int = 2) -> list:
         """One ``ShortDistanceWarning`` if a pair in ``graphs`` (host graphs at the model's cutoff)

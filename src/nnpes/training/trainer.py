@@ -38,7 +38,7 @@ from nnpes.graph import GraphLoader, atoms_to_graph, to_device
 from nnpes.graph.distances import shortest_distances
 from nnpes.lock import lock_run_dir
 from nnpes.potential import energy_forces_stress
-from nnpes.potential.card import ModelCard, TrainingData
+from nnpes.potential.card import ModelCard, Parent, TrainingData
 from nnpes.potential.compiled import model_key
 from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
@@ -53,6 +53,7 @@ LATEST, BEST = "latest.ckpt", "best.ckpt"
 clock = time.perf_counter  # the wall clock of max_time (a test may replace it)
 RESULT = "result.yaml"  # the summary ``train`` returns, written last
 MEMBERS = "members"  # a committee run's member runs (nnpes.training.committee)
+PARENT = "parent"  # a fine-tune's copy of the potential it starts from (model.init_from)
 
 
 def make_loader(graphs, tcfg, batch_size: int, shuffle: bool, seed: int) -> GraphLoader:
@@ -111,6 +112,7 @@ class _Run:
     log: Callable
     record: RunRecord
     shortest: dict  # Å per element pair in the train split (nnpes.graph.distances), for the model card
+    parent: Parent | None  # a fine-tune's parent, for the model card
     compiled: set = dataclasses.field(default_factory=set)  # (step, batch shape) seen in this process
 
     def announce_compile(self, which: str, graph) -> None:
@@ -170,11 +172,29 @@ def open_run_dir(cfg: Config, run_dir, resume: bool, quiet: bool):
     return run_dir, log, record, lock
 
 
-def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
+def _keep_parent(cfg: Config, run_dir: Path, resuming: bool) -> tuple[Config, Parent | None]:
+    """A fine-tune copies its parent (``model.init_from``) into ``run_dir/parent`` when it starts and
+    builds from that copy: a resume needs nothing outside the run directory and starts from the same
+    parent even if the original was moved or replaced since. Returns the config pointing at the copy,
+    and the parent as the model card records it (the path as given, its card)."""
+    from nnpes.potential import load_potential
+    from nnpes.potential.build import saved_model_dir
+
+    if cfg.model.init_from is None:
+        return cfg, None
+    copy = run_dir / PARENT
+    if not (resuming and (copy / "params.msgpack").is_file()):
+        load_potential(saved_model_dir(cfg.model.init_from)).save(copy)
+    parent = Parent(cfg.model.init_from, ModelCard.load(copy))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=str(copy))), parent
+
+
+def _setup(cfg: Config, run_dir: Path, log, record: RunRecord, resuming: bool) -> _Run:
     """Data, graphs (built once per structure), potential, loaders, mesh and optimiser."""
     from nnpes.potential import build_potential
     from nnpes.training.data import check_train_labels, load_splits
 
+    cfg, parent = _keep_parent(cfg, run_dir, resuming)
     tcfg, t0 = cfg.training, time.perf_counter()
     splits = load_splits(cfg.data, cfg.model.elements)
     warning = check_train_labels(splits["train"])  # no labels at all: an error
@@ -204,7 +224,7 @@ def _setup(cfg: Config, run_dir: Path, log, record: RunRecord) -> _Run:
         f"({pot.n_parameters} parameters), dtype {cfg.model.dtype}")
     return _Run(cfg, run_dir, pot, splits, train_loader, valid_loader, steps_per_epoch, put,
                 make_optimizer(tcfg, steps_per_epoch, pot.params["params"]), mesh, uses_stress(tcfg, train_graphs + valid_graphs), log, record,
-                shortest_distances(train_graphs, cfg.model.elements))
+                shortest_distances(train_graphs, cfg.model.elements), parent)
 
 
 def bootstrap_train(graphs: list, seed: int, log) -> list:
@@ -257,8 +277,9 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool | str = Fal
         parallel.maybe_initialize_distributed()
     run_dir, log, record, lock = open_run_dir(cfg, run_dir, resume, quiet)
     with lock:  # held until the run ends, however it ends
-        run = _setup(cfg, run_dir, log, record)
-        state, progress = _initial_state(run, resume and (run_dir / LATEST).exists())
+        resuming = bool(resume) and (run_dir / LATEST).exists()
+        run = _setup(cfg, run_dir, log, record, resuming)
+        state, progress = _initial_state(run, resuming)
         compiles = _Compiles()
         train_step, eval_step = _compiled_steps(run, compiles, step_cache)
         trackers = open_trackers(cfg, run_dir, resume_epoch=progress.epoch, log=log)
@@ -467,7 +488,7 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
     if (run_dir / BEST).exists():
         best_state, best = load_run(run_dir / BEST, jax.device_get(state))
     model = run.pot.replace(jax.tree_util.tree_map(jnp.asarray, {**best_state.variables, "params": best_state.ema}))
-    card = ModelCard.of(model, data=training_data(run))
+    card = ModelCard.of(model, data=training_data(run), parent=run.parent)
     model_dir = model.save(run_dir / "model", card=card)
     log(f"model (best epoch {best.best_epoch}, EMA parameters) saved to {model_dir}")
     result = {
