@@ -294,3 +294,21 @@ def test_blocked_pair_path_gives_the_plain_result():
     out = [m.fn(m.params, pad_graph(g, N_NODE, N_EDGE, 2)) for m in (ref, blocked)]
     assert abs(float(out[0]["energy"][0])) > 1e-6
     assert np.allclose(out[1]["energy"], out[0]["energy"], atol=1e-12) and np.allclose(out[1]["forces"], out[0]["forces"], atol=1e-12)
+
+
+def test_fine_tuning_ignores_execution_settings_but_not_the_architecture(tmp_path):
+    """A model saved with another edge blocking (NequIP's block_above default changed 16 384 →
+    8 192) fine-tunes under today's defaults (it once was a ConfigError); the blocking setting is
+    the new config's, the energies the saved model's; a real architecture change is still refused."""
+    from nnpes.potential import build_potential
+
+    tiny = {"name": "nequip", "elements": ["H", "O"], "cutoff": CUTOFF, "features": 4, "num_layers": 1,
+            "dtype": "float64"}
+    saved = build_potential({**tiny, "block_above": 16384, "radial_per_pair": False}, seed=3).save(tmp_path / "old")
+    tuned = build_potential({**tiny, "edge_chunk": 4, "block_above": 2, "init_from": str(saved)})
+    assert (tuned.config.hparams.block_above, tuned.config.hparams.edge_chunk) == (2, 4)  # blocked from 2 edges
+    water = Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    old = build_potential({**tiny, "block_above": 16384, "radial_per_pair": False, "init_from": str(saved)})
+    assert tuned.predict(water)["energy"] == pytest.approx(old.predict(water)["energy"], rel=1e-10)
+    with pytest.raises(ConfigError, match="must describe the saved model"):
+        build_potential({**tiny, "features": 8, "init_from": str(saved)})

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import e3nn_jax as e3nn
 import flax.linen as nn
@@ -70,6 +70,9 @@ class NequIPHParams:
     edge_chunk: int | None = doc("large systems: edges per block of per-edge work; null: never block", default=1024)
     block_above: int = doc("work in edge blocks only above this many edges in a batch", default=8192)
     radial_per_pair: bool = doc("blocked path: radial MLP once per unordered pair (r_ij = r_ji)", default=True)
+    # How the model is computed, not what: the same parameters give the same energies with any
+    # values, so a fine-tune may set them anew (nnpes.potential.build.same_architecture).
+    EXECUTION: ClassVar[tuple[str, ...]] = ("edge_chunk", "block_above", "radial_per_pair")
 
     def validate(self, path: str = "model"):
         for name in ("num_layers", "features", "num_bessel", "radial_mlp_width", "polynomial_p"):

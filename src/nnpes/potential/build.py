@@ -179,6 +179,16 @@ def _keep_saved_repulsion(cfg: ModelConfig, old: ModelConfig, where: str) -> Non
         cfg.pair_repulsion_outer = None if old.pair_repulsion_outer is None else dict(old.pair_repulsion_outer)
 
 
+def same_architecture(new, old) -> bool:
+    """Hyperparameters ``new`` and ``old`` equal but for those that change only how the model is
+    computed (the class's ``EXECUTION`` fields, e.g. NequIP's edge blocking): defaults of those
+    change between versions, and a model saved with the old ones must still be fine-tunable."""
+    if type(new) is not type(old):
+        return False
+    execution = {name: getattr(new, name) for name in getattr(type(new), "EXECUTION", ())}
+    return dataclasses.replace(old, **execution) == new
+
+
 def saved_model_dir(path) -> Path:
     """A saved potential's directory: ``path`` itself, or ``path/model`` of a training run."""
     path = Path(path)
@@ -202,9 +212,9 @@ def potential_from_saved(cfg: ModelConfig, graphs: Sequence | None = None) -> Po
         new = sorted(set(cfg.elements) - set(old.elements))
         raise ConfigError(f"{where}: the saved model knows elements {list(old.elements)}; "
                           + (f"{new} are new to it" if new else f"model.elements is {list(cfg.elements)}"))
-    if (cfg.name, cfg.cutoff, cfg.hparams) != (old.name, old.cutoff, old.hparams):
+    if (cfg.name, cfg.cutoff) != (old.name, old.cutoff) or not same_architecture(cfg.hparams, old.hparams):
         raise ConfigError(f"{where}: the model section must describe the saved model ({old.name}, cutoff "
-                          f"{old.cutoff} Å, {old.hparams}); only dtype and the normalisation may differ")
+                          f"{old.cutoff} Å, {old.hparams}); only dtype, the normalisation and execution settings (NequIP edge_chunk, block_above, radial_per_pair) may differ")
     cfg = dataclasses.replace(cfg, init_from=None)
     for name in ("e0", "scale", "avg_num_neighbors"):
         # The weights were trained with the saved normalisation: another one would wreck them.
