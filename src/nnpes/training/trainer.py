@@ -177,13 +177,13 @@ def _keep_parent(cfg: Config, run_dir: Path, resuming: bool) -> tuple[Config, Pa
     builds from that copy: a resume needs nothing outside the run directory and starts from the same
     parent even if the original was moved or replaced since. Returns the config pointing at the copy,
     and the parent as the model card records it (the path as given, its card)."""
-    from nnpes.potential import load_potential
+    from nnpes.potential import PARAMS_FILE, load_potential
     from nnpes.potential.build import saved_model_dir
 
     if cfg.model.init_from is None:
         return cfg, None
     copy = run_dir / PARENT
-    if not (resuming and (copy / "params.msgpack").is_file()):
+    if not (resuming and (copy / PARAMS_FILE).is_file()):
         load_potential(saved_model_dir(cfg.model.init_from)).save(copy)
     parent = Parent(cfg.model.init_from, ModelCard.load(copy))
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=str(copy))), parent
