@@ -73,13 +73,13 @@ def describe_model(path) -> str:
 def _lineage_lines(card) -> list[str]:
     """One line per model ``card`` was fine-tuned from, nearest first: path, date, training files."""
     lines = []
-    while card.parent is not None:
-        parent, card = card.parent, card.parent.card
-        if card is None:
+    for parent in (c.parent for c in card.lineage() if c.parent is not None):
+        if parent.card is None:  # lineage() ends with this one
             lines.append(f"parent    {parent.path} (saved without a model card)")
-            break
-        train = ", ".join(f.path for f in card.data.files if f.role == "train") if card.data else "data not recorded"
-        lines.append(f"parent    {parent.path}: {card.model.name}, created {card.created}, trained on {train}")
+            continue
+        data = parent.card.data
+        train = ", ".join(f.path for f in data.files if f.role == "train") if data else "data not recorded"
+        lines.append(f"parent    {parent.path}: {parent.card.model.name}, created {parent.card.created}, trained on {train}")
     return lines
 
 

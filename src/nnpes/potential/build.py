@@ -135,15 +135,15 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
         if not dataset:
             raise ValueError("build_potential: dataset is empty")
         check_known_elements(dataset, cfg.elements)
-    if dataset is not None and graphs is None:
-        graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
     if cfg.init_from is not None:
-        return potential_from_saved(cfg, graphs)
+        return potential_from_saved(cfg, dataset, graphs)
     if dataset is not None:
+        if graphs is None:
+            graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
         stats = graph_stats(graphs, cfg.elements)
         if cfg.e0 is None:
             cfg.e0 = dict(stats.e0)
-        _repulsion_radii_from_data(cfg, graphs)
+        _repulsion_radii_from_data(cfg, dataset, graphs)
         if cfg.scale is None:
             cfg.scale = float(stats.force_rms)
         if cfg.avg_num_neighbors is None:
@@ -162,10 +162,12 @@ def build_potential(config, seed: int = 0, dataset: Sequence[Atoms] | None = Non
     return Potential(cfg, variables, module)
 
 
-def _repulsion_radii_from_data(cfg: ModelConfig, graphs) -> None:
+def _repulsion_radii_from_data(cfg: ModelConfig, dataset, graphs) -> None:
     """Fill ``pair_repulsion_outer`` (Å) from the data's shortest pair distances where zbl is on and
-    the config leaves it None."""
-    if cfg.pair_repulsion == "zbl" and cfg.pair_repulsion_outer is None and graphs is not None:
+    the config leaves it None; ``graphs`` (None: built here, only then) are ``dataset``'s."""
+    if cfg.pair_repulsion == "zbl" and cfg.pair_repulsion_outer is None and dataset is not None:
+        if graphs is None:
+            graphs = [atoms_to_graph(a, cfg.cutoff) for a in dataset]
         cfg.pair_repulsion_outer = outer_radii_from_data(shortest_distances(graphs, cfg.elements), cfg.numbers)
 
 
@@ -198,13 +200,15 @@ def saved_model_dir(path) -> Path:
     raise FileNotFoundError(f"model.init_from: {str(path)!r} is neither a saved potential nor a run directory with model/")
 
 
-def potential_from_saved(cfg: ModelConfig, graphs: Sequence | None = None) -> Potential:
+def potential_from_saved(cfg: ModelConfig, dataset: Sequence[Atoms] | None = None,
+                         graphs: Sequence | None = None) -> Potential:
     """``cfg``'s model starting from the weights and normalisation of the saved potential
     ``cfg.init_from`` (fine-tuning). The architecture and elements must match; the dtype may differ
     (parameters are cast, e.g. float64 fine-tuning of a float32 run); the normalisation (e0, scale,
     avg_num_neighbors, and the trained parameters holding descriptor statistics) is the saved model's.
     A saved zbl term keeps its switching radii unless ``cfg`` sets them; zbl switched on for a model
-    saved without it takes its radii from ``graphs`` (the fine-tuning data), as a fresh build does."""
+    saved without it takes its radii from ``dataset`` (the fine-tuning data; ``graphs`` its graphs if
+    built already), as a fresh build does."""
     saved = load_potential(saved_model_dir(cfg.init_from))
     old = saved.config
     where = f"model.init_from ({cfg.init_from})"
@@ -213,8 +217,10 @@ def potential_from_saved(cfg: ModelConfig, graphs: Sequence | None = None) -> Po
         raise ConfigError(f"{where}: the saved model knows elements {list(old.elements)}; "
                           + (f"{new} are new to it" if new else f"model.elements is {list(cfg.elements)}"))
     if (cfg.name, cfg.cutoff) != (old.name, old.cutoff) or not same_architecture(cfg.hparams, old.hparams):
+        execution = ", ".join(getattr(type(old.hparams), "EXECUTION", ()))
         raise ConfigError(f"{where}: the model section must describe the saved model ({old.name}, cutoff "
-                          f"{old.cutoff} Å, {old.hparams}); only dtype, the normalisation and execution settings (NequIP edge_chunk, block_above, radial_per_pair) may differ")
+                          f"{old.cutoff} Å, {old.hparams}); only dtype, the normalisation"
+                          + (f" and execution settings ({execution})" if execution else "") + " may differ")
     cfg = dataclasses.replace(cfg, init_from=None)
     for name in ("e0", "scale", "avg_num_neighbors"):
         # The weights were trained with the saved normalisation: another one would wreck them.
@@ -223,7 +229,7 @@ def potential_from_saved(cfg: ModelConfig, graphs: Sequence | None = None) -> Po
                               f"{getattr(old, name)}; leave it out to keep the saved normalisation")
         setattr(cfg, name, getattr(old, name))
     _keep_saved_repulsion(cfg, old, where)
-    _repulsion_radii_from_data(cfg, graphs)
+    _repulsion_radii_from_data(cfg, dataset, graphs)
     dtype = jnp.float64 if cfg.dtype == "float64" else jnp.float32
     variables = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, saved.params)
