@@ -113,8 +113,8 @@ def main():
     for name, cfg in runs.items():
         shutil.rmtree(cfg["output"]["run_dir"], ignore_errors=True)  # --only: a run of an earlier call
         result = train(cfg, quiet=True)
-        table[name] = {"epochs": result["epochs"],
-                       "old": errors(result["model"], sets["old_test"]), "new": errors(result["model"], sets["new_test"])}
+        table[name] = {"epochs": result.epochs,
+                       "old": errors(result.model, sets["old_test"]), "new": errors(result.model, sets["new_test"])}
         print(name, json.dumps(table[name]), flush=True)
     old = json.loads((work / "results.json").read_text()) if args.only and (work / "results.json").exists() else {}
     table = {**old, **table}

@@ -93,8 +93,9 @@ config = {
                  "forces_weight": 100.0, "progress": False, "seed": 0},
     "output": {"plots": False},
 }
-result = train(config, run_dir, resume=True, quiet=True)
-print({k: result[k] for k in ("stop_reason", "epochs", "best_epoch", "best_valid_loss", "elapsed_s")})
+result = train(config, run_dir, resume="auto", quiet=True)
+print(f"{result.stop_reason} after {result.epochs} epochs ({result.elapsed_s:.0f} s); "
+      f"best epoch {result.best_epoch}, validation loss {result.best_valid_loss:.4g}")
 """),
     code("""
 import csv
@@ -109,7 +110,7 @@ ax.legend();
 """),
     md("Evaluate the saved model (`nnpes.load_potential`) on frames it never saw."),
     code("""
-pot = nnpes.load_potential(result["model"])
+pot = nnpes.load_potential(result.model)
 test = nnpes.read_structures(test_file, index=f":{N_TEST}", energy_unit=energy_unit)
 pred = pot.predict(test)
 e_ref = np.array([a.get_potential_energy() for a in test])
@@ -177,8 +178,8 @@ if not Path(MODEL_DIR).exists() and TRAIN_IF_MISSING and Path(DATA).exists():
     result = train({"data": {"train": DATA, "energy_unit": "kcal/mol", "index": ":250", "n_valid": 50},
                     "model": {**MODEL, "elements": ["H", "C", "O"]},
                     "training": {"max_epochs": 40, "batch_size": 8, "schedule": "cosine", "progress": False},
-                    "output": {"plots": False}}, "runs/02_model", resume=Path("runs/02_model").exists(), quiet=True)
-    MODEL_DIR = result["model"]
+                    "output": {"plots": False}}, "runs/02_model", resume="auto", quiet=True)
+    MODEL_DIR = result.model
 if Path(MODEL_DIR).exists():
     pot = nnpes.load_potential(MODEL_DIR)
 else:

@@ -48,12 +48,14 @@ def test_info_subprocess():
 
 def test_train_init_from_sets_model_init_from(monkeypatch, tmp_path):
     import nnpes.training
+    from nnpes.training.result import TrainResult
 
     seen = {}
 
     def fake_train(config, run_dir, *, resume, overrides):
         seen.update(config=config, overrides=overrides)
-        return {"model": "m", "run_dir": "r"}
+        return TrainResult(run_dir="r", model="m", stop_reason="max_epochs", epochs=1, steps=1, best_epoch=0,
+                           best_valid_loss=1.0, elapsed_s=1.0)
 
     monkeypatch.setattr(nnpes.training, "train", fake_train)
     assert main(["train", "cfg.yaml", "--init-from", str(tmp_path / "old"), "--set", "training.lr=1e-4"]) == 0

@@ -30,8 +30,8 @@ def test_old_training_run_resumes(tmp_path):
     shutil.copytree(LEGACY / "run", tmp_path / "run")
     result = train(str(tmp_path / "train.yaml"), tmp_path / "run", resume=True, quiet=True,
                    overrides=["training.max_epochs=2"])
-    assert result["epochs"] == 2 and result["steps"] == 2 * 3  # 10 train frames, batches of 4
-    assert np.isfinite(result["best_valid_loss"])
+    assert result.epochs == 2 and result.steps == 2 * 3  # 10 train frames, batches of 4
+    assert np.isfinite(result.best_valid_loss)
 
 
 def test_old_module_path_still_works_with_a_warning():

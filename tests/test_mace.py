@@ -265,4 +265,4 @@ def test_short_training_decreases_the_loss(tmp_path):
     result = train(cfg, tmp_path / "run", quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert load_potential(result["model"]).config.name == "mace"
+    assert load_potential(result.model).config.name == "mace"

@@ -133,7 +133,7 @@ def test_trained_model_card_has_data_and_test_errors_and_info_shows_them(tmp_pat
     assert [(f.role, Path(f.path).name, f.sha256) for f in card.data.files] == [
         ("train", "hco.extxyz", sha["hco.extxyz"]), ("test", "hco_test.extxyz", sha["hco_test.extxyz"])]
     assert card.data.frames == {"train": 6, "valid": 2, "test": 3} and card.data.energy_unit == "eV"
-    assert card.test_split == "test" and card.test_metrics == result["test_metrics"]
+    assert card.test_split == "test" and card.test_metrics == result.test_metrics
     assert card.model.elements == ["H", "C", "O"] and card.model.n_parameters == 19
     from nnpes.config import load_config
     from nnpes.graph import atoms_to_graph
@@ -148,7 +148,7 @@ def test_trained_model_card_has_data_and_test_errors_and_info_shows_them(tmp_pat
 
     assert main(["info", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    m = result["test_metrics"]
+    m = result.test_metrics
     assert "frames: train 6, valid 2, test 3" in out
     assert "distances in the training data (Å; predict warns below): " + ", ".join(f"{k} {v:.3f}" for k, v in card.data.shortest_distances.items()) in out
     assert re.search(rf"^ +test +{re.escape(str(tmp_path / 'hco_test.extxyz'))} +sha256 {sha['hco_test.extxyz'][:12]}$", out, re.M)
@@ -180,7 +180,7 @@ def test_fine_tuned_card_carries_its_lineage_and_the_run_keeps_its_parent(tmp_pa
     train(child_cfg, tmp_path / "child", quiet=True)
     shutil.rmtree(tmp_path / "first")  # the parent is gone: the resume builds from the run's copy
     child_cfg["training"] = {**cfg["training"], "max_epochs": 2}
-    assert train(child_cfg, tmp_path / "child", resume=True, quiet=True)["epochs"] == 2
+    assert train(child_cfg, tmp_path / "child", resume=True, quiet=True).epochs == 2
     child = load_potential(tmp_path / "child" / "model")
     assert child.card.parent.path == str(tmp_path / "first") and child.card.parent.card == parent
     assert [c.created for c in child.card.lineage()] == [child.card.created, parent.created]

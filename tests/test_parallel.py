@@ -257,10 +257,10 @@ def _train_run(data, run_dir, devices, epochs: int, precision: str = "default") 
     }
     res = train(config, run_dir, quiet=True)
     rows = list(csv.DictReader(open(Path(run_dir) / "metrics.csv")))
-    pot = load_potential(res["model"])
+    pot = load_potential(res.model)
     run = {k: [float(r[k]) for r in rows] for k in ("train_loss", "valid_loss", "valid_f_mae_meV_A")}
     run["params"] = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(pot.params["params"])]).tolist()
-    run["n_compiles"] = res["n_compiles"]
+    run["n_compiles"] = res.n_compiles
     run["process_count"], run["device_count"] = jax.process_count(), jax.device_count()
     return run
 

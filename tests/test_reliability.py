@@ -92,7 +92,7 @@ def test_a_second_run_on_a_run_directory_in_use_fails_at_once_and_a_killed_holde
         holder.wait()
         assert json.loads((run_dir / ".lock").read_text())["pid"] == holder.pid  # the record stays behind
     result = train({**cfg, "training": {**cfg["training"], "max_epochs": 0}}, run_dir, quiet=True)  # ... and does not block
-    assert (run_dir / "model").is_dir() and result["run_dir"] == str(run_dir)
+    assert (run_dir / "model").is_dir() and result.run_dir == str(run_dir)
     with held_by_another_process(run_dir):  # the run released it when it ended
         pass
 
@@ -190,7 +190,7 @@ def test_training_refuses_a_file_without_usable_labels_and_trains_with_its_label
     row = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     row = dict(zip(row[0].split(","), row[1].split(",")))
     assert float(row["train_loss_energy"]) > 0 and float(row["train_loss_forces"]) > 0
-    assert result["epochs"] == 1 and (tmp_path / "run" / "model").is_dir()
+    assert result.epochs == 1 and (tmp_path / "run" / "model").is_dir()
 
 
 def test_forces_without_energies_warn_loudly(tmp_path):

@@ -356,7 +356,7 @@ def full_run(data_dir, killed_run, fake_wandb, tmp_path_factory):
     from nnpes.training import train
 
     run_dir = tmp_path_factory.mktemp("full")
-    cfg = _config(data_dir, max_epochs=killed_run[1]["epochs"])
+    cfg = _config(data_dir, max_epochs=killed_run[1].epochs)
     cfg["output"].update(wandb={"project": "nnpes-tests", "mode": "offline"},
                          tensorboard=importlib.util.find_spec("tensorboardX") is not None)
     saved = sys.modules.get("wandb")
@@ -379,15 +379,28 @@ def test_run_outputs_and_learning(full_run):
                  "test_metrics.json", "model/params.msgpack", "config.yaml", "train.log"):
         assert (run_dir / name).exists(), name
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(result["epochs"]))
+    assert [int(r["epoch"]) for r in rows] == list(range(result.epochs))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert result["stop_reason"] == "max_epochs"
+    assert result.stop_reason == "max_epochs"
     # one padded shape each for train and valid: one compile each
-    assert 1 <= result["n_compiles"]["train"] <= result["n_padded_shapes"]
+    assert 1 <= result.n_compiles["train"] <= result.n_padded_shapes
     assert "compiles" in (run_dir / "train.log").read_text()
-    m = result["test_metrics"]
+    m = result.test_metrics
     assert m["forces_meV_per_A"]["n"] == 6 * 4 * 3 and m["stress_meV_per_A3"]["n"] == 6 * 9
     assert set(m["forces_per_element_meV_per_A"]) == {"Cu"}
+
+
+def test_run_result_is_typed_saved_and_keeps_dict_access(full_run):
+    """``train`` returns a ``TrainResult``, saved as ``result.yaml`` (read back equal); the dict access
+    of the summary dict it replaced still works, with a DeprecationWarning."""
+    from nnpes.training.result import TrainResult
+
+    run_dir, result = full_run
+    assert isinstance(result, TrainResult) and TrainResult.load(run_dir) == result
+    with pytest.warns(DeprecationWarning, match=r"use result\.model"):
+        assert result["model"] == result.model == str(run_dir / "model")
+    with pytest.raises(KeyError):
+        result["no_such_key"]
 
 
 def test_run_shows_stress_and_every_loss_term_and_explains_its_log(full_run):
@@ -417,11 +430,11 @@ def test_run_shows_stress_and_every_loss_term_and_explains_its_log(full_run):
     assert "loss train / valid = w_E·L_E + w_F·L_F + w_S·L_S (w_E 1, w_F 100, w_S 1)" in log
     assert "with the EMA parameters" in log and "* = best validation loss so far, best.ckpt saved" in log
     epoch_lines = re.findall(r"\] epoch +\d+ .*", log)
-    assert len(epoch_lines) == result["epochs"] and all("meV/Å³" in line for line in epoch_lines)
-    n = result["epochs"]
+    assert len(epoch_lines) == result.epochs and all("meV/Å³" in line for line in epoch_lines)
+    n = result.epochs
     assert f"epoch {n - 1:4d} " in epoch_lines[-1]
     assert f"stopped (max_epochs) after {n} epochs (last epoch {n - 1});" in log
-    stress_mae = result["test_metrics"]["stress_meV_per_A3"]["mae"]
+    stress_mae = result.test_metrics["stress_meV_per_A3"]["mae"]
     assert f"{stress_mae * 1e-3 * 160.21766:9.3f}  RMSE" in log and "GPa  (n=54)" in log
 
 
@@ -450,7 +463,7 @@ def test_learning_curve_has_learning_rate_and_stress_and_reads_old_files(full_ru
     axes = {ax.get_ylabel(): ax for ax in fig.axes}
     lr = axes["learning rate"]
     assert lr.get_yscale() == "log" and len(lr.get_lines()) == 1
-    assert len(lr.get_lines()[0].get_ydata()) == result["epochs"]
+    assert len(lr.get_lines()[0].get_ydata()) == result.epochs
     assert len(axes["stress error (meV/Å³)"].get_lines()) == 4  # train/valid × MAE/RMSE
     assert {t.get_text() for t in axes["loss terms w·L"].get_legend().get_texts()} == {
         f"{split} {term}" for split in ("train", "valid") for term in ("energy", "forces", "stress")}
@@ -551,7 +564,7 @@ def test_killed_and_resumed_equals_uninterrupted(killed_run, full_run, data_dir)
     from nnpes.training import train
 
     killed_dir, result, epoch = killed_run
-    assert result["epochs"] == epoch + 2 and result["stop_reason"] == "max_epochs"
+    assert result.epochs == epoch + 2 and result.stop_reason == "max_epochs"
     for a, b in zip(_model_leaves(full_run[0]), _model_leaves(killed_dir)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     rows = (killed_dir / "metrics.csv").read_text().strip().splitlines()
@@ -620,7 +633,7 @@ def test_crash_between_epoch_and_its_metrics_row_loses_no_row(data_dir, tmp_path
     monkeypatch.setattr(metrics.CSVLog, "write", original)
     result = train(_config(data_dir, max_epochs=4), tmp_path / "run", resume=True, quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert result["epochs"] == 4 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert result.epochs == 4 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
 
 
 def test_max_time_or_sigterm_stop_inside_an_epoch_and_resume_from_the_next_batch(data_dir, tmp_path, monkeypatch):
@@ -643,7 +656,7 @@ def test_max_time_or_sigterm_stop_inside_an_epoch_and_resume_from_the_next_batch
     monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))
     cut = train({**cfg, "training": {**cfg["training"], "max_time": 10}}, tmp_path / "cut", quiet=True)
     saved = serialization.msgpack_restore((tmp_path / "cut" / "latest.ckpt").read_bytes())
-    assert cut["stop_reason"] == "max_time" and int(saved["epoch"]) == 1 and 0 < int(saved["batch"]) < 5
+    assert cut.stop_reason == "max_time" and int(saved["epoch"]) == 1 and 0 < int(saved["batch"]) < 5
     assert "max_time reached in epoch 1" in (tmp_path / "cut" / "train.log").read_text()
     monkeypatch.undo()
 
@@ -667,7 +680,7 @@ def test_max_time_or_sigterm_stop_inside_an_epoch_and_resume_from_the_next_batch
 
     for d in ("cut", "term"):
         resumed = train(cfg, tmp_path / d, resume=True, quiet=True)
-        assert resumed["epochs"] == full["epochs"] == 3
+        assert resumed.epochs == full.epochs == 3
         for a, b in zip(_model_leaves(tmp_path / "full"), _model_leaves(tmp_path / d)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
         rows = [list(csv.DictReader(open(tmp_path / r / "metrics.csv"))) for r in ("full", d)]
@@ -715,7 +728,7 @@ def test_late_stage_raises_energy_weight_and_lowers_lr(data_dir, tmp_path):
     assert lr[0] == lr[1] == pytest.approx(5e-3) and lr[2] == lr[3] == pytest.approx(5e-4)
     valid = [float(r["valid_loss"]) for r in rows]
     assert min(valid[2:]) > min(valid[:2])  # the stage's weights raised the loss: the case that failed
-    assert result["best_epoch"] == 2 + int(np.argmin(valid[2:]))
+    assert result.best_epoch == 2 + int(np.argmin(valid[2:]))
     assert "best validation loss starts anew" in (tmp_path / "run" / "train.log").read_text()
     from nnpes.config import ConfigError, load_config
 
@@ -737,7 +750,7 @@ def test_resume_may_change_the_stages_the_run_has_not_begun(data_dir, tmp_path):
               tmp_path / "cut", resume=True, quiet=True)
     resumed = train(_config(data_dir, max_epochs=4, weight_schedule=late), tmp_path / "cut", resume=True, quiet=True)
     full = train(_config(data_dir, max_epochs=4, weight_schedule=late), tmp_path / "full", quiet=True)
-    assert resumed["epochs"] == full["epochs"] == 4
+    assert resumed.epochs == full.epochs == 4
     for a, b in zip(_model_leaves(tmp_path / "full"), _model_leaves(tmp_path / "cut")):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     full_lr = [r["lr"] for r in _metrics_rows(tmp_path / "full")]
@@ -757,7 +770,7 @@ def test_fine_tune_a_float32_run_in_float64_keeps_weights_and_normalisation(data
     first = _config(data_dir, max_epochs=2)
     first["model"] = {**first["model"], "dtype": "float32"}
     a = train(first, tmp_path / "a", quiet=True)
-    saved = load_potential(a["model"])
+    saved = load_potential(a.model)
     second = _config(data_dir, max_epochs=1)
     second["model"] = {**second["model"], "dtype": "float64", "init_from": str(tmp_path / "a")}  # a run dir
     pot = build_potential(second)
@@ -769,7 +782,7 @@ def test_fine_tune_a_float32_run_in_float64_keeps_weights_and_normalisation(data
     b = train(second, tmp_path / "b", quiet=True)
     loss = [float(next(csv.DictReader(open(tmp_path / r / "metrics.csv")))["train_loss"]) for r in ("a", "b")]
     assert loss[1] < loss[0]  # the fine-tune starts from the trained weights, not from scratch
-    assert load_potential(b["model"]).config.init_from is None
+    assert load_potential(b.model).config.init_from is None
     for change, match in (({"elements": ["Cu", "Al", "Ni"]}, r"\['Ni'\] are new"), ({"features": 4}, "must describe"),
                           ({"avg_num_neighbors": 3.0}, "avg_num_neighbors")):
         with pytest.raises(ConfigError, match=match):
@@ -783,7 +796,7 @@ def test_fine_tune_with_frozen_modules_changes_only_the_others(killed_run, data_
     start = load_potential(Path(killed_run[0]) / "model").params["params"]
     cfg = _config(data_dir, max_epochs=1, freeze=["Dense_0", "e0"])
     cfg["model"] = {**cfg["model"], "init_from": str(killed_run[0])}
-    tuned = load_potential(train(cfg, tmp_path / "ft", quiet=True)["model"]).params["params"]
+    tuned = load_potential(train(cfg, tmp_path / "ft", quiet=True).model).params["params"]
     for path, before in jax.tree_util.tree_flatten_with_path(start)[0]:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         after = np.asarray(dict(jax.tree_util.tree_flatten_with_path(tuned)[0])[path])
@@ -818,7 +831,7 @@ def test_evaluate_cli_writes_metrics_and_plot(full_run, data_dir, tmp_path, caps
     m = json.loads(out.read_text())
     assert png.stat().st_size > 1000
     # the same model on the same data as the run's own test evaluation
-    np.testing.assert_allclose(m["forces_meV_per_A"]["mae"], result["test_metrics"]["forces_meV_per_A"]["mae"], rtol=1e-9)
+    np.testing.assert_allclose(m["forces_meV_per_A"]["mae"], result.test_metrics["forces_meV_per_A"]["mae"], rtol=1e-9)
     assert "forces" in capsys.readouterr().out
 
 

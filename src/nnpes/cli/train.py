@@ -28,6 +28,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from nnpes.training import train
+    from nnpes.training.result import CommitteeResult
 
     try:
         overrides = list(args.overrides)
@@ -40,11 +41,11 @@ def run(args) -> int:
         result = train(args.config, args.run_dir, resume=args.resume, overrides=overrides)
     except FileExistsError as e:
         raise ValueError(str(e)) from None
-    if "members" in result:
-        print(f"committee of {len(result['members'])} members saved to {result['model']} "
-              f"(std_scale {result['std_scale']:.4g}); members in {Path(result['run_dir']) / 'members'}")
-        print(f"run directory: {result['run_dir']} (test_metrics.json with the uncertainty, train.log)")
+    if isinstance(result, CommitteeResult):
+        print(f"committee of {len(result.members)} members saved to {result.model} "
+              f"(std_scale {result.std_scale:.4g}); members in {Path(result.run_dir) / 'members'}")
+        print(f"run directory: {result.run_dir} (test_metrics.json with the uncertainty, train.log)")
         return 0
-    print(f"model saved to {result['model']}")
-    print(f"run directory: {result['run_dir']} (metrics.csv, learning_curve.png, parity plots)")
+    print(f"model saved to {result.model}")
+    print(f"run directory: {result.run_dir} (metrics.csv, learning_curve.png, parity plots)")
     return 0

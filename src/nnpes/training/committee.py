@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
 
 from nnpes.config import Config, load_config
 from nnpes.files import atomic_write_text
-from nnpes.training.trainer import LATEST, MEMBERS, RESULT, finished_run, open_run_dir, train
+from nnpes.training.result import CommitteeResult
+from nnpes.training.trainer import LATEST, MEMBERS, finished_run, open_run_dir, train
 
 COMMITTEE = "committee"
 
@@ -52,10 +52,10 @@ def member_config(cfg: Config, k: int) -> Config:
     return load_config(raw)
 
 
-def train_committee(cfg: Config, run_dir=None, *, resume: bool = False, quiet: bool = False) -> dict:
+def train_committee(cfg: Config, run_dir=None, *, resume: bool = False, quiet: bool = False) -> CommitteeResult:
     """Train ``cfg.training.committee`` members into ``run_dir/members/k``, then save the calibrated
-    committee in ``run_dir/committee`` and evaluate it. Returns a summary dict like ``train``'s
-    (``model`` is the committee directory; ``members`` the members' model directories)."""
+    committee in ``run_dir/committee`` and evaluate it. Returns a ``CommitteeResult`` (``model`` is
+    the committee directory; ``members`` the members' model directories)."""
     size = cfg.training.committee
     if size < 2:
         raise ValueError(f"training.committee: a committee needs at least 2 members, got {size}")
@@ -64,7 +64,7 @@ def train_committee(cfg: Config, run_dir=None, *, resume: bool = False, quiet: b
         return _train_members(cfg, run_dir, quiet, log)
 
 
-def _train_members(cfg: Config, run_dir: Path, quiet: bool, log) -> dict:
+def _train_members(cfg: Config, run_dir: Path, quiet: bool, log) -> CommitteeResult:
     size, mode = cfg.training.committee, cfg.training.committee_mode
     log(f"committee of {size} members (training.seed {cfg.training.seed}..{cfg.training.seed + size - 1}"
         + (", each on a bootstrap resample of the train split" if mode == "bootstrap" else "") + f") in {run_dir / MEMBERS}")
@@ -74,7 +74,7 @@ def _train_members(cfg: Config, run_dir: Path, quiet: bool, log) -> dict:
         mcfg = member_config(cfg, k)
         done = finished_run(member_dir, mcfg.training)
         if done is not None:
-            log(f"member {k}: finished before ({done.get('stop_reason')} after {done.get('epochs')} epochs), not retrained")
+            log(f"member {k}: finished before ({done.stop_reason} after {done.epochs} epochs), not retrained")
         else:
             again = (member_dir / LATEST).exists()
             log(f"member {k}: {'resuming' if again else 'training'} (training.seed {mcfg.training.seed}"
@@ -85,7 +85,7 @@ def _train_members(cfg: Config, run_dir: Path, quiet: bool, log) -> dict:
     return _assemble(cfg, run_dir, members, log)
 
 
-def _assemble(cfg: Config, run_dir: Path, members: list[Path], log) -> dict:
+def _assemble(cfg: Config, run_dir: Path, members: list[Path], log) -> CommitteeResult:
     """The members' models as one committee: calibrated on the validation split, saved, evaluated
     on the test split (the validation split when there is none)."""
     from nnpes.active.ensemble import Ensemble
@@ -105,17 +105,17 @@ def _assemble(cfg: Config, run_dir: Path, members: list[Path], log) -> dict:
         log("no validation split: std_scale left at 1 (the uncertainty is not calibrated)")
     committee_dir = ens.save(run_dir / COMMITTEE)
     log(f"committee of {ens.size} members saved to {committee_dir}")
-    result = {"run_dir": str(run_dir), "model": str(committee_dir), "committee": str(committee_dir),
-              "members": [str(m) for m in members], "std_scale": ens.std_scale, "calibrated_on": calibrated_on,
-              "test_metrics": None}
+    m = None
     test, name = (splits["test"], "test") if splits["test"] else (splits["valid"], "valid")
     if test:
         m = evaluate(ens, test, plot=(run_dir / f"parity_{name}.png") if cfg.output.plots else None,
                      title=f"{cfg.model.name} committee of {ens.size}, {name} set ({len(test)} structures)")
         m["uncertainty"]["calibrated_on"] = dict(calibrated_on) if calibrated_on else None
         atomic_write_text(run_dir / f"{name}_metrics.json", json.dumps(m, indent=2))
-        result["test_metrics"] = m
         log(f"{name} set ({len(test)} structures), committee mean:\n" + format_metrics(m))
-    atomic_write_text(run_dir / RESULT, yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
+    result = CommitteeResult(run_dir=str(run_dir), model=str(committee_dir), committee=str(committee_dir),
+                             members=[str(d) for d in members], std_scale=float(ens.std_scale),
+                             calibrated_on=calibrated_on, test_metrics=m)
+    result.save(run_dir)
     return result
 

@@ -9,7 +9,8 @@ stopped and resumed ends with the same parameters as one that never stopped.
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.csv``, ``train.log``, ``latest.ckpt``,
 ``best.ckpt``, ``model/`` (``nnpes.load_potential``; its ``card.yaml`` records the data and the
-test errors), ``test_metrics.json``, ``parity_test.png``, ``learning_curve.png``, ``run.yaml`` (what
+test errors), ``test_metrics.json``, ``parity_test.png``, ``learning_curve.png``, ``result.yaml``
+(``result.TrainResult``, written last), ``run.yaml`` (what
 ``--resume`` checks, ``run_record``), ``.lock`` (locked while a run is in it, ``nnpes.lock``); with
 ``output.tensorboard`` also ``tensorboard/`` and with ``output.wandb`` ``wandb_run_id``
 (``nnpes.training.trackers``: every metrics row also goes there).
@@ -43,6 +44,7 @@ from nnpes.potential.compiled import model_key
 from nnpes.training import parallel
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
+from nnpes.training.result import RESULT, TrainResult
 from nnpes.training.run_record import RECORD, RunRecord, check_resume
 from nnpes.training.run_state import Progress, epochs_begun, load_run, partial_epoch, save_run
 from nnpes.training.step import LossOptions, TrainState, compile_steps, make_train_step
@@ -51,7 +53,6 @@ from nnpes.training.trackers import open_trackers
 
 LATEST, BEST = "latest.ckpt", "best.ckpt"
 clock = time.perf_counter  # the wall clock of max_time (a test may replace it)
-RESULT = "result.yaml"  # the summary ``train`` returns, written last
 MEMBERS = "members"  # a committee run's member runs (nnpes.training.committee)
 PARENT = "parent"  # a fine-tune's copy of the potential it starts from (model.init_from)
 
@@ -255,13 +256,13 @@ def _initial_state(run: _Run, resuming: bool) -> tuple[TrainState, Progress]:
 
 
 def train(config, run_dir: str | Path | None = None, *, resume: bool | str = False, overrides=None,
-          quiet: bool = False, step_cache: dict | None = None) -> dict:
+          quiet: bool = False, step_cache: dict | None = None) -> TrainResult:
     """Train from ``config`` (YAML path, dict or ``Config``) into ``run_dir`` (default
     ``output.run_dir``). ``resume``: True continues the run there (an error if there is none, or if
     config or data differ: ``run_record``); ``"auto"`` resumes if there is a run, else starts one.
-    Returns a summary dict (stop reason, best validation loss, test metrics, number of compiles,
-    path of the saved model). With ``training.committee`` K >= 2 it trains a committee instead
-    (``nnpes.training.committee.train_committee``). ``step_cache``: a dict that runs in this process
+    Returns a ``TrainResult`` (path of the saved model, stop reason, best validation loss, test
+    metrics, number of compiles). With ``training.committee`` K >= 2 it trains a committee instead
+    and returns a ``CommitteeResult`` (``nnpes.training.committee.train_committee``). ``step_cache``: a dict that runs in this process
     share their compiled steps through (they compile once per model, data size and training
     settings other than the seed)."""
     cfg: Config = config if isinstance(config, Config) else load_config(config, overrides)
@@ -299,17 +300,17 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool | str = Fal
         return _finish(run, state, progress, stop_reason, dataclasses.asdict(compiles), n_train + n_valid)
 
 
-def finished_run(run_dir, tcfg) -> dict | None:
-    """The summary (``result.yaml``) of the run in ``run_dir`` when it has ended and ``tcfg``'s stop
+def finished_run(run_dir, tcfg) -> TrainResult | None:
+    """The result (``result.yaml``) of the run in ``run_dir`` when it has ended and ``tcfg``'s stop
     criteria would not continue it (a resume with a larger ``max_epochs`` or ``max_time`` would);
     None otherwise."""
     run_dir = Path(run_dir)
     if not (run_dir / RESULT).is_file() or not (run_dir / "model").is_dir():
         return None
-    r = yaml.safe_load((run_dir / RESULT).read_text()) or {}
-    done = (r.get("epochs", 0) >= tcfg.max_epochs
-            or (tcfg.max_time is not None and r.get("elapsed_s", 0.0) >= tcfg.max_time)
-            or (r.get("stop_reason") == "early_stopping" and tcfg.early_stopping_patience is not None))
+    r = TrainResult.load(run_dir)
+    done = (r.epochs >= tcfg.max_epochs
+            or (tcfg.max_time is not None and r.elapsed_s >= tcfg.max_time)
+            or (r.stop_reason == "early_stopping" and tcfg.early_stopping_patience is not None))
     return r if done else None
 
 
@@ -478,7 +479,8 @@ def training_data(run: _Run) -> TrainingData:
                         run.cfg.data.energy_unit, shortest_distances=run.shortest)
 
 
-def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, compiles: dict, n_buckets: int) -> dict:
+def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, compiles: dict,
+            n_buckets: int) -> TrainResult:
     """Save the best EMA parameters as the model (with its card: data, then test errors), evaluate
     on the test set, write plots."""
     from nnpes.training.evaluate import evaluate, format_metrics
@@ -491,23 +493,20 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
     card = ModelCard.of(model, data=training_data(run), parent=run.parent)
     model_dir = model.save(run_dir / "model", card=card)
     log(f"model (best epoch {best.best_epoch}, EMA parameters) saved to {model_dir}")
-    result = {
-        "run_dir": str(run_dir), "model": str(model_dir), "stop_reason": stop_reason,
-        "epochs": progress.epoch, "steps": int(state.step), "best_epoch": best.best_epoch,
-        "best_valid_loss": best.best_loss, "elapsed_s": progress.elapsed,
-        "n_compiles": compiles, "n_padded_shapes": n_buckets, "test_metrics": None,
-    }
     if cfg.output.plots and (run_dir / "metrics.csv").exists():
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
     test = splits["test"] or splits["valid"]
     name = "test" if splits["test"] else "valid"
+    m = None
     if test:
         m = evaluate(model, test, out=run_dir / f"{name}_metrics.json",
                      plot=(run_dir / f"parity_{name}.png") if cfg.output.plots else None,
                      title=f"{cfg.model.name}, {name} set ({len(test)} structures)")
-        result["test_metrics"] = m
         card.test_split, card.test_metrics = name, m
         card.save(model_dir)
         log(f"{name} set ({len(test)} structures):\n" + format_metrics(m))
-    atomic_write_text(run_dir / RESULT, yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
+    result = TrainResult(run_dir=str(run_dir), model=str(model_dir), stop_reason=stop_reason, epochs=progress.epoch,
+                         steps=int(state.step), best_epoch=best.best_epoch, best_valid_loss=best.best_loss,
+                         elapsed_s=progress.elapsed, n_compiles=compiles, n_padded_shapes=n_buckets, test_metrics=m)
+    result.save(run_dir)
     return result

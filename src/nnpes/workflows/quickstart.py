@@ -76,11 +76,11 @@ def run(run_dir: str | Path | None = None, *, config=None, n_frames: int = 300, 
         print(f"data done in {time.perf_counter() - t0:.0f} s")
     cfg = load_config(config, [*overrides, f"data.train={data.resolve()}", f"output.run_dir={run_dir}"])
     result = train(cfg, run_dir, resume=resume or (run_dir / "latest.ckpt").exists())
-    m = result.get("test_metrics") or {}
+    m = result.test_metrics or {}
     f = (m.get("forces_meV_per_A") or {}).get("mae")
     e = (m.get("energy_per_atom_meV") or {}).get("mae")
     print()
-    print(f"trained model:  {result['model']}   (nnpes.load_potential(...) or `nnpes evaluate`)")
+    print(f"trained model:  {result.model}   (nnpes.load_potential(...) or `nnpes evaluate`)")
     if f is not None:
         print(f"test errors:    forces MAE {f:.1f} meV/Å, energy MAE {e:.2f} meV/atom")
     print(f"plots:          {run_dir / 'parity_test.png'}, {run_dir / 'learning_curve.png'}")
