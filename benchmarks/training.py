@@ -1,12 +1,13 @@
 """Training throughput and accuracy at a fixed wall-clock budget (standard NequIP, shipped configs).
 
-    python benchmarks/training.py throughput [--steps 30 --repeats 3]
+    python benchmarks/training.py throughput [--steps 30 --repeats 3] [--only CONFIG ...] [--set KEY=VALUE ...]
     python benchmarks/training.py accuracy [--minutes 8] [--only rmd17_ethanol_nequip ...]
 
 throughput: the jitted training step of ``nnpes.training`` (energy + forces loss, gradient, AMSGrad,
 EMA) on padded batches from the config's loader; one warm-up batch (compile), then the median over
 --repeats of --steps consecutive steps (``block_until_ready``); s/epoch = steps per epoch × median
-step time. accuracy: ``nnpes train CONFIG --set training.max_time=...`` in a subprocess, then the
+step time; ``--only`` takes any config of ``configs/`` and ``--set`` overrides its keys as
+``nnpes train --set`` does (the published widths: ``--set model.features=64 --set model.l_max=3``). accuracy: ``nnpes train CONFIG --set training.max_time=...`` in a subprocess, then the
 test-set MAEs next to published NequIP / MACE numbers (those trained for days on a GPU).
 """
 
@@ -34,7 +35,7 @@ PUBLISHED = {
 }
 
 
-def throughput(name: str, steps: int, repeats: int) -> dict:
+def throughput(name: str, steps: int, repeats: int, overrides=()) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -45,7 +46,7 @@ def throughput(name: str, steps: int, repeats: int) -> dict:
     from nnpes.training.data import load_splits
     from nnpes.training.trainer import make_loader, n_batches
 
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", list(overrides))
     t = cfg.training
     splits = load_splits(cfg.data, cfg.model.elements)
     graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
@@ -76,7 +77,8 @@ def throughput(name: str, steps: int, repeats: int) -> dict:
         times.append((time.perf_counter() - t0) / steps)
     step = float(np.median(times))
     return {
-        "dataset": name, "batch_size": t.batch_size, "steps_per_epoch": n_steps, "compile_s": compile_s,
+        "dataset": name, "overrides": list(overrides), "parameters": pot.n_parameters,
+        "batch_size": t.batch_size, "steps_per_epoch": n_steps, "compile_s": compile_s,
         "step_ms": 1e3 * step, "structures_per_s": t.batch_size / step, "s_per_epoch": n_steps * step,
         "compiles": len(compiles), "padded_shapes": len(loader.shapes),
     }
@@ -108,12 +110,13 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--only", nargs="*", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
     if a.mode == "throughput":
-        for label, name in THROUGHPUT.items():
-            if a.only and name not in a.only:
-                continue
-            print(json.dumps({"label": label, **throughput(name, a.steps, a.repeats)}), flush=True)
+        labels = {name: label for label, name in THROUGHPUT.items()}
+        for name in a.only or THROUGHPUT.values():
+            print(json.dumps({"label": labels.get(name, name), **throughput(name, a.steps, a.repeats, a.overrides)}),
+                  flush=True)
     else:
         for name in ACCURACY:
             if a.only and name not in a.only:
