@@ -401,6 +401,8 @@ def test_run_result_is_typed_saved_and_keeps_dict_access(full_run):
         assert result["model"] == result.model == str(run_dir / "model")
     with pytest.raises(KeyError):
         result["no_such_key"]
+    with pytest.warns(DeprecationWarning):
+        assert result.get("epochs") == result.epochs and "epochs" in result and result.get("members") is None
 
 
 def test_run_shows_stress_and_every_loss_term_and_explains_its_log(full_run):

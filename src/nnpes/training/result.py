@@ -37,12 +37,19 @@ class _Summary:
         saved = yaml.safe_load((Path(run_dir) / RESULT).read_text()) or {}
         return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
 
+    # The dict access of the summary dict these replaced: ``result[key]``, ``result.get(key)``, ``key in result``.
     def __getitem__(self, key: str):
-        if key not in {f.name for f in dataclasses.fields(self)}:
+        if key not in self:
             raise KeyError(key)
         warnings.warn(f"result[{key!r}] is deprecated: the result of train() is a {type(self).__name__}; "
                       f"use result.{key}", DeprecationWarning, stacklevel=2)
         return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self else default
+
+    def __contains__(self, key) -> bool:
+        return key in {f.name for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
