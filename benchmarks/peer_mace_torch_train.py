@@ -45,7 +45,7 @@ def export(config: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train", "valid", "test"):
         frames = []
-        for atoms in splits[name]:
+        for atoms in getattr(splits, name):
             a = atoms.copy()
             a.info = {"REF_energy": atoms.get_potential_energy()}
             a.arrays["REF_forces"] = atoms.get_forces()

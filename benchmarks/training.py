@@ -49,8 +49,8 @@ def throughput(name: str, steps: int, repeats: int, overrides=()) -> dict:
     cfg = load_config(REPO / "configs" / f"{name}.yaml", list(overrides))
     t = cfg.training
     splits = load_splits(cfg.data, cfg.model.elements)
-    graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
-    pot = build_potential(cfg.model, seed=0, dataset=splits["train"], graphs=graphs)
+    graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits.train]
+    pot = build_potential(cfg.model, seed=0, dataset=splits.train, graphs=graphs)
     loader = make_loader(graphs, t, t.batch_size, True, 0)
     n_steps = n_batches(loader)
     tx = make_optimizer(t, n_steps)

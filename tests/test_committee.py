@@ -186,8 +186,8 @@ def test_bootstrap_members_resample_the_train_split_only(data_dir, tmp_path, mon
                  "--run-dir", str(tmp_path / "run")]) == 0
     splits = load_splits(load_config(str(cfg)).data, ["Cu", "Al"])
     key = lambda pos: pos.round(10).tobytes()  # noqa: E731
-    train = {key(a.positions): i for i, a in enumerate(splits["train"])}
-    held_out = {key(a.positions) for a in splits["valid"] + splits["test"]}
+    train = {key(a.positions): i for i, a in enumerate(splits.train)}
+    held_out = {key(a.positions) for a in splits.valid + splits.test}
     assert len(seen) == 2
     drawn = []
     for frames in seen:

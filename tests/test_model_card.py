@@ -139,7 +139,7 @@ def test_trained_model_card_has_data_and_test_errors_and_info_shows_them(tmp_pat
     from nnpes.graph import atoms_to_graph
     from nnpes.training.data import load_splits
 
-    train_split = load_splits(load_config(tmp_path / "run" / "config.yaml").data, TOY["elements"])["train"]
+    train_split = load_splits(load_config(tmp_path / "run" / "config.yaml").data, TOY["elements"]).train
     assert card.data.shortest_distances == shortest_distances(
         [atoms_to_graph(a, TOY["cutoff"]) for a in train_split], TOY["elements"])
     assert set(card.data.shortest_distances) <= {"H-H", "H-C", "H-O", "C-C", "C-O", "O-O"}

@@ -96,17 +96,17 @@ def _assemble(cfg: Config, run_dir: Path, members: list[Path], log) -> Committee
     ens = Ensemble.from_potentials([load_potential(m) for m in members])
     splits = load_splits(cfg.data, cfg.model.elements)  # the members' split (bootstrap resamples only train)
     calibrated_on = None
-    if splits["valid"]:
-        ens.calibrate(splits["valid"])
-        calibrated_on = {"split": "valid", "n_structures": len(splits["valid"])}
-        log(f"uncertainty calibrated on the validation split ({len(splits['valid'])} structures): "
+    if splits.valid:
+        ens.calibrate(splits.valid)
+        calibrated_on = {"split": "valid", "n_structures": len(splits.valid)}
+        log(f"uncertainty calibrated on the validation split ({len(splits.valid)} structures): "
             f"std_scale {ens.std_scale:.4g} (force standard deviation matched to the committee-mean force error)")
     else:
         log("no validation split: std_scale left at 1 (the uncertainty is not calibrated)")
     committee_dir = ens.save(run_dir / COMMITTEE)
     log(f"committee of {ens.size} members saved to {committee_dir}")
     m = None
-    test, name = (splits["test"], "test") if splits["test"] else (splits["valid"], "valid")
+    name, test = splits.held_out()
     if test:
         m = evaluate(ens, test, plot=(run_dir / f"parity_{name}.png") if cfg.output.plots else None,
                      title=f"{cfg.model.name} committee of {ens.size}, {name} set ({len(test)} structures)")

@@ -1,10 +1,11 @@
 """The data side of a training run: read the configured files, check elements, split.
 
-Returns lists of labelled ase.Atoms for train / valid / test; graphs are built by the trainer.
+Returns lists of labelled ase.Atoms for train / valid / test (``Splits``); graphs are built by the trainer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from nnpes.graph.stats import check_known_elements
@@ -39,6 +40,25 @@ def check_train_labels(frames: list) -> str | None:
             "set data.energy_key if the energies are stored under another name")
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The labelled structures (lists of ase.Atoms) of each split of a run; ``valid`` and ``test``
+    may be empty, ``train`` never is."""
+
+    train: list
+    valid: list
+    test: list
+
+    def held_out(self) -> tuple[str, list]:
+        """What a finished run is evaluated on: ``("test", test)``, or ``("valid", valid)`` without a
+        test split (both empty: nothing to evaluate)."""
+        return ("test", self.test) if self.test else ("valid", self.valid)
+
+    def sizes(self) -> dict[str, int]:
+        """Structures in each split: ``{"train": n, "valid": n, "test": n}``."""
+        return {f.name: len(getattr(self, f.name)) for f in fields(self)}
+
+
 def _count(value, n: int) -> int:
     return int(round(value * n)) if isinstance(value, float) else int(value)
 
@@ -54,8 +74,8 @@ def _read(path: str, dcfg, elements):
     return atoms
 
 
-def load_splits(dcfg, elements) -> dict[str, list]:
-    """``{"train": [...], "valid": [...], "test": [...]}`` of ase.Atoms from a ``DataConfig``."""
+def load_splits(dcfg, elements) -> Splits:
+    """The structures of each split, read and split as a ``DataConfig`` says."""
     from nnpes.data import split_indices
 
     for p in dcfg.train_files + [dcfg.valid, dcfg.test]:
@@ -86,12 +106,8 @@ def load_splits(dcfg, elements) -> dict[str, list]:
         # structures left over (n_train set explicitly) are not used, not silently made test data
         idx = split_indices(n, train=n_train, valid=n_valid, test=n_test, seed=dcfg.split_seed)
     out = {name: [pool[int(i)] for i in ix] for name, ix in idx.items()}
-    if valid is not None:
-        out["valid"] = valid
-    if test is not None:
-        out["test"] = test
-    out.setdefault("valid", [])
-    out.setdefault("test", [])
-    if not out["train"]:
+    splits = Splits(train=out.get("train", []), valid=out.get("valid", []) if valid is None else valid,
+                    test=out.get("test", []) if test is None else test)
+    if not splits.train:
         raise ValueError("data: the training set is empty")
-    return out
+    return splits

@@ -42,6 +42,7 @@ from nnpes.potential import energy_forces_stress
 from nnpes.potential.card import ModelCard, Parent, TrainingData
 from nnpes.potential.compiled import model_key
 from nnpes.training import parallel
+from nnpes.training.data import Splits
 from nnpes.training.metrics import EpochSums, epoch_row, plot_learning_curve
 from nnpes.training.optim import lr_schedule, make_optimizer
 from nnpes.training.result import RESULT, TrainResult
@@ -102,7 +103,7 @@ class _Run:
     cfg: Config
     run_dir: Path
     pot: object
-    splits: dict
+    splits: Splits
     train_loader: object
     valid_loader: object | None
     steps_per_epoch: int
@@ -198,14 +199,14 @@ def _setup(cfg: Config, run_dir: Path, log, record: RunRecord, resuming: bool) -
     cfg, parent = _keep_parent(cfg, run_dir, resuming)
     tcfg, t0 = cfg.training, time.perf_counter()
     splits = load_splits(cfg.data, cfg.model.elements)
-    warning = check_train_labels(splits["train"])  # no labels at all: an error
+    warning = check_train_labels(splits.train)  # no labels at all: an error
     if warning:
         log(f"WARNING: {warning}")
         warnings.warn(warning, stacklevel=3)
-    log(f"data: {len(splits['train'])} train, {len(splits['valid'])} valid, {len(splits['test'])} test structures")
-    train_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["train"]]
-    valid_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits["valid"]]
-    pot = build_potential(cfg.model, seed=tcfg.seed, dataset=splits["train"], graphs=train_graphs)
+    log(f"data: {len(splits.train)} train, {len(splits.valid)} valid, {len(splits.test)} test structures")
+    train_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits.train]
+    valid_graphs = [atoms_to_graph(a, cfg.model.cutoff) for a in splits.valid]
+    pot = build_potential(cfg.model, seed=tcfg.seed, dataset=splits.train, graphs=train_graphs)
     if cfg.data.bootstrap_seed is not None:  # after the statistics: every bootstrap member shares them
         train_graphs = bootstrap_train(train_graphs, cfg.data.bootstrap_seed, log)
     vbs = tcfg.valid_batch_size or tcfg.batch_size
@@ -475,7 +476,7 @@ def _report_epoch(run: _Run, trackers, epoch, step, progress: Progress, train_m,
 def training_data(run: _Run) -> TrainingData:
     """The model card's record of a run's data: the files of ``run.yaml`` (with their sha256), the
     number of structures in each split and the shortest distance of each element pair in training."""
-    return TrainingData(run.record.files, {name: len(frames) for name, frames in run.splits.items()},
+    return TrainingData(run.record.files, run.splits.sizes(),
                         run.cfg.data.energy_unit, shortest_distances=run.shortest)
 
 
@@ -495,8 +496,7 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
     log(f"model (best epoch {best.best_epoch}, EMA parameters) saved to {model_dir}")
     if cfg.output.plots and (run_dir / "metrics.csv").exists():
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
-    test = splits["test"] or splits["valid"]
-    name = "test" if splits["test"] else "valid"
+    name, test = splits.held_out()
     m = None
     if test:
         m = evaluate(model, test, out=run_dir / f"{name}_metrics.json",
