@@ -503,6 +503,26 @@ def test_split_errors():
         split_indices(10, train=True, valid=1)
 
 
+def test_run_splits_and_what_a_finished_run_is_evaluated_on(tmp_path):
+    """``load_splits``: a split-off validation set, a separate test file used whole, and the held-out
+    set of a finished run (test, else validation)."""
+    from nnpes.config.training import DataConfig
+    from nnpes.training.data import load_splits
+
+    pool = [_h2(0.70 + 0.01 * k, energy=-float(k), forces=np.zeros((2, 3))) for k in range(10)]
+    train = _write_xyz(tmp_path / "train.extxyz", pool)
+    test = _write_xyz(tmp_path / "test.extxyz", [_h2(1.5, energy=5.0, forces=np.zeros((2, 3)))] * 3)
+    no_test = load_splits(DataConfig(train=str(train), n_valid=4, split_seed=1), ["H"])
+    assert no_test.sizes() == {"train": 6, "valid": 4, "test": 0}
+    energies = sorted(a.get_potential_energy() for a in no_test.train + no_test.valid)
+    assert energies == [-float(k) for k in range(9, -1, -1)]  # disjoint and complete
+    assert no_test.held_out() == ("valid", no_test.valid)
+    both = load_splits(DataConfig(train=str(train), test=str(test), n_valid=2), ["H"])
+    assert both.sizes() == {"train": 8, "valid": 2, "test": 3}
+    name, held_out = both.held_out()
+    assert name == "test" and [a.get_potential_energy() for a in held_out] == [5.0] * 3
+
+
 def test_split_from_index_files(tmp_path):
     train = tmp_path / "train.txt"
     train.write_text("# frames used for training\n5\n1\n\n7\n")

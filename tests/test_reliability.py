@@ -191,6 +191,7 @@ def test_training_refuses_a_file_without_usable_labels_and_trains_with_its_label
     row = dict(zip(row[0].split(","), row[1].split(",")))
     assert float(row["train_loss_energy"]) > 0 and float(row["train_loss_forces"]) > 0
     assert result.epochs == 1 and (tmp_path / "run" / "model").is_dir()
+    assert result.test_metrics is None and not list((tmp_path / "run").glob("*_metrics.json"))  # nothing held out
 
 
 def test_forces_without_energies_warn_loudly(tmp_path):
