@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from nnpes.config import Config, load_config
 from nnpes.files import atomic_write_text
 from nnpes.training.result import CommitteeResult
@@ -116,6 +115,6 @@ def _assemble(cfg: Config, run_dir: Path, members: list[Path], log) -> Committee
     result = CommitteeResult(run_dir=str(run_dir), model=str(committee_dir), committee=str(committee_dir),
                              members=[str(d) for d in members], std_scale=float(ens.std_scale),
                              calibrated_on=calibrated_on, test_metrics=m)
-    result.save(run_dir)
+    result.save()
     return result
 

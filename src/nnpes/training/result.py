@@ -27,9 +27,10 @@ class _Summary:
     run_dir: str
     model: str
 
-    def save(self, run_dir: str | Path) -> None:
-        atomic_write_text(Path(run_dir) / RESULT, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False,
-                                                                 allow_unicode=True))
+    def save(self) -> None:
+        """Write ``run_dir/result.yaml`` (atomically)."""
+        atomic_write_text(Path(self.run_dir) / RESULT, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False,
+                                                                      allow_unicode=True))
 
     @classmethod
     def load(cls, run_dir: str | Path):

@@ -508,5 +508,5 @@ def _finish(run: _Run, state: TrainState, progress: Progress, stop_reason: str, 
     result = TrainResult(run_dir=str(run_dir), model=str(model_dir), stop_reason=stop_reason, epochs=progress.epoch,
                          steps=int(state.step), best_epoch=best.best_epoch, best_valid_loss=best.best_loss,
                          elapsed_s=progress.elapsed, n_compiles=compiles, n_padded_shapes=n_buckets, test_metrics=m)
-    result.save(run_dir)
+    result.save()
     return result
