@@ -7,8 +7,10 @@ throughput: the jitted training step of ``nnpes.training`` (energy + forces loss
 EMA) on padded batches from the config's loader; one warm-up batch (compile), then the median over
 --repeats of --steps consecutive steps (``block_until_ready``); s/epoch = steps per epoch × median
 step time; ``--only`` takes any config of ``configs/`` and ``--set`` overrides its keys as
-``nnpes train --set`` does (the published widths: ``--set model.features=64 --set model.l_max=3``). accuracy: ``nnpes train CONFIG --set training.max_time=...`` in a subprocess, then the
-test-set MAEs next to published NequIP / MACE numbers (those trained for days on a GPU).
+``nnpes train --set`` does (the published widths: ``--set model.features=64 --set model.l_max=3``).
+
+accuracy: ``nnpes train CONFIG --set training.max_time=...`` in a subprocess, then the test-set
+MAEs next to published NequIP / MACE numbers (those trained for days on a GPU).
 """
 
 from __future__ import annotations

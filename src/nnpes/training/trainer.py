@@ -263,9 +263,9 @@ def train(config, run_dir: str | Path | None = None, *, resume: bool | str = Fal
     config or data differ: ``run_record``); ``"auto"`` resumes if there is a run, else starts one.
     Returns a ``TrainResult`` (path of the saved model, stop reason, best validation loss, test
     metrics, number of compiles). With ``training.committee`` K >= 2 it trains a committee instead
-    and returns a ``CommitteeResult`` (``nnpes.training.committee.train_committee``). ``step_cache``: a dict that runs in this process
-    share their compiled steps through (they compile once per model, data size and training
-    settings other than the seed)."""
+    and returns a ``CommitteeResult`` (``nnpes.training.committee.train_committee``).
+    ``step_cache``: a dict that runs in this process share their compiled steps through (they
+    compile once per model, data size and training settings other than the seed)."""
     cfg: Config = config if isinstance(config, Config) else load_config(config, overrides)
     tcfg = cfg.training
     if resume == "auto":  # resume a run that is there, else start one (notebooks re-run top to bottom)
